@@ -1,0 +1,119 @@
+"""Command line: ``python -m core {prepare,list,info,train,bench}``.
+
+Errors a user can fix (bad config, data, checkpoint, store) print one clear line and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from core.config import ConfigError, ExperimentConfig
+from core.data import DataError
+from core.models import ModelError
+from core.store import DEFAULT_CACHE, StoreError, list_stores, open_store, summary_row
+
+USER_ERRORS = (ConfigError, DataError, ModelError, StoreError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m core", description=__doc__.splitlines()[0])
+    p.add_argument("--cache", default=str(DEFAULT_CACHE), help="folder of experiment stores")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pr = sub.add_parser("prepare", help="attack a dataset and write an experiment store")
+    src = pr.add_mutually_exclusive_group(required=True)
+    src.add_argument("--preset", help="a named config (see `python -m core presets`)")
+    src.add_argument("--config", help="a TOML config file")
+    pr.add_argument("--out", help="experiment id (default: the preset or config file name)")
+    pr.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a config value, e.g. --set data.per_class=50 (repeatable)")
+    pr.add_argument("--force", action="store_true", help="replace an existing experiment")
+    pr.add_argument("--if-missing", action="store_true",
+                    help="do nothing when the experiment already exists (used by `make run`)")
+    pr.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sub.add_parser("list", help="list experiments in the cache")
+    sub.add_parser("presets", help="list the named configs")
+    info = sub.add_parser("info", help="show an experiment's manifest")
+    info.add_argument("id")
+    info.add_argument("--json", action="store_true")
+    tr = sub.add_parser("train", help="train the shipped demo model")
+    tr.add_argument("--preset", default="demo", choices=["demo"])
+    tr.add_argument("--epochs", type=int, default=6)
+    be = sub.add_parser("bench", help="benchmarks that print ratios measured in one run")
+    be.add_argument("what", choices=["attack"])
+    be.add_argument("--images", type=int, default=8200, help="how many CIFAR test images to attack")
+    be.add_argument("--json", action="store_true")
+
+    args = p.parse_args(argv)
+    try:
+        return _run(args)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing was published; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
+    from core.presets import PRESETS, apply_override, preset
+    cache = Path(args.cache)
+    if args.command == "prepare":
+        from core.pipeline import prepare
+        if args.preset:
+            cfg = preset(args.preset, args.set)
+            name = args.preset
+        else:
+            cfg = ExperimentConfig.from_toml(args.config)
+            if args.set:
+                d = cfg.to_dict()
+                for item in args.set:
+                    apply_override(d, item)
+                cfg = ExperimentConfig.from_dict(d)
+            name = Path(args.config).stem
+        if args.if_missing and (cache / (args.out or name) / "manifest.json").is_file():
+            print(f"experiment {args.out or name!r} is ready in {cache}")
+            return 0
+        prepare(cfg, args.out or name, cache_dir=cache, overwrite=args.force,
+                show_bars=not args.quiet, log=lambda s: print(s, file=sys.stderr))
+    elif args.command == "list":
+        stores = list_stores(cache)
+        if not stores:
+            print(f"no experiments in {cache}; try `python -m core prepare --preset demo`")
+        for s in stores:
+            print(f"{s.id:24s} {_summary(s.manifest) if s.manifest else 'unusable: ' + s.error}")
+    elif args.command == "presets":
+        for name, cfg in PRESETS.items():
+            print(f"{name:18s} {cfg.model.arch} on {cfg.data.source} "
+                  f"({cfg.attack.method} eps={cfg.attack.eps:.4g})")
+    elif args.command == "info":
+        m = open_store(args.id, cache).manifest
+        if args.json:
+            print(json.dumps(m, indent=1))
+        else:
+            print(f"{args.id}: {_summary(m)}")
+            for k in ("dataset", "input_shape", "model", "attack", "timings_s", "versions"):
+                print(f"  {k}: {json.dumps(m.get(k))}")
+    elif args.command == "train":
+        from core.train import train_demo
+        train_demo(epochs=args.epochs)
+    elif args.command == "bench":
+        from core.bench import bench_attack
+        report = bench_attack(args.images)
+        print(json.dumps(report, indent=1) if args.json else _table(report))
+    return 0
+
+
+def _summary(m: dict) -> str:
+    r = summary_row(m)
+    return (f"{r['successful pairs']} pairs | {r['images']} images, clean accuracy "
+            f"{r['clean accuracy']:.3f}, attack success {r['attack success']:.3f} | "
+            f"{r['model']}, {r['classes']} classes")
+
+
+def _table(report: dict) -> str:
+    return "\n".join(f"{k:40s} {v}" for k, v in report.items())

@@ -1,0 +1,421 @@
+"""Models: build a CNN, load its weights safely, and wrap it so the rest of the code works in [0,1] pixels.
+
+The paper analyses the neurons of the *last convolutional layer* (§3.2): the feature maps that global
+pooling turns into the n-D penultimate vector, which the final dense layer maps to the logits
+(``logits = W · pooled + b``; row ``W[k]`` gives the activation×weight of class k, §5.2.1).
+:class:`ExplainedModel` finds those two modules automatically (or by name) and checks that the head
+really acts on the global average of the analysed maps, so every later measure is consistent.
+
+Built-in architectures (``ARCHITECTURES``):
+
+- ``resnet18_cifar``: torchvision ResNet18 with a 3×3 stride-1 stem and no max-pool (the paper's CIFAR
+  model, 512 neurons; ``width`` scales the channels, e.g. 32 → 256 neurons for the demo).
+- ``resnet20_cifar`` … ``resnet56_cifar``: He et al.'s CIFAR ResNet-6n+2 with option-A shortcuts
+  (akamaster/pytorch_resnet_cifar10 key names).
+- ``wrn18_places365``: CSAILVision's Places365 "wideresnet18" (ResNet18 layout, layer4 at stride 1, so a
+  224-px input gives 14×14 last-conv maps).
+- torchvision ImageNet architectures by name (``resnet18``, ``resnet50``, ``wide_resnet50_2``, ...).
+
+Checkpoints (.pt/.pth/.th/.pth.tar via ``torch.load(weights_only=True)``, or .safetensors) never
+unpickle code. Nested ``state_dict`` entries and ``module.`` prefixes are handled; keys must match
+strictly, and a mismatch names the missing and unexpected keys.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import pickle
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision.models.resnet import BasicBlock
+
+from core.config import ModelConfig
+
+
+class ModelError(ValueError):
+    """A model or checkpoint that cannot be used; the message says why and what to do."""
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".th", ".pth.tar", ".tar", ".safetensors", ".ckpt", ".bin")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ---------------------------------------------------------------------------------------------
+# Architectures
+# ---------------------------------------------------------------------------------------------
+class CifarResNet18(nn.Module):
+    """torchvision's ResNet18 with a 3×3 stride-1 stem and no max-pool; key names as torchvision's."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 64):
+        super().__init__()
+        self.inplanes = width
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.Identity()
+        self.layer1 = self._make_layer(width, 1)
+        self.layer2 = self._make_layer(width * 2, 2)
+        self.layer3 = self._make_layer(width * 4, 2)
+        self.layer4 = self._make_layer(width * 8, 2)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width * 8, num_classes)
+
+    def _make_layer(self, planes: int, stride: int) -> nn.Sequential:
+        downsample = None
+        if stride != 1 or self.inplanes != planes:
+            downsample = nn.Sequential(nn.Conv2d(self.inplanes, planes, 1, stride, bias=False),
+                                       nn.BatchNorm2d(planes))
+        blocks = [BasicBlock(self.inplanes, planes, stride, downsample), BasicBlock(planes, planes)]
+        self.inplanes = planes
+        return nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class _OptionAShortcut(nn.Module):
+    """He et al.'s option A: subsample by 2 and zero-pad channels (planes//4 on each side); no weights."""
+
+    def __init__(self, planes: int):
+        super().__init__()
+        self.pad = planes // 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+
+
+class _CifarBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = _OptionAShortcut(planes) if stride != 1 or in_planes != planes else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-6n+2 for CIFAR (He et al. 2016), as in akamaster/pytorch_resnet_cifar10."""
+
+    def __init__(self, n: int, num_classes: int = 10, in_channels: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        stages, in_planes = [], 16
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            blocks = []
+            for i in range(n):
+                blocks.append(_CifarBlock(in_planes, planes, stride if i == 0 else 1))
+                in_planes = planes
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        self.linear = nn.Linear(64, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+def _wrn18_places365(num_classes: int = 365, in_channels: int = 3, width: int = 64) -> nn.Module:
+    """CSAILVision's wideresnet18: torchvision ResNet18 keys, layer4 at stride 1 (14×14 maps at 224 px)."""
+    _need_rgb("wrn18_places365", in_channels)
+    net = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    net.layer4[0].conv1.stride = (1, 1)
+    net.layer4[0].downsample[0].stride = (1, 1)
+    return net
+
+
+def _need_rgb(arch: str, in_channels: int) -> None:
+    if in_channels != 3:
+        raise ModelError(f"{arch} takes RGB input (in_channels=3), not {in_channels}; "
+                         "set [model] in_channels = 3 (grayscale images are repeated to RGB)")
+
+
+def _cifar_resnet(n: int, num_classes: int = 10, in_channels: int = 3, width: int = 64) -> nn.Module:
+    return CifarResNet(n, num_classes, in_channels)
+
+
+def _torchvision(name: str) -> Callable[..., nn.Module]:
+    def build(num_classes: int = 1000, in_channels: int = 3, width: int = 64) -> nn.Module:
+        _need_rgb(name, in_channels)
+        return getattr(torchvision.models, name)(weights=None, num_classes=num_classes)
+    return build
+
+
+# name -> (builder(num_classes, in_channels, width), default normalization mean, std)
+ARCHITECTURES: dict[str, tuple[Callable[..., nn.Module], tuple, tuple]] = {
+    "resnet18_cifar": (lambda num_classes=10, in_channels=3, width=64:
+                       CifarResNet18(num_classes, in_channels, width),
+                       (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    **{f"resnet{6 * n + 2}_cifar": (functools.partial(_cifar_resnet, n), IMAGENET_MEAN, IMAGENET_STD)
+       for n in (3, 5, 7, 9)},
+    "wrn18_places365": (_wrn18_places365, IMAGENET_MEAN, IMAGENET_STD),
+    **{name: (_torchvision(name), IMAGENET_MEAN, IMAGENET_STD)
+       for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+                    "wide_resnet50_2", "wide_resnet101_2", "resnext50_32x4d", "resnext101_32x8d")},
+}
+
+
+def build_architecture(arch: str, num_classes: int, in_channels: int = 3, width: int = 64) -> nn.Module:
+    if arch not in ARCHITECTURES:
+        raise ModelError(f"unsupported architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[arch][0](num_classes=num_classes, in_channels=in_channels, width=width)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+_NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights", "params")
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint's tensors without running code, and unwrap nesting and ``module.`` prefixes."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ModelError(f"checkpoint {path} does not exist (set [model] checkpoint to a weights file)")
+    if not path.name.lower().endswith(CHECKPOINT_SUFFIXES):
+        raise ModelError(f"checkpoint {path.name}: unsupported file type; use one of "
+                         f"{', '.join(CHECKPOINT_SUFFIXES)}")
+    if path.name.lower().endswith(".safetensors"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            obj = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ModelError(f"checkpoint {path} is not a valid safetensors file: {e}") from None
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise ModelError(
+                f"refused to load {path}: it holds Python objects other than tensors (possibly code), "
+                "and only plain weights are loaded for safety. Re-save it as a state dict "
+                "(torch.save(model.state_dict(), ...)) or as .safetensors. Detail: "
+                f"{str(e).splitlines()[0]}") from None
+        except (RuntimeError, EOFError, OSError, ValueError) as e:
+            raise ModelError(f"checkpoint {path} could not be read (truncated or not a PyTorch file): "
+                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    state = _find_state_dict(obj)
+    if state is None:
+        raise ModelError(f"checkpoint {path} holds no tensors: expected a state dict, possibly nested "
+                         f"under one of {_NESTED_KEYS}")
+    return _strip_prefixes(state)
+
+
+def _find_state_dict(obj) -> dict[str, torch.Tensor] | None:
+    if isinstance(obj, dict):
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors and len(tensors) >= len(obj) / 2:
+            return tensors
+        for key in _NESTED_KEYS:
+            if key in obj and (found := _find_state_dict(obj[key])) is not None:
+                return found
+    return None
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    # DataParallel/DDP ("module.") and wrappers ("model.") prefix every key; strip while all share one.
+    for prefix in ("module.", "model.", "net."):
+        while state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Strict load: any missing, unexpected or mis-shaped key is an error that lists them."""
+    own = net.state_dict()
+    # Checkpoints saved before PyTorch 0.4.1 lack BatchNorm's step counter, which eval never reads.
+    state = {**{k: v for k, v in own.items() if k.endswith("num_batches_tracked")}, **state}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        def show(items):
+            return ", ".join(items[:12]) + (f", ... ({len(items)} in all)" if len(items) > 12 else "")
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {show(missing)}")
+        if unexpected:
+            parts.append(f"unexpected keys: {show(unexpected)}")
+        if shapes:
+            parts.append(f"shape mismatches: {show(shapes)}")
+        raise ModelError(f"{source} does not match the architecture ({'; '.join(parts)}). Check "
+                         "[model] arch, num_classes and in_channels.")
+    net.load_state_dict(state, strict=True)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# The wrapper
+# ---------------------------------------------------------------------------------------------
+_POOLING = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.MaxPool2d)
+
+
+class ExplainedModel(nn.Module):
+    """A CNN that takes [0,1] pixels (normalization inside) and knows its analysed layer and head.
+
+    Attributes:
+        feature_layer: module name (in ``net``) whose output is the last-conv feature maps (n×h×w).
+        head: module name of the final ``nn.Linear``; ``head_weight`` is its (classes × n) matrix.
+        num_neurons, fmap_size, num_classes, input_shape.
+    """
+
+    def __init__(self, net: nn.Module, mean, std, input_shape: tuple[int, int, int],
+                 feature_layer: str | None = None, head: str | None = None):
+        super().__init__()
+        self.net = net.eval()
+        c = input_shape[0]
+        mean, std = list(mean), list(std)
+        if len(mean) == 1:
+            mean, std = mean * c, std * c
+        if len(mean) != c or len(std) != c:
+            raise ModelError(f"normalization has {len(mean)} channels but the input has {c}")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1))
+        self.input_shape = tuple(input_shape)
+        for p in self.parameters():
+            p.requires_grad_(False)  # attacks need input gradients only
+        self.feature_layer, self.head, self.fmap_size, self.num_classes = \
+            discover_layers(self, input_shape, feature_layer, head)
+        self.num_neurons = self.head_module.in_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.mean.shape[1]:
+            raise ValueError(f"expected (N, {self.mean.shape[1]}, H, W) images, got {tuple(x.shape)}")
+        return self.net((x - self.mean) / self.std)
+
+    @property
+    def head_module(self) -> nn.Linear:
+        return self.net.get_submodule(self.head)
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        return self.head_module.weight
+
+    def train(self, mode: bool = True):  # the wrapped model is for analysis: it stays in eval mode
+        return super().train(False)
+
+
+class capture:
+    """Context manager: capture the analysed layer's output and the head's input during forwards.
+
+    Hooks are removed on exit, even on error, so a model shared across sessions is never left hooked;
+    they record only forwards made by the thread that opened the context.
+    """
+
+    def __init__(self, model: ExplainedModel, feature_layer: str | None = None, head: str | None = None):
+        self.model = model
+        self.names = (feature_layer or model.feature_layer, head or model.head)
+        self.fmap: torch.Tensor | None = None
+        self.pooled: torch.Tensor | None = None
+
+    def __enter__(self) -> capture:
+        owner = threading.get_ident()
+        fl, hd = (self.model.net.get_submodule(n) for n in self.names)
+
+        def on_fmap(_m, _i, out):
+            if threading.get_ident() == owner:
+                self.fmap = out
+
+        def on_head(_m, inputs, _o):
+            if threading.get_ident() == owner:
+                self.pooled = inputs[0]
+
+        self._handles = [fl.register_forward_hook(on_fmap), hd.register_forward_hook(on_head)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def discover_layers(model: nn.Module, input_shape, feature_layer: str | None = None,
+                    head: str | None = None) -> tuple[str, str, tuple[int, int], int]:
+    """Find (feature layer, head, feature-map size, classes) by one traced forward on random input.
+
+    Head: the last ``nn.Linear`` to run, whose output must be the logits. Analysed layer: the last
+    non-pooling module to finish with a 4-D output (so the outermost container, e.g. ``layer4``).
+    Both can be overridden by module name. The head's input must equal the global average of the
+    analysed maps, otherwise activation×weight would not describe these neurons.
+    """
+    net = model.net
+    names = {m: n for n, m in net.named_modules() if n}
+    for label, name in (("feature_layer", feature_layer), ("head", head)):
+        if name is not None and name not in dict(net.named_modules()):
+            raise ModelError(f"[model] {label} = {name!r} is not a module of this model; "
+                             f"modules include: {', '.join(list(dict(net.named_modules()))[1:40])}")
+    events: list[tuple[str, nn.Module, torch.Tensor, torch.Tensor | None]] = []
+    handles = [m.register_forward_hook(
+        lambda mod, inp, out: events.append((names[mod], mod, out, inp[0] if inp else None)))
+        for m in names]
+    x = torch.rand((2, *input_shape), generator=torch.Generator().manual_seed(0))
+    try:
+        with torch.no_grad():
+            logits = model(x)
+    except Exception as e:  # a wrong input size, channel count, ...
+        raise ModelError(f"the model failed on a {tuple(input_shape)} input: {e}") from None
+    finally:
+        for h in handles:
+            h.remove()
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ModelError("the model must return a (batch, classes) tensor of logits")
+    linears = [e for e in events if isinstance(e[1], nn.Linear) and (head is None or e[0] == head)]
+    if not linears:
+        raise ModelError(f"no linear head {'named ' + repr(head) if head else 'found'}: the method needs "
+                         "a final nn.Linear on the pooled last-conv features (set [model] head)")
+    head_name, head_mod, head_out, pooled = linears[-1]
+    if not (head_out.shape == logits.shape and torch.allclose(head_out, logits, atol=1e-5)):
+        raise ModelError(f"{head_name!r} is not the final layer: its output is not the model's logits")
+    convs = [e for e in events if isinstance(e[2], torch.Tensor) and e[2].dim() == 4
+             and not isinstance(e[1], _POOLING) and (feature_layer is None or e[0] == feature_layer)]
+    if not convs:
+        raise ModelError("no convolutional feature maps found: the method analyses the last conv "
+                         "layer's neurons, so the model needs one (or set [model] feature_layer)")
+    fl_name, _m, fmap, _ = convs[-1]
+    if fmap.shape[1] != pooled.shape[-1] or not torch.allclose(
+            fmap.float().mean((2, 3)), pooled.reshape(pooled.shape[0], -1).float(), atol=1e-4, rtol=1e-4):
+        raise ModelError(
+            f"the head {head_name!r} does not act on the global average of {fl_name!r} "
+            f"({tuple(fmap.shape[1:])} maps, head input {tuple(pooled.shape[1:])}); set [model] "
+            "feature_layer to the module whose output is average-pooled into the head")
+    return fl_name, head_name, (int(fmap.shape[2]), int(fmap.shape[3])), int(logits.shape[1])
+
+
+def load_model(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> ExplainedModel:
+    """Build ``cfg.arch``, load ``cfg.checkpoint`` strictly and safely, and wrap it."""
+    net = build_architecture(cfg.arch, cfg.num_classes, cfg.in_channels, cfg.width)
+    if cfg.checkpoint:
+        load_weights(net, load_state_dict(cfg.checkpoint), source=f"checkpoint {cfg.checkpoint}")
+    if input_shape[0] != cfg.in_channels:
+        raise ModelError(f"the images have {input_shape[0]} channels but the model takes "
+                         f"{cfg.in_channels} ([model] in_channels)")
+    return ExplainedModel(net, cfg.mean, cfg.std, input_shape, cfg.feature_layer, cfg.head)
+
+
+def model_fingerprint(cfg: ModelConfig) -> dict:
+    return {"arch": cfg.arch, "num_classes": cfg.num_classes, "in_channels": cfg.in_channels,
+            "width": cfg.width,
+            "checkpoint": Path(cfg.checkpoint).name if cfg.checkpoint else None,
+            "checkpoint_sha256": file_sha256(cfg.checkpoint) if cfg.checkpoint else None}

@@ -1,0 +1,295 @@
+"""``prepare``: turn a model and a dataset into an experiment store (paper §5.1, §6 set-up).
+
+Stages, each with a tqdm bar and the same progress sent to ``progress(stage, done, total)``:
+
+1. ``clean``: predict every image (fp32); keep the correctly classified ones.
+2. ``attack``: attack them (PGD by default); success is decided by an fp32 forward pass, whatever
+   precision the search used; with a bf16 search, images that fail are attacked again in fp32.
+3. ``features``: logits, probabilities, pooled activations and last-conv maps of every successful
+   benign/adversarial pair (fp32; the maps are stored as float16).
+4. ``statistics``: per-class statistics of the pooled activations (the band-gap input).
+5. ``tsne``: the benign and the adversarial t-SNE layouts.
+6. ``publish``: the pair table and the manifest, then one rename makes the store visible.
+
+Chunked stages record how far they got, so an interrupted prepare (Ctrl-C, kill -9, power loss)
+resumes where it stopped when run again with the same config and id.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core import attacks
+from core import data as datasets
+from core.config import ExperimentConfig
+from core.features import extract
+from core.models import ModelError, load_model, model_fingerprint
+from core.neuron_measures import class_statistics
+from core.projection import tsne
+from core.store import DEFAULT_CACHE, PAIR_COLUMNS, SCHEMA_VERSION, StoreError, StoreWriter, save_npy
+
+ProgressFn = Callable[[str, int, int], None]
+STAGES = ("load", "clean", "attack", "features", "statistics", "tsne", "publish")
+
+
+class PrepareError(RuntimeError):
+    """prepare cannot go on; the message says why and what to change."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PrepareError("[prepare] device = cuda, but no CUDA GPU is available; use auto or cpu")
+    return torch.device(name)
+
+
+class _Bar:
+    """One stage's progress: a tqdm bar and the caller's callback."""
+
+    def __init__(self, stage: str, total: int, callback: ProgressFn | None, show: bool, start: int = 0):
+        from tqdm.auto import tqdm
+        self.stage, self.total, self.callback, self.done = stage, total, callback, start
+        self.bar = tqdm(total=total, initial=start, desc=f"{stage:>10}", unit="img", disable=not show)
+        self._report()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        self.bar.update(n)
+        self._report()
+
+    def _report(self) -> None:
+        if self.callback:
+            self.callback(self.stage, self.done, self.total)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path = DEFAULT_CACHE,
+            overwrite: bool = False, progress: ProgressFn | None = None, show_bars: bool = True,
+            log: Callable[[str], None] = lambda s: None) -> Path:
+    """Build ``cache_dir/experiment_id`` from ``cfg``; return its path. Resumes an interrupted run."""
+    timings: dict[str, float] = {}
+    t0 = time.time()
+    cfg.validate()
+    final = Path(cache_dir) / experiment_id
+    if final.exists() and not overwrite:
+        raise StoreError(f"experiment {experiment_id!r} already exists in {cache_dir}; "
+                         "use --force to rebuild it or --out to choose another id")
+    ds = datasets.load_dataset(cfg.data, channels=cfg.model.in_channels)
+    for path, reason in ds.skipped[:20]:
+        log(f"skipped unreadable image {path}: {reason}")
+    if len(ds) == 0:
+        raise PrepareError("the dataset has no images after class selection and skipping "
+                           "unreadable files; check [data] root, classes and per_class")
+    shape = (ds.channels, *ds.image_size)
+    device = resolve_device(cfg.prepare.device)
+    model = load_model(cfg.model, shape).to(device)
+    if model.num_classes != len(ds.classes):
+        raise ModelError(f"the dataset has {len(ds.classes)} classes but the model outputs "
+                         f"{model.num_classes}; set [model] num_classes or use the matching dataset")
+    precision = cfg.attack.precision
+    if precision == "auto":
+        precision = "bf16" if attacks.fast_bf16_available(device) else "fp32"
+    if precision == "bf16":
+        model = model.to(memory_format=torch.channels_last)  # fastest layout for bf16 convolutions
+    fingerprints = {"dataset": ds.fingerprint(), "model": model_fingerprint(cfg.model)}
+    key = hashlib.sha256(json.dumps([SCHEMA_VERSION, cfg.to_dict(), fingerprints], sort_keys=True,
+                                    default=str).encode()).hexdigest()
+    w = StoreWriter(experiment_id, key, cache_dir)
+    if w.resumed:
+        log(f"resuming the interrupted prepare of {experiment_id!r} from {w.path}")
+    timings["load"] = time.time() - t0
+    bs = cfg.prepare.batch_size
+    chunk = bs * 4  # resume granularity of the chunked stages
+
+    # 1. clean predictions --------------------------------------------------------------------
+    t = time.time()
+    n_all = len(ds)
+    logits_all = w.open_memmap("dataset_logits.npy", (n_all, model.num_classes), np.float32)
+    pooled_all = w.open_memmap("dataset_pooled.npy", (n_all, model.num_neurons), np.float32)
+    start = w.state.get("clean_done", 0)
+    bar = _Bar("clean", n_all, progress, show_bars, start)
+    for lo in range(start, n_all, chunk):
+        pos = np.arange(lo, min(lo + chunk, n_all))
+        f = extract(model, ds.get(pos), batch_size=bs, fmaps=False)
+        if not torch.isfinite(f.logits).all():
+            raise ModelError("the model produced NaN or infinite logits on dataset positions "
+                             f"{lo}..{pos[-1]}; check the checkpoint and the normalization")
+        logits_all[pos], pooled_all[pos] = f.logits.numpy(), f.pooled.numpy()
+        _flush(logits_all, pooled_all)
+        w.mark("clean_done", int(pos[-1] + 1))
+        bar.advance(len(pos))
+    bar.close()
+    labels_all = np.asarray(ds.labels, dtype=np.int64)
+    pred_all = np.asarray(logits_all).argmax(1)
+    correct = np.flatnonzero(pred_all == labels_all)
+    timings["clean"] = time.time() - t
+
+    # 2. attack --------------------------------------------------------------------------------
+    t = time.time()
+    nc = len(correct)
+    adv_all = w.open_memmap("work/adv_images.npy", (nc, *shape), np.float32)
+    adv_pred = w.open_memmap("work/adv_pred.npy", (nc,), np.int64)
+    a = cfg.attack
+    start = w.state.get("attack_done", 0)
+    bar = _Bar("attack", nc, progress, show_bars, start)
+    for lo in range(start, nc, chunk):
+        sel = np.arange(lo, min(lo + chunk, nc))
+        x = ds.get(correct[sel]).to(device)
+        y = torch.as_tensor(labels_all[correct[sel]], device=device)
+        if precision == "bf16":
+            x = x.contiguous(memory_format=torch.channels_last)
+        adv = _attack(model, x, y, a, precision, bs, cfg.prepare.seed + lo)
+        pred = _predict(model, adv, bs)
+        if precision != "fp32" and (failed := (pred == y).nonzero().flatten()).numel():
+            adv[failed] = _attack(model, x[failed], y[failed], a, "fp32", bs, cfg.prepare.seed + lo)
+            pred[failed] = _predict(model, adv[failed], bs)
+        adv_all[sel], adv_pred[sel] = adv.cpu().numpy(), pred.cpu().numpy()
+        _flush(adv_all, adv_pred)
+        w.mark("attack_done", int(sel[-1] + 1))
+        bar.advance(len(sel))
+    bar.close()
+    success = np.flatnonzero(np.asarray(adv_pred) != labels_all[correct])
+    pairs_pos = correct[success]  # positions in ds of the successful pairs
+    n = len(pairs_pos)
+    timings["attack"] = time.time() - t
+
+    # 3. features of both images of every successful pair ----------------------------------------
+    t = time.time()
+    h, wd = model.fmap_size
+    arrays = {"benign_images": ((n, *shape), np.uint8),
+              "adversarial_images": ((n, *shape), np.float32)}
+    for side in ("benign", "adversarial"):
+        arrays |= {f"{side}_logits": ((n, model.num_classes), np.float32),
+                   f"{side}_probs": ((n, model.num_classes), np.float32),
+                   f"{side}_pooled": ((n, model.num_neurons), np.float32),
+                   f"{side}_fmaps": ((n, model.num_neurons, h, wd), np.float16)}
+    out = {k: w.open_memmap(f"{k}.npy", s, d) for k, (s, d) in arrays.items()}
+    start = w.state.get("features_done", 0)
+    bar = _Bar("features", n, progress, show_bars, start)
+    for lo in range(start, n, chunk):
+        sel = np.arange(lo, min(lo + chunk, n))
+        benign_u8 = ds.get_uint8(pairs_pos[sel])
+        adv = torch.from_numpy(np.asarray(adv_all[success[sel]]))
+        out["benign_images"][sel] = benign_u8
+        out["adversarial_images"][sel] = adv.numpy()
+        for side, x in (("benign", torch.from_numpy(benign_u8).float() / 255), ("adversarial", adv)):
+            f = extract(model, x, batch_size=bs)
+            out[f"{side}_logits"][sel] = f.logits.numpy()
+            out[f"{side}_probs"][sel] = f.probs.numpy()
+            out[f"{side}_pooled"][sel] = f.pooled.numpy()
+            out[f"{side}_fmaps"][sel] = f.fmaps.numpy().astype(np.float16)
+        _flush(*out.values())
+        w.mark("features_done", int(sel[-1] + 1))
+        bar.advance(len(sel))
+    bar.close()
+    timings["features"] = time.time() - t
+
+    # 4. per-class statistics ------------------------------------------------------------------------
+    t = time.time()
+    labels = labels_all[pairs_pos]
+    adv_labels = np.asarray(out["adversarial_logits"]).argmax(1) if n else np.zeros(0, np.int64)
+    if not np.array_equal(adv_labels, np.asarray(adv_pred)[success]):
+        raise PrepareError("the adversarial predictions changed between the attack and the feature "
+                           "pass: the model is not deterministic; rerun with [prepare] device = cpu")
+    stats = {f"benign_{k}": v for k, v in class_statistics(
+        np.asarray(pooled_all)[correct], labels_all[correct], model.num_classes).items()}
+    stats |= {f"adversarial_{k}": v for k, v in class_statistics(
+        np.asarray(out["adversarial_pooled"]), adv_labels, model.num_classes).items()}
+    np.savez(w.out("class_stats.npz"), **stats)
+    for name, arr in (("dataset_indices", ds.indices), ("dataset_labels", labels_all),
+                      ("dataset_pred", pred_all)):
+        save_npy(w.out(f"{name}.npy"), np.asarray(arr, dtype=np.int64))
+    timings["statistics"] = time.time() - t
+
+    # 5. t-SNE ---------------------------------------------------------------------------------------
+    t = time.time()
+    bar = _Bar("tsne", 2, progress, show_bars)
+    coords = {}
+    for side in ("benign", "adversarial"):
+        coords[side] = tsne(np.asarray(out[f"{side}_pooled"]), perplexity=cfg.prepare.tsne_perplexity,
+                            seed=cfg.prepare.seed)
+        bar.advance(1)
+    bar.close()
+    timings["tsne"] = time.time() - t
+
+    # 6. pair table, manifest, publish ---------------------------------------------------------------
+    t = time.time()
+    import pandas as pd
+    bp, ap = np.asarray(out["benign_probs"]), np.asarray(out["adversarial_probs"])
+    delta = (np.asarray(out["adversarial_images"]).reshape(n, -1)
+             - np.asarray(out["benign_images"]).reshape(n, -1).astype(np.float32) / 255)
+    rows = np.arange(n)
+    table = pd.DataFrame({
+        "pair": rows, "index": np.asarray(ds.indices)[pairs_pos], "label": labels,
+        "benign_prob": bp[rows, labels], "adv_label": adv_labels, "adv_prob": ap[rows, adv_labels],
+        "benign_prob_adv": ap[rows, labels], "adv_prob_benign": bp[rows, adv_labels],
+        "l2": np.linalg.norm(delta, axis=1), "linf": np.abs(delta).max(1, initial=0),
+        "tsne_benign_x": coords["benign"][:, 0], "tsne_benign_y": coords["benign"][:, 1],
+        "tsne_adv_x": coords["adversarial"][:, 0], "tsne_adv_y": coords["adversarial"][:, 1]})
+    assert list(table.columns) == list(PAIR_COLUMNS)
+    table.to_parquet(w.out("pairs.parquet"), index=False)
+    n_images = len(ds)
+    manifest = {
+        "schema_version": SCHEMA_VERSION, "id": experiment_id,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": cfg.to_dict(), "fingerprints": fingerprints, "dataset": ds.name,
+        "classes": list(ds.classes), "input_shape": list(shape),
+        "model": {"feature_layer": model.feature_layer, "head": model.head,
+                  "num_neurons": model.num_neurons, "fmap_size": list(model.fmap_size),
+                  "num_classes": model.num_classes},
+        "attack": {"precision": precision, "device": str(device)},
+        "counts": {"n_images": n_images, "n_correct": int(nc), "n_attacked": int(nc),
+                   "n_success": int(n), "n_skipped": len(ds.skipped),
+                   "clean_accuracy": nc / n_images, "attack_success_rate": n / nc if nc else 0.0},
+        "skipped": [list(s) for s in ds.skipped[:100]],
+        "versions": _versions(), "timings_s": timings,
+        "pair_columns": PAIR_COLUMNS,
+    }
+    timings["publish"] = time.time() - t
+    timings["total"] = time.time() - t0
+    path = w.publish(manifest, overwrite=overwrite)
+    log(f"wrote {path}: {n} successful pairs of {nc} attacked ({n_images} images, clean accuracy "
+        f"{manifest['counts']['clean_accuracy']:.4f}, attack success "
+        f"{manifest['counts']['attack_success_rate']:.4f}) in {timings['total']:.0f}s")
+    return path
+
+
+def _attack(model, x, y, a, precision, bs, seed) -> torch.Tensor:
+    if a.method == "fgsm":
+        return attacks.fgsm(model, x, y, eps=a.eps, precision=precision)
+    g = torch.Generator().manual_seed(seed) if a.random_start else None
+    return attacks.pgd(model, x, y, eps=a.eps, alpha=a.alpha, steps=a.steps,
+                       random_start=a.random_start, precision=precision, batch_size=bs,
+                       early_stop=a.early_stop, generator=g)
+
+
+def _predict(model, x: torch.Tensor, bs: int) -> torch.Tensor:
+    """fp32 predictions: the verdict on an attack never depends on reduced precision."""
+    with torch.no_grad():
+        return torch.cat([model(x[i:i + bs]).argmax(1) for i in range(0, len(x), bs)]) \
+            if len(x) else torch.zeros(0, dtype=torch.long, device=x.device)
+
+
+def _flush(*arrays) -> None:
+    for arr in arrays:
+        if isinstance(arr, np.memmap):
+            arr.flush()
+
+
+def _versions() -> dict[str, str]:
+    import sklearn
+    import torchvision
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "numpy": np.__version__,
+            "scikit-learn": sklearn.__version__, "platform": sys.platform}

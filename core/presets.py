@@ -1,0 +1,72 @@
+"""Named experiment configs. ``python -m core prepare --preset NAME [--set section.key=value ...]``.
+
+Paths to shared data default to ``../shared`` beside the repository (the layout this project's
+tests use); point them elsewhere with ``--set data.root=...`` / ``--set model.checkpoint=...``.
+"""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from core.config import AttackConfig, ConfigError, DataConfig, ExperimentConfig, ModelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEMO_CHECKPOINT = ASSETS / "demo-resnet18w32-fashion-mnist.safetensors"
+SHARED = ROOT.parent / "shared"
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
+
+_DEMO_MODEL = ModelConfig(arch="resnet18_cifar", checkpoint=str(DEMO_CHECKPOINT), num_classes=10,
+                          in_channels=1, width=32, mean=FMNIST_MEAN, std=FMNIST_STD)
+# Fashion-MNIST's usual L∞ budget is 0.1 (8/255 is CIFAR's); at 8/255 our measured PGD-7 success on
+# the demo model is far below 95% (BENCHMARKS.md), so the demo uses ε = 0.1 with α = ε/4 as the paper's
+# 2/255 : 8/255 ratio.
+_FMNIST_ATTACK = AttackConfig(eps=0.1, alpha=0.025, steps=7)
+
+PRESETS: dict[str, ExperimentConfig] = {
+    # Shipped, offline: 300 test images per class (3,000, stratified) and the committed demo model.
+    "demo": ExperimentConfig(model=_DEMO_MODEL, data=DataConfig(source="demo", per_class=300),
+                             attack=_FMNIST_ATTACK),
+    "fashion-mnist": ExperimentConfig(model=_DEMO_MODEL, data=DataConfig(source="fashion_mnist"),
+                                      attack=_FMNIST_ATTACK),
+    # The paper's case study (§6.1): CIFAR-10 test set, ResNet18 with 512 last-conv neurons.
+    "cifar10-resnet18": ExperimentConfig(
+        model=ModelConfig(arch="resnet18_cifar", checkpoint=str(SHARED / "models/resnet18-cifar10.pt"),
+                          mean=CIFAR_MEAN, std=CIFAR_STD),
+        data=DataConfig(source="cifar10", root=str(SHARED / "data/cifar10-test"))),
+    "cifar10-resnet56": ExperimentConfig(
+        model=ModelConfig(arch="resnet56_cifar", checkpoint=str(SHARED / "models/resnet56-4bfd9763.th"),
+                          mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        data=DataConfig(source="cifar10", root=str(SHARED / "data/cifar10-test"))),
+    # Paper §6.2: a Places365 validation ImageFolder, CSAILVision's wideresnet18 checkpoint
+    # (wideresnet18_places365.pth.tar), and a class subset (set data.classes).
+    "places365-wrn18": ExperimentConfig(
+        model=ModelConfig(arch="wrn18_places365", checkpoint="wideresnet18_places365.pth.tar",
+                          num_classes=365, mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        data=DataConfig(source="image_folder", root="places365_val", image_size=224, per_class=100)),
+}
+
+
+def preset(name: str, overrides: list[str] | None = None) -> ExperimentConfig:
+    """A copy of preset ``name`` with ``section.key=value`` overrides applied (values parsed as TOML)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    d = copy.deepcopy(PRESETS[name]).to_dict()
+    for item in overrides or []:
+        apply_override(d, item)
+    return ExperimentConfig.from_dict(d)
+
+
+def apply_override(d: dict, item: str) -> None:
+    import tomllib
+    key, sep, raw = item.partition("=")
+    section, dot, field = key.strip().partition(".")
+    if not sep or not dot or section not in d:
+        raise ConfigError(f"override {item!r}: use section.key=value, e.g. data.per_class=50")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare string such as a path
+    d[section][field] = value

@@ -1,0 +1,1 @@
+"""The only Streamlit glue: cached store access and page helpers (no computation here)."""

@@ -1,0 +1,32 @@
+"""Experiments: the stores in cache/ with their manifest figures."""
+import streamlit as st
+
+from core.store import summary_row
+from core.ui.stores import cache_dir, experiments
+
+st.title("Experiments")
+cache = str(cache_dir())
+infos = experiments(cache)
+if not infos:
+    st.info(f"No experiments in `{cache}` yet. Prepare one with "
+            "`python -m core prepare --preset demo` (or `make run`, which does it for you).")
+    st.stop()
+
+ok = [i for i in infos if i.manifest]
+st.dataframe([summary_row(i.manifest) for i in ok], hide_index=True, use_container_width=True)
+for info in infos:
+    if info.error:
+        st.warning(f"**{info.id}** cannot be opened: {info.error}")
+if ok:
+    chosen = st.selectbox("Details of", [i.id for i in ok])
+    manifest = next(i.manifest for i in ok if i.id == chosen)
+    c = manifest["counts"]
+    cols = st.columns(5)
+    cols[0].metric("Images", c["n_images"])
+    cols[1].metric("Clean accuracy", f"{c['clean_accuracy']:.1%}")
+    cols[2].metric("Attacked", c["n_attacked"])
+    cols[3].metric("Attack success", f"{c['attack_success_rate']:.1%}")
+    cols[4].metric("Pairs to explore", c["n_success"])
+    st.caption(f"Classes: {', '.join(manifest['classes'])}")
+    with st.expander("Manifest"):
+        st.json(manifest)

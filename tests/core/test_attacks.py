@@ -1,0 +1,122 @@
+import pytest
+import torch
+import torchattacks
+
+from core.attacks import fgsm, pgd
+from tests.helpers import lossless20 as load_lossless20
+from tests.helpers import resnet20, shared_model
+
+EPS, ALPHA = 8 / 255, 2 / 255
+
+
+@pytest.fixture(scope="module")
+def pair(lossless20, models_dir):
+    x, y = load_lossless20(lossless20)
+    return shared_model("cifar10-resnet18", models_dir), x, y
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_pgd_invariants(pair, precision):
+    model, x, y = pair
+    x0 = x.clone()
+    adv = pgd(model, x, y, eps=EPS, alpha=ALPHA, steps=7, precision=precision)
+    assert torch.equal(x, x0), "the input must not be modified"
+    assert (adv - x).abs().max() <= EPS + 1e-6
+    assert adv.min() >= 0 and adv.max() <= 1
+    assert adv.shape == x.shape and adv.dtype == x.dtype
+    with torch.no_grad():
+        fooled = (model(adv).argmax(1) != y).float().mean()
+    assert fooled >= 0.8, f"PGD-7 at 8/255 should fool most of the 20 images, fooled {fooled:.2f}"
+
+
+def test_eps_zero_gives_clean_accuracy(pair):
+    model, x, y = pair
+    adv = pgd(model, x, y, eps=0.0, alpha=ALPHA, steps=7)
+    assert torch.equal(adv, x)
+    with torch.no_grad():
+        assert torch.equal(model(adv).argmax(1), model(x).argmax(1))
+
+
+@pytest.mark.parametrize("which", ["resnet18", "resnet20"])
+def test_pgd_matches_torchattacks(pair, models_dir, which):
+    model, x, y = pair
+    if which == "resnet20":
+        model = resnet20(models_dir)
+    ours = pgd(model, x, y, eps=EPS, alpha=ALPHA, steps=7, random_start=False)
+    ref = torchattacks.PGD(model, eps=EPS, alpha=ALPHA, steps=7, random_start=False)(x, y)
+    assert (ours - ref).abs().max() <= 1e-5
+
+
+def test_pgd_batching_does_not_change_result(pair):
+    model, x, y = pair
+    whole = pgd(model, x, y, steps=3)
+    chunked = pgd(model, x, y, steps=3, batch_size=7)
+    assert (whole - chunked).abs().max() <= 1e-6
+
+
+def test_fgsm_matches_torchattacks(pair):
+    model, x, y = pair
+    ours = fgsm(model, x, y, eps=EPS)
+    ref = torchattacks.FGSM(model, eps=EPS)(x, y)
+    assert (ours - ref).abs().max() <= 1e-5
+
+
+def test_targeted_pgd_reaches_target(pair):
+    model, x, y = pair
+    target = (y + 1) % 10
+    adv = pgd(model, x, target, eps=EPS, alpha=ALPHA, steps=20, targeted=True)
+    with torch.no_grad():
+        hit = (model(adv).argmax(1) == target).float().mean()
+    assert hit >= 0.7
+    assert (adv - x).abs().max() <= EPS + 1e-6
+
+
+def test_random_start_stays_in_ball(pair):
+    model, x, y = pair
+    g = torch.Generator().manual_seed(0)
+    adv = pgd(model, x, y, steps=2, random_start=True, generator=g)
+    assert (adv - x).abs().max() <= EPS + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+    again = pgd(model, x, y, steps=2, random_start=True, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(adv, again)
+
+
+def test_early_stop_stops_at_first_success(pair):
+    model, x, y = pair
+    es = pgd(model, x, y, steps=7, early_stop=True)
+    full = pgd(model, x, y, steps=7)
+    with torch.no_grad():
+        f_es, f_full = model(es).argmax(1) != y, model(full).argmax(1) != y
+    assert f_es.sum() >= f_full.sum() - 1
+    assert (es - x).abs().max() <= EPS + 1e-6
+    # images fooled early keep a smaller perturbation than the full 7 steps give
+    assert (es - x).norm() < (full - x).norm()
+
+
+def test_attack_restores_training_mode_and_weights(pair):
+    model, x, y = pair
+    net = model.net
+    net.train()  # ExplainedModel itself refuses train mode; a raw nn.Module keeps its mode
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    pgd(lambda_model(model), x[:4], y[:4], steps=1)
+    net.eval()
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def lambda_model(model):
+    class Wrap(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.m = model
+
+        def forward(self, x):
+            assert not self.training, "pgd must run the model in eval mode"
+            return self.m(x)
+    w = Wrap()
+    w.train()
+    return w
+
+
+def test_rejects_unnormalized_input(pair):
+    model, x, y = pair
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        pgd(model, x * 255, y)
