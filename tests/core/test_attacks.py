@@ -120,3 +120,12 @@ def test_rejects_unnormalized_input(pair):
     model, x, y = pair
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         pgd(model, x * 255, y)
+
+
+def test_bench_attack_reports_ratios_from_one_run(cifar_root, models_dir):
+    from core.bench import bench_attack
+    r = bench_attack(n_images=20, fp32_subset=10, batch_size=10)
+    assert r["images"] == 20 and r["pgd7_fp32_baseline_measured_on_images"] == 10
+    assert r["pgd7_seconds"] > 0 and r["speedup_vs_fp32"] > 0
+    assert 0 <= r["bf16_vs_fp32_same_outcome_subset"] <= 1
+    assert r["mean_linf_fp32_verified"] <= 8 / 255 + 1e-6
