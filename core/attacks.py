@@ -54,16 +54,18 @@ def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: fl
             for _ in range(steps):
                 adv = _step(model, x, adv, labels, alpha, eps, targeted, precision)
             return adv.detach()
+        # The logits of each step's forward tell which images the current iterate already fools:
+        # those are frozen, so early stopping costs no extra forward pass.
         active = torch.arange(len(x), device=x.device)
-        for step in range(steps + 1):
-            with torch.no_grad(), autocast(x.device, precision):
-                pred = model(adv[active]).argmax(1)
-            done = (pred == labels[active]) if targeted else (pred != labels[active])
-            active = active[~done]
-            if step == steps or len(active) == 0:
+        for _ in range(steps):
+            new, logits = _step(model, x[active], adv[active], labels[active], alpha, eps, targeted,
+                                precision, return_logits=True)
+            pred = logits.argmax(1)
+            keep = (pred != labels[active]) if targeted else (pred == labels[active])
+            adv[active[keep]] = new[keep]
+            active = active[keep]
+            if len(active) == 0:
                 break
-            adv[active] = _step(model, x[active], adv[active], labels[active], alpha, eps, targeted,
-                                precision)
     return adv.detach()
 
 
@@ -76,14 +78,15 @@ def fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: f
         return _step(model, x, x.clone(), labels, eps, eps, targeted, precision).detach()
 
 
-def _step(model, x, adv, labels, alpha, eps, targeted, precision) -> torch.Tensor:
+def _step(model, x, adv, labels, alpha, eps, targeted, precision, return_logits=False):
     adv = adv.clone().requires_grad_(True)
     with autocast(x.device, precision):
         logits = model(adv)
     loss = F.cross_entropy(logits.float(), labels, reduction="sum")
     grad, = torch.autograd.grad(-loss if targeted else loss, adv)
     adv = adv.detach() + alpha * grad.sign()
-    return (x + (adv - x).clamp(-eps, eps)).clamp(0, 1)
+    new = (x + (adv - x).clamp(-eps, eps)).clamp(0, 1)
+    return (new, logits.detach()) if return_logits else new
 
 
 def autocast(device: torch.device, precision: str):

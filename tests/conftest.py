@@ -12,9 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("NVE_SHARED", ROOT.parent / "shared"))
 
 
-def _need(path: Path) -> Path:
+def _need(path: Path, why: str = "these tests read the real data/models in ../shared beside the repo"
+          ) -> Path:
     if not path.exists():
-        msg = f"{path} is missing: these tests read the real data/models in ../shared beside the repo"
+        msg = f"{path} is missing: {why}"
         if os.environ.get("NVE_REQUIRE_SHARED") == "1":
             pytest.fail(msg)
         pytest.skip(msg)
@@ -39,6 +40,12 @@ def lossless20(shared_dir) -> Path:
 @pytest.fixture(scope="session")
 def models_dir(shared_dir) -> Path:
     return _need(shared_dir / "models")
+
+
+@pytest.fixture(scope="session")
+def fmnist_root() -> Path:
+    from core.data import FASHION_MNIST_ROOT
+    return _need(FASHION_MNIST_ROOT, "install the Debian package dataset-fashion-mnist (make test does)")
 
 
 @pytest.fixture(scope="session")

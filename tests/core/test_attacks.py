@@ -80,16 +80,20 @@ def test_random_start_stays_in_ball(pair):
     assert torch.equal(adv, again)
 
 
-def test_early_stop_stops_at_first_success(pair):
+def test_early_stop_matches_a_slow_reference(pair):
+    """Reference: iterate standard PGD one step at a time; each image keeps its first fooling iterate."""
     model, x, y = pair
     es = pgd(model, x, y, steps=7, early_stop=True)
-    full = pgd(model, x, y, steps=7)
-    with torch.no_grad():
-        f_es, f_full = model(es).argmax(1) != y, model(full).argmax(1) != y
-    assert f_es.sum() >= f_full.sum() - 1
-    assert (es - x).abs().max() <= EPS + 1e-6
-    # images fooled early keep a smaller perturbation than the full 7 steps give
-    assert (es - x).norm() < (full - x).norm()
+    iterates = [pgd(model, x, y, steps=k) for k in range(8)]
+    ref = iterates[7].clone()
+    for i in range(len(x)):
+        for k in range(8):
+            with torch.no_grad():
+                if model(iterates[k][i:i + 1]).argmax(1).item() != y[i].item():
+                    ref[i] = iterates[k][i]
+                    break
+    assert (es - ref).abs().max() <= 1e-5
+    assert (es - x).norm() < (iterates[7] - x).norm()  # fooled images keep a smaller perturbation
 
 
 def test_attack_restores_training_mode_and_weights(pair):

@@ -25,17 +25,6 @@ def demo_ds() -> ImageSet:
 
 
 @pytest.fixture(scope="module")
-def fmnist_root() -> Path:
-    root = data.FASHION_MNIST_ROOT
-    if not root.is_dir():
-        msg = f"{root} is missing: install the Debian package dataset-fashion-mnist"
-        if os.environ.get("NVE_REQUIRE_SHARED") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return root
-
-
-@pytest.fixture(scope="module")
 def cifar(cifar_root) -> ImageSet:
     return data.cifar10(cifar_root)
 
