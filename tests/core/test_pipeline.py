@@ -192,3 +192,47 @@ def test_cli_list_info_and_errors(cifar20_store, tmp_path):
     bad.write_text("[attack]\neps = 0.1\nunknown_key = 3\n")
     out = run("prepare", "--config", str(bad))
     assert out.returncode == 2 and "unknown_key" in out.stderr
+
+
+def _small_folder(cifar_root: Path, dest: Path, classes=("cat", "dog"), n=4) -> Path:
+    import shutil
+    for cls in classes:
+        (dest / cls).mkdir(parents=True)
+        for i in range(n):
+            shutil.copy(cifar_root / cls / f"{i:04d}.jpg", dest / cls / f"{i:04d}.jpg")
+    return dest
+
+
+def test_corrupt_image_is_skipped_and_reported_or_fails_by_name(cifar_root, cifar20_config, tmp_path):
+    import shutil
+    root = tmp_path / "folder"
+    for cls in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"):
+        (root / cls).mkdir(parents=True)
+        for i in range(2):
+            shutil.copy(cifar_root / cls / f"{i:04d}.jpg", root / cls / f"{i:04d}.jpg")
+    bad = root / "cat" / "9999.jpg"
+    bad.write_bytes((cifar_root / "cat" / "0000.jpg").read_bytes()[:300])  # truncated JPEG
+    d = cifar20_config.to_dict()
+    d["data"] |= {"source": "image_folder", "root": str(root), "per_class": None}
+    from core.config import ExperimentConfig
+    logs = []
+    s = Store(prepare(ExperimentConfig.from_dict(d), "folder", cache_dir=tmp_path / "c", show_bars=False,
+                      log=logs.append))
+    assert s.counts["n_images"] == 20 and s.counts["n_skipped"] == 1
+    assert s.manifest["skipped"][0][0].endswith("9999.jpg")
+    assert any("9999.jpg" in line for line in logs)
+    d["data"]["on_corrupt"] = "error"
+    from core.data import DataError
+    with pytest.raises(DataError, match="9999.jpg"):
+        prepare(ExperimentConfig.from_dict(d), "folder2", cache_dir=tmp_path / "c", show_bars=False)
+    assert not (tmp_path / "c" / "folder2").exists()
+
+
+def test_class_count_mismatch_is_explained(cifar_root, cifar20_config, tmp_path):
+    from core.config import ExperimentConfig
+    from core.models import ModelError
+    d = cifar20_config.to_dict()
+    d["data"] |= {"source": "image_folder", "root": str(_small_folder(cifar_root, tmp_path / "f")),
+                  "per_class": None}
+    with pytest.raises(ModelError, match="2 classes but the model outputs 10"):
+        prepare(ExperimentConfig.from_dict(d), "x", cache_dir=tmp_path / "c", show_bars=False)
