@@ -55,10 +55,11 @@ def resolve_device(name: str) -> torch.device:
 class _Bar:
     """One stage's progress: a tqdm bar and the caller's callback."""
 
-    def __init__(self, stage: str, total: int, callback: ProgressFn | None, show: bool, start: int = 0):
+    def __init__(self, stage: str, total: int, callback: ProgressFn | None, show: bool, start: int = 0,
+                 unit: str = "img"):
         from tqdm.auto import tqdm
         self.stage, self.total, self.callback, self.done = stage, total, callback, start
-        self.bar = tqdm(total=total, initial=start, desc=f"{stage:>10}", unit="img", disable=not show)
+        self.bar = tqdm(total=total, initial=start, desc=f"{stage:>10}", unit=unit, disable=not show)
         self._report()
 
     def advance(self, n: int) -> None:
@@ -214,7 +215,7 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
 
     # 5. t-SNE ---------------------------------------------------------------------------------------
     t = time.time()
-    bar = _Bar("tsne", 2, progress, show_bars)
+    bar = _Bar("tsne", 2, progress, show_bars, unit="layout")
     coords = {}
     for side in ("benign", "adversarial"):
         coords[side] = tsne(np.asarray(out[f"{side}_pooled"]), perplexity=cfg.prepare.tsne_perplexity,

@@ -17,6 +17,7 @@ with ``manifest.json`` written last; a folder without a manifest of the current 
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -195,6 +196,13 @@ class StoreWriter:
         self.final = self.cache_dir / self.id
         self.path = self.cache_dir / f".partial-{self.id}"
         self.cache_dir.mkdir(parents=True, exist_ok=True)
+        # One prepare per experiment at a time: a second one would write into the same partial folder.
+        self._lock = open(self.cache_dir / f".partial-{self.id}.lock", "w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise StoreError(f"another prepare of {self.id!r} is running; wait for it to finish") from None
         key_file = self.path / "config_key"
         self.resumed = key_file.is_file() and key_file.read_text() == config_key
         if not self.resumed:
@@ -241,7 +249,14 @@ class StoreWriter:
         else:
             os.rename(self.path, self.final)
         _fsync_dir(self.cache_dir)
+        self.release()
         return self.final
+
+    def release(self) -> None:
+        """Drop the lock (the lock file itself is harmless and reused)."""
+        if not self._lock.closed:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -6,19 +6,14 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.store import DEFAULT_CACHE, Store, StoreInfo, list_stores, open_store
+from core.store import DEFAULT_CACHE, StoreInfo, list_stores
 
 
 def cache_dir() -> Path:
+    """The folder of stores: $NVE_CACHE, else the repository's cache/ (read per call, for tests)."""
     return Path(os.environ.get("NVE_CACHE", DEFAULT_CACHE))
 
 
 @st.cache_data(ttl=10, show_spinner=False)
 def experiments(cache: str) -> list[StoreInfo]:
     return list_stores(cache)
-
-
-@st.cache_resource(show_spinner=False, max_entries=8)
-def store(experiment_id: str, cache: str, mtime: float) -> Store:
-    """One open (memory-mapped) store per experiment and version, shared by all sessions."""
-    return open_store(experiment_id, cache)

@@ -236,3 +236,12 @@ def test_class_count_mismatch_is_explained(cifar_root, cifar20_config, tmp_path)
                   "per_class": None}
     with pytest.raises(ModelError, match="2 classes but the model outputs 10"):
         prepare(ExperimentConfig.from_dict(d), "x", cache_dir=tmp_path / "c", show_bars=False)
+
+
+def test_one_prepare_per_experiment_at_a_time(tmp_path):
+    from core.store import StoreWriter
+    first = StoreWriter("exp", "key", tmp_path)
+    with pytest.raises(StoreError, match="another prepare"):
+        StoreWriter("exp", "key", tmp_path)
+    first.release()
+    StoreWriter("exp", "key", tmp_path).release()  # free again once the first one is done
