@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8501
 HOST ?= 0.0.0.0
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
-APT_TEST := dataset-fashion-mnist
+APT_TEST := dataset-fashion-mnist chromium chromium-driver
 
 .PHONY: run test install system-test-deps prepare-demo lint
 
