@@ -118,19 +118,14 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
     n_all = len(ds)
     logits_all = w.open_memmap("dataset_logits.npy", (n_all, model.num_classes), np.float32)
     pooled_all = w.open_memmap("dataset_pooled.npy", (n_all, model.num_neurons), np.float32)
-    start = w.state.get("clean_done", 0)
-    bar = _Bar("clean", n_all, progress, show_bars, start)
-    for lo in range(start, n_all, chunk):
-        pos = np.arange(lo, min(lo + chunk, n_all))
+    def clean_chunk(pos: np.ndarray) -> None:
         f = extract(model, ds.get(pos), batch_size=bs, fmaps=False)
         if not torch.isfinite(f.logits).all():
             raise ModelError("the model produced NaN or infinite logits on dataset positions "
-                             f"{lo}..{pos[-1]}; check the checkpoint and the normalization")
+                             f"{pos[0]}..{pos[-1]}; check the checkpoint and the normalization")
         logits_all[pos], pooled_all[pos] = f.logits.numpy(), f.pooled.numpy()
-        _flush(logits_all, pooled_all)
-        w.mark("clean_done", int(pos[-1] + 1))
-        bar.advance(len(pos))
-    bar.close()
+
+    _chunked(w, "clean", n_all, chunk, clean_chunk, [logits_all, pooled_all], progress, show_bars)
     labels_all = np.asarray(ds.labels, dtype=np.int64)
     pred_all = np.asarray(logits_all).argmax(1)
     correct = np.flatnonzero(pred_all == labels_all)
@@ -142,24 +137,21 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
     adv_all = w.open_memmap("work/adv_images.npy", (nc, *shape), np.float32)
     adv_pred = w.open_memmap("work/adv_pred.npy", (nc,), np.int64)
     a = cfg.attack
-    start = w.state.get("attack_done", 0)
-    bar = _Bar("attack", nc, progress, show_bars, start)
-    for lo in range(start, nc, chunk):
-        sel = np.arange(lo, min(lo + chunk, nc))
+
+    def attack_chunk(sel: np.ndarray) -> None:
         x = ds.get(correct[sel]).to(device)
         y = torch.as_tensor(labels_all[correct[sel]], device=device)
         if precision == "bf16":
             x = x.contiguous(memory_format=torch.channels_last)
-        adv = _attack(model, x, y, a, precision, bs, cfg.prepare.seed + lo)
+        seed = cfg.prepare.seed + int(sel[0])
+        adv = _attack(model, x, y, a, precision, bs, seed)
         pred = _predict(model, adv, bs)
         if precision != "fp32" and (failed := (pred == y).nonzero().flatten()).numel():
-            adv[failed] = _attack(model, x[failed], y[failed], a, "fp32", bs, cfg.prepare.seed + lo)
+            adv[failed] = _attack(model, x[failed], y[failed], a, "fp32", bs, seed)
             pred[failed] = _predict(model, adv[failed], bs)
         adv_all[sel], adv_pred[sel] = adv.cpu().numpy(), pred.cpu().numpy()
-        _flush(adv_all, adv_pred)
-        w.mark("attack_done", int(sel[-1] + 1))
-        bar.advance(len(sel))
-    bar.close()
+
+    _chunked(w, "attack", nc, chunk, attack_chunk, [adv_all, adv_pred], progress, show_bars)
     success = np.flatnonzero(np.asarray(adv_pred) != labels_all[correct])
     pairs_pos = correct[success]  # positions in ds of the successful pairs
     n = len(pairs_pos)
@@ -176,10 +168,8 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
                    f"{side}_pooled": ((n, model.num_neurons), np.float32),
                    f"{side}_fmaps": ((n, model.num_neurons, h, wd), np.float16)}
     out = {k: w.open_memmap(f"{k}.npy", s, d) for k, (s, d) in arrays.items()}
-    start = w.state.get("features_done", 0)
-    bar = _Bar("features", n, progress, show_bars, start)
-    for lo in range(start, n, chunk):
-        sel = np.arange(lo, min(lo + chunk, n))
+
+    def features_chunk(sel: np.ndarray) -> None:
         benign_u8 = ds.get_uint8(pairs_pos[sel])
         adv = torch.from_numpy(np.asarray(adv_all[success[sel]]))
         out["benign_images"][sel] = benign_u8
@@ -190,10 +180,8 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
             out[f"{side}_probs"][sel] = f.probs.numpy()
             out[f"{side}_pooled"][sel] = f.pooled.numpy()
             out[f"{side}_fmaps"][sel] = f.fmaps.numpy().astype(np.float16)
-        _flush(*out.values())
-        w.mark("features_done", int(sel[-1] + 1))
-        bar.advance(len(sel))
-    bar.close()
+
+    _chunked(w, "features", n, chunk, features_chunk, list(out.values()), progress, show_bars)
     timings["features"] = time.time() - t
 
     # 4. per-class statistics ------------------------------------------------------------------------
@@ -266,6 +254,26 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
     return path
 
 
+def _chunked(w: StoreWriter, stage: str, total: int, chunk: int, work: Callable[[np.ndarray], None],
+             arrays: list[np.ndarray], progress: ProgressFn | None, show: bool) -> None:
+    """Run ``work`` on consecutive chunks of ``range(total)``, resuming after the last recorded one.
+
+    Each chunk's results are flushed to disk before its progress is recorded, so a crash at any
+    point at worst redoes one chunk.
+    """
+    start = w.state.get(f"{stage}_done", 0)
+    bar = _Bar(stage, total, progress, show, start)
+    for lo in range(start, total, chunk):
+        sel = np.arange(lo, min(lo + chunk, total))
+        work(sel)
+        for arr in arrays:
+            if isinstance(arr, np.memmap):
+                arr.flush()
+        w.mark(f"{stage}_done", int(sel[-1] + 1))
+        bar.advance(len(sel))
+    bar.close()
+
+
 def _attack(model, x, y, a, precision, bs, seed) -> torch.Tensor:
     if a.method == "fgsm":
         return attacks.fgsm(model, x, y, eps=a.eps, precision=precision)
@@ -276,16 +284,9 @@ def _attack(model, x, y, a, precision, bs, seed) -> torch.Tensor:
 
 
 def _predict(model, x: torch.Tensor, bs: int) -> torch.Tensor:
-    """fp32 predictions: the verdict on an attack never depends on reduced precision."""
-    with torch.no_grad():
-        return torch.cat([model(x[i:i + bs]).argmax(1) for i in range(0, len(x), bs)]) \
-            if len(x) else torch.zeros(0, dtype=torch.long, device=x.device)
-
-
-def _flush(*arrays) -> None:
-    for arr in arrays:
-        if isinstance(arr, np.memmap):
-            arr.flush()
+    """fp32 predictions: the verdict on an attack never depends on reduced precision. Computed like
+    the feature pass (same function, contiguous layout, same batch size), so the two agree."""
+    return extract(model, x.contiguous(), batch_size=bs, fmaps=False).logits.argmax(1).to(x.device)
 
 
 def _versions() -> dict[str, str]:
