@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import _need
+
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -24,11 +26,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="session")
 def browser():
-    if not Path(CHROMIUM).exists():
-        msg = "Debian chromium is missing (apt-get install chromium chromium-driver; make test does)"
-        if os.environ.get("NVE_REQUIRE_SHARED") == "1":
-            pytest.fail(msg)
-        pytest.skip(msg)
+    _need(Path(CHROMIUM), "install Debian chromium (apt-get install chromium chromium-driver)")
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -204,12 +204,8 @@ def _small_folder(cifar_root: Path, dest: Path, classes=("cat", "dog"), n=4) -> 
 
 
 def test_corrupt_image_is_skipped_and_reported_or_fails_by_name(cifar_root, cifar20_config, tmp_path):
-    import shutil
-    root = tmp_path / "folder"
-    for cls in ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"):
-        (root / cls).mkdir(parents=True)
-        for i in range(2):
-            shutil.copy(cifar_root / cls / f"{i:04d}.jpg", root / cls / f"{i:04d}.jpg")
+    from core.data import CIFAR10_CLASSES
+    root = _small_folder(cifar_root, tmp_path / "folder", classes=CIFAR10_CLASSES, n=2)
     bad = root / "cat" / "9999.jpg"
     bad.write_bytes((cifar_root / "cat" / "0000.jpg").read_bytes()[:300])  # truncated JPEG
     d = cifar20_config.to_dict()
