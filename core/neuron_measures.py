@@ -1,21 +1,104 @@
-"""Neuron-perturbation measure inputs (paper §5.2.1): per-class statistics of pooled activations.
+"""Neuron-perturbation measure (paper §5.2.1): activation×weight curves, class bands, band gap,
+curve difference, direct neuron substitution, and the IoU ranking of the image-perturbation measure.
 
-The Neuron Vulnerability View draws, for the benign class b and the adversarial class a, a band (an
-interval over the images of that class) of activation×weight: ``pooled[j] · W[k, j]`` for neuron j
-and class k. Because ``W[k, j]`` is one scalar per neuron and class, every interval of activation×weight
-follows from the same interval of the activations (scaled by W[k, j], the bounds swapping when
-W[k, j] < 0). The store therefore keeps, per class and neuron, the count, mean, standard deviation
-and a set of quantiles of the pooled activations over two populations:
+Notation: ``p`` is a pooled vector (n,) (last-conv feature maps average-pooled, one value per neuron),
+``W`` (classes, n) and ``b`` (classes,) are the final dense layer (``logits = W p + b``), ``B`` the benign
+(true) class of the selected pair and ``A`` its adversarial class.
+
+**Activation×weight** (``activation_times_weight``). The Neuron Vulnerability View plots, per neuron j,
+``p[j] · W[k, j]``: neuron j's contribution to the logit of class k. The benign curve is the benign
+image's ``p`` times row ``W[B]``; the adversarial curve is the adversarial image's ``p`` times row
+``W[A]`` (the two classes have different weight rows, paper §5.2.1). Results are float64.
+
+**Per-class statistics** (``class_statistics``, computed once by ``prepare`` and stored in
+``class_stats.npz``). Because ``W[k, j]`` is one scalar per neuron and class, every interval of
+activation×weight follows from the same interval of the activations (scaled by W[k, j], the bounds
+swapping when W[k, j] < 0). The store therefore keeps, per class and neuron, the count, mean, standard
+deviation and a set of quantiles (``QUANTILE_LEVELS``) of the pooled activations over two populations:
 
 - ``benign_*``: correctly classified benign images of each true class (all of them, not only the
   attacked ones, for the most stable bands);
 - ``adversarial_*``: successful adversarial images grouped by adversarial label.
+
+**Class band** (``class_band``): an interval [lo, hi] of activation×weight of class k over the images
+of one population, per neuron. ``interval`` chooses what the interval describes:
+
+- ``"quantile"`` (default): the central ``coverage`` interval of the per-image activations, the
+  quantiles at (1−coverage)/2 and (1+coverage)/2. Only coverages whose two levels are stored are
+  available (0.5, 0.8, 0.9, 0.95, 1.0); any other raises ValueError.
+- ``"std"``: mean ± z·std with z = Φ⁻¹((1+coverage)/2) (a normal reference interval).
+- ``"ci"``: a confidence interval of the class *mean*, mean ± t_{(1+coverage)/2, count−1}·std/√count
+  (Student t); a class with a single image gives the mean itself (no spread to estimate).
+
+Then ``[lo·w, hi·w]`` when w = W[k, j] ≥ 0 and ``[hi·w, lo·w]`` when w < 0. A class with no image in the
+population gives NaN bounds (and so a NaN band gap, ranked last).
+
+*Why the quantile interval by default, although the paper says "confidence interval":* the paper's
+band shows that the activations "share a roughly similar pattern across images within the same
+class", i.e. where the class's individual images lie. A CI of the mean shrinks as 1/√count (≈ 1/√800
+for a CIFAR-10 class), so with many images the two bands collapse onto the class means and the band gap
+degenerates into a difference of class means, losing the "does the attack move the neuron outside the
+class's usual range" reading. A quantile interval keeps the images' spread and is robust to outliers;
+``"std"`` and ``"ci"`` remain available. The default coverage, 0.5 (the interquartile range), is a
+constant (``DEFAULT_COVERAGE``) to retune after measurements.
+
+**Which images form the adversarial class's band** (``pair_bands``, ``adversarial_band``). The benign
+band is always the benign images of class B (× W[B]). For the adversarial band (× W[A]):
+
+- ``"benign"`` (default, the paper): correctly classified benign images whose true class is A. Fig. 6
+  contrasts "the adversarial image (orange curve) or images of the car class (orange band)": the band
+  is the genuine class A, so the gap says how far the attack pushed the neuron towards real A images.
+- ``"adversarial"``: the successful adversarial images predicted as A (by the attack, from any class).
+
+**Band gap** (``band_gap``), exactly the paper's formula with a = adversarial, b = benign::
+
+    BG((CLa, CUa), (CLb, CUb)) = CUa − CLb   if CLb > CUa
+                                 CLa − CUb   if CLa > CUb
+                                 0           otherwise
+
+Both non-zero branches are the signed distance between the two bands: negative when the adversarial
+band lies entirely below the benign band (the attack inhibits the neuron, region C of Fig. 4), positive
+when entirely above (the attack excites it, region A); touching or overlapping bands give 0 (region
+B). NaN bounds give NaN. Ranked descending (``rank``), region A is on the left and C on the right, as
+in Fig. 4; the most vulnerable neurons are at both ends.
+
+**Curve difference** (``curve_difference``): adversarial curve − benign curve, per neuron: the
+"straightforward" per-image sort the paper compares the band gap with.
+
+**Rank** (``rank``): neuron ids ordered by a measure, descending by default; NaNs last, ties broken by
+the lower neuron id (a stable, reproducible order).
+
+**Direct neuron substitution** (``substitution_effect``): for every neuron j, the benign pooled vector
+with entry j replaced by the adversarial image's value, ``p_j = p_B; p_j[j] = p_A[j]``, pushed through
+the head: ``y(p_j)`` with y = softmax(W p + b) (``output="probability"``) or the logits
+(``output="logit"``). Returned per neuron:
+
+- ``benign_decrease[j] = y_B(p_B) − y_B(p_j)`` (how much the substitution lowers the benign class),
+- ``adversarial_increase[j] = y_A(p_j) − y_A(p_B)`` (how much it raises the adversarial class),
+
+so, as in the vulnerability maps (core.vulnerability), larger means more vulnerable. This is exact with
+no CNN forward: the head is linear in the pooled vector and the pooled vector is all the CNN passes
+on. The n substituted vectors form one (n, n) matrix run through the head in one matrix product, in
+float64.
+
+**IoU ranking** (``iou_ranking``, the image-perturbation measure's last step): for each neuron's
+receptive-field mask RF_j (H, W) and one binarized vulnerability map V (bMap or aMap),
+``IoU_j = |RF_j ∧ V| / |RF_j ∨ V|``, 0 when both masks are empty (nothing to overlap), computed for all
+neurons at once; neurons are ranked by descending IoU.
 """
 from __future__ import annotations
 
 import numpy as np
 
 QUANTILE_LEVELS = np.array([0.0, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.975, 1.0])
+
+INTERVALS = ("quantile", "std", "ci")
+DEFAULT_INTERVAL = "quantile"
+DEFAULT_COVERAGE = 0.5
+POPULATIONS = ("benign", "adversarial")
+ADVERSARIAL_BANDS = ("benign", "adversarial")
+DEFAULT_ADVERSARIAL_BAND = "benign"
+OUTPUTS = ("probability", "logit")
 
 
 def class_statistics(pooled: np.ndarray, labels: np.ndarray, num_classes: int,
@@ -36,3 +119,161 @@ def class_statistics(pooled: np.ndarray, labels: np.ndarray, num_classes: int,
     return {"count": count.astype(np.int64), "mean": mean.astype(np.float32),
             "std": std.astype(np.float32), "quantiles": quant.astype(np.float32),
             "levels": np.asarray(levels, dtype=np.float32)}
+
+
+def _np(x, dtype=np.float64) -> np.ndarray:
+    """A numpy array from numpy or torch input (torch parameters need detaching first)."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+def _check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def activation_times_weight(pooled, weight, cls: int) -> np.ndarray:
+    """``pooled * weight[cls]``: pooled (..., n), weight (classes, n) → (..., n) float64."""
+    weight = _np(weight)
+    _check_class(cls, weight.shape[0])
+    return _np(pooled) * weight[cls]
+
+
+def _check_class(cls, num_classes: int) -> None:
+    if not isinstance(cls, (int, np.integer)) or isinstance(cls, bool) or not 0 <= cls < num_classes:
+        raise ValueError(f"class must be an integer in [0, {num_classes}), got {cls!r}")
+
+
+def quantile_coverages(levels) -> list[float]:
+    """The coverages the ``"quantile"`` interval offers: c with both (1−c)/2 and (1+c)/2 stored."""
+    levels = np.asarray(levels, dtype=np.float64)
+    return sorted(round(1 - 2 * lv, 6) for lv in levels
+                  if lv < 0.5 and np.isclose(levels, 1 - lv, atol=1e-6).any())
+
+
+def _level_index(levels: np.ndarray, target: float) -> int | None:
+    hit = np.flatnonzero(np.isclose(levels, target, atol=1e-6))  # levels are stored as float32
+    return int(hit[0]) if len(hit) else None
+
+
+def class_band(stats: dict, population: str, cls: int, weight_row, *, interval: str = DEFAULT_INTERVAL,
+               coverage: float = DEFAULT_COVERAGE) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper), each (n,) float64: the band of activation×weight of class ``cls`` over the
+    images of ``population`` ("benign" or "adversarial" statistics), see the module docstring."""
+    _check_choice("population", population, POPULATIONS)
+    _check_choice("interval", interval, INTERVALS)
+    count = np.asarray(stats[f"{population}_count"])
+    _check_class(cls, len(count))
+    upper_ok = coverage <= 1 if interval == "quantile" else coverage < 1  # z and t are infinite at 1
+    if not (isinstance(coverage, (int, float, np.floating)) and 0 < coverage and upper_ok):
+        raise ValueError(f"coverage must be in (0, 1{']' if interval == 'quantile' else ')'} for "
+                         f"interval={interval!r}, got {coverage!r}")
+    w = _np(weight_row)
+    mean = _np(stats[f"{population}_mean"][cls])
+    if w.shape != mean.shape:
+        raise ValueError(f"weight_row has shape {w.shape}, the statistics have {mean.shape[0]} neurons")
+    if interval == "quantile":
+        levels = _np(stats[f"{population}_levels"])
+        i_lo, i_hi = _level_index(levels, (1 - coverage) / 2), _level_index(levels, (1 + coverage) / 2)
+        if i_lo is None or i_hi is None:
+            avail = ", ".join(f"{c:g}" for c in quantile_coverages(levels))
+            raise ValueError(f"coverage {coverage:g} is not available for the quantile interval: the store "
+                             f"keeps quantiles for coverages {avail}; use one of those, or interval='std' "
+                             "or 'ci'")
+        q = _np(stats[f"{population}_quantiles"][cls])
+        lo, hi = q[i_lo], q[i_hi]
+    else:
+        from scipy import stats as sps
+        std = _np(stats[f"{population}_std"][cls])
+        k = int(count[cls])
+        if interval == "std":
+            half = sps.norm.ppf((1 + coverage) / 2) * std
+        elif k <= 1:
+            half = np.zeros_like(mean)  # one image: no spread to estimate; the band is the mean itself
+        else:
+            half = sps.t.ppf((1 + coverage) / 2, k - 1) * std / np.sqrt(k)
+        lo, hi = mean - half, mean + half
+    if count[cls] == 0:
+        nan = np.full_like(mean, np.nan)
+        return nan, nan.copy()
+    a, b = lo * w, hi * w
+    neg = w < 0  # multiplying by a negative weight reverses the interval
+    return np.where(neg, b, a), np.where(neg, a, b)
+
+
+def pair_bands(stats: dict, weight, benign_class: int, adversarial_class: int, *,
+               interval: str = DEFAULT_INTERVAL, coverage: float = DEFAULT_COVERAGE,
+               adversarial_band: str = DEFAULT_ADVERSARIAL_BAND) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"benign": (lo, hi), "adversarial": (lo, hi)}: the benign class's band (its benign images ×
+    W[B]) and the adversarial class's band (``adversarial_band`` images × W[A])."""
+    _check_choice("adversarial_band", adversarial_band, ADVERSARIAL_BANDS)
+    weight = _np(weight)
+    _check_class(benign_class, weight.shape[0])
+    _check_class(adversarial_class, weight.shape[0])
+    kw = {"interval": interval, "coverage": coverage}
+    return {"benign": class_band(stats, "benign", benign_class, weight[benign_class], **kw),
+            "adversarial": class_band(stats, adversarial_band, adversarial_class,
+                                      weight[adversarial_class], **kw)}
+
+
+def band_gap(adversarial_band, benign_band) -> np.ndarray:
+    """The paper's BG((CLa, CUa), (CLb, CUb)) per neuron (float64); NaN where any bound is NaN."""
+    la, ua = (_np(x) for x in adversarial_band)
+    lb, ub = (_np(x) for x in benign_band)
+    # nested where = the formula's if / elif / otherwise, in that order
+    gap = np.where(lb > ua, ua - lb, np.where(la > ub, la - ub, 0.0))
+    return np.where(np.isnan(la) | np.isnan(ua) | np.isnan(lb) | np.isnan(ub), np.nan, gap)
+
+
+def curve_difference(benign_axw, adversarial_axw) -> np.ndarray:
+    """Adversarial curve − benign curve (activation×weight), per neuron, float64."""
+    return _np(adversarial_axw) - _np(benign_axw)
+
+
+def rank(values, *, descending: bool = True) -> np.ndarray:
+    """Neuron ids ordered by ``values`` (descending by default); NaNs last, ties by lower id."""
+    v = _np(values).ravel()
+    nan = np.isnan(v)
+    key = np.where(nan, 0.0, -v if descending else v)
+    return np.lexsort((np.arange(len(v)), key, nan))  # last key is the primary one
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def substitution_effect(weight, bias, benign_pooled, adversarial_pooled, benign_class: int,
+                        adversarial_class: int, *, output: str = "probability") -> dict[str, np.ndarray]:
+    """{"benign_decrease", "adversarial_increase"}: (n,) float64 effects of substituting each neuron's
+    benign pooled value by the adversarial one, through the linear head (see the module docstring)."""
+    _check_choice("output", output, OUTPUTS)
+    W, b = _np(weight), _np(bias)
+    pb, pa = _np(benign_pooled).ravel(), _np(adversarial_pooled).ravel()
+    c, n = W.shape
+    if b.shape != (c,) or pb.shape != (n,) or pa.shape != (n,):
+        raise ValueError(f"expected weight (c, n), bias (c,), pooled vectors (n,); got {W.shape}, "
+                         f"{b.shape}, {pb.shape}, {pa.shape}")
+    _check_class(benign_class, c)
+    _check_class(adversarial_class, c)
+    subst = np.tile(pb, (n, 1))  # row j: the benign vector with neuron j taken from the adversarial one
+    subst[np.arange(n), np.arange(n)] = pa
+    logits = np.vstack([pb, subst]) @ W.T + b  # row 0: the benign image itself
+    y = _softmax(logits) if output == "probability" else logits
+    return {"benign_decrease": y[0, benign_class] - y[1:, benign_class],
+            "adversarial_increase": y[1:, adversarial_class] - y[0, adversarial_class]}
+
+
+def iou_ranking(rf_masks, vulnerability_mask) -> tuple[np.ndarray, np.ndarray]:
+    """(iou (n,) float64, rank(iou)) between each neuron's RF mask (n, H, W) and one binarized
+    vulnerability map (H, W); numpy or torch booleans."""
+    rf, v = _np(rf_masks, bool), _np(vulnerability_mask, bool)
+    if rf.ndim != 3 or rf.shape[1:] != v.shape:
+        raise ValueError(f"expected RF masks (n, H, W) and a vulnerability mask (H, W); got {rf.shape} "
+                         f"and {v.shape}")
+    rf, v = rf.reshape(len(rf), -1), v.reshape(-1)
+    inter = np.count_nonzero(rf & v, axis=1)
+    union = np.count_nonzero(rf | v, axis=1)
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    return iou, rank(iou)
