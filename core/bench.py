@@ -5,12 +5,20 @@
 beside the fp32 baseline (the plain loop, timed on a subset and scaled to N, since it takes ~15 min
 for 8,200 images on 2 cores) and the early-stopping variant; plus the agreement of bf16 and fp32 on
 which images are fooled.
+
+``analytics``: the neuron-space analytics (core.vulnerability, core.analysis) with the same ResNet18:
+vulnerability-map times at strides 1 and 2 (fp32 batched, and the bf16 difference-propagation fast
+path) beside the naive Alg. 1 loop (one fp32 forward per substituted image) measured in the same run;
+the fast path's top-20% mask agreement (IoU) with fp32; the per-pair interactive analytics once a
+store is open (RFs, IoU ranking, bands and band gap, substitution, linkage); and, on the CIFAR-10
+store, stride-2 vs stride-1 fidelity and whether the dead neurons fall into one cluster.
 """
 from __future__ import annotations
 
 import os
 import platform
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -93,3 +101,129 @@ def bench_attack(n_images: int = 8200, fp32_subset: int = 512, batch_size: int =
         "bf16_vs_fp32_same_outcome_subset": round(float((f_fast[sub] == f_32).mean()), 4),
         "mean_linf_fp32_verified": round(float((adv_fast - x).abs().flatten(1).max(1)[0].mean()), 5),
     }
+
+
+def _timed(fn, *args, repeat: int = 1, **kwargs):
+    """(fn(*args, **kwargs), best wall time of ``repeat`` runs)."""
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn(*args, **kwargs)
+        best = min(best, time.perf_counter() - t)
+    return out, best
+
+
+def _mask_iou(x, y, top: float) -> float:
+    from core.vulnerability import binarize
+    a, b = binarize(x, top), binarize(y, top)
+    u = np.count_nonzero(a | b)
+    return float(np.count_nonzero(a & b) / u) if u else 1.0
+
+
+def bench_analytics(experiment: str = "cifar10-resnet18", pairs: int = 3, fidelity_pairs: int = 10,
+                    store_pairs: int = 20, strides: tuple[int, ...] = (1, 2), cache_dir=None,
+                    seed: int = 0) -> dict:
+    """See the module docstring. ``pairs``: lossless CIFAR-10 test images (fooled by PGD-7) for the
+    speed and bf16 agreement part; ``fidelity_pairs`` / ``store_pairs``: random pairs of the store
+    ``experiment`` for the stride fidelity and dead-neuron check / the interactive-cost timing."""
+    from core import clustering, vulnerability
+    from core.analysis import Analysis
+    from core.models import load_model
+    from core.store import DEFAULT_CACHE, open_store
+    from core.vulnerability import DEFAULT_TOP, reference_maps, vulnerability_maps
+    torch.manual_seed(seed)
+    cfg = preset("cifar10-resnet18")
+    model = load_model(cfg.model, (3, 32, 32))
+    x, y = data.lossless_pngs(Path(cfg.data.root).parent / "cifar10-test-lossless-20")
+    adv = attacks.pgd(model, x, y, eps=cfg.attack.eps, alpha=cfg.attack.alpha, steps=cfg.attack.steps)
+    with torch.no_grad():
+        adv_label = model(adv).argmax(1)
+    fooled = torch.nonzero(adv_label != y).flatten()[:pairs].tolist()
+    k = vulnerability.default_k(32, 32)
+    report: dict = {"machine": _machine(), "model": "resnet18_cifar (512 last-conv neurons), 32x32",
+                    "k": k, "top": DEFAULT_TOP, "fast_precision": "bf16 (difference propagation)"}
+
+    def maps(i, stride, precision):
+        return vulnerability_maps(model, x[i], adv[i], int(y[i]), int(adv_label[i]), k=k, stride=stride,
+                                  precision=precision)
+    maps(fooled[0], 4, "bf16"), maps(fooled[0], 4, "fp32")  # warm-up (oneDNN kernel selection)
+    for s in strides:
+        i = fooled[0]
+        ref, t_ref = _timed(reference_maps, model, x[i], adv[i], int(y[i]), int(adv_label[i]), k=k, stride=s)
+        f32, t_32 = _timed(maps, i, s, "fp32", repeat=2)
+        _, t_16 = _timed(maps, i, s, "bf16", repeat=2)
+        report[f"stride{s}"] = {
+            "naive_loop_s": round(t_ref, 3), "fp32_batched_s": round(t_32, 3), "fast_bf16_s": round(t_16, 3),
+            "speedup_fp32_vs_naive": round(t_ref / t_32, 2), "speedup_fast_vs_naive": round(t_ref / t_16, 2),
+            "fp32_max_abs_diff_vs_naive": float(max((f32[j] - ref[j]).abs().max() for j in range(2))),
+        }
+        ious = []
+        for i in fooled:
+            a32, a16 = maps(i, s, "fp32"), maps(i, s, "bf16")
+            ious.append([_mask_iou(a32[j], a16[j], DEFAULT_TOP) for j in range(2)])
+        ious = np.asarray(ious)
+        report[f"stride{s}"]["fast_vs_fp32_top20_iou"] = {
+            "pairs": len(fooled), "bmap_min": round(float(ious[:, 0].min()), 4),
+            "bmap_mean": round(float(ious[:, 0].mean()), 4), "amap_min": round(float(ious[:, 1].min()), 4),
+            "amap_mean": round(float(ious[:, 1].mean()), 4)}
+    report["target"] = {"stride1_s": 0.5, "speedup_vs_naive": 10, "fast_iou": 0.9, "per_pair_ms": 150}
+
+    store = open_store(experiment, cache_dir or DEFAULT_CACHE)
+    an = Analysis(store)
+    rng = np.random.default_rng(seed)
+    ids = rng.choice(len(store), size=min(store_pairs, len(store)), replace=False).tolist()
+    _, t_thr = _timed(an.rf_thresholds)
+    an.head  # noqa: B018 -- loads the model once, as the app does when the store opens
+
+    def interactive(p):
+        an.rf(p, "benign"), an.rf(p, "adversarial")
+        an.neuron_measures(p)
+        an.linkage(p)
+    costs = [_timed(interactive, p)[1] for p in ids]
+    # the IoU ranking given the (cached) maps: RFs + binarize + IoU
+    an.vulnerability_maps(ids[0], stride=2, precision="bf16")
+    _, t_iou = _timed(an.iou_ranking, ids[0], stride=2, precision="bf16", repeat=3)
+    report["store"] = {
+        "experiment": experiment, "pairs": len(store), "rf_thresholds_once_s": round(t_thr, 2),
+        "per_pair_rfs_bands_gap_substitution_linkage_ms": {
+            "median": round(1000 * float(np.median(costs)), 1), "max": round(1000 * max(costs), 1),
+            "pairs_timed": len(ids)},
+        "iou_ranking_given_maps_ms": round(1000 * t_iou, 1)}
+
+    fid = []
+    for p in ids[:fidelity_pairs]:
+        b, a = (torch.from_numpy(np.array(v)) for v in store.pair_images(p))
+        bc, ac = an.classes_of(p)
+        run = {s: _timed(vulnerability_maps, an.model, b, a, bc, ac, k=k, stride=s) for s in (1, 2)}
+        ious = [_mask_iou(run[1][0][j], run[2][0][j], DEFAULT_TOP) for j in range(2)]
+        Z = an.linkage(p)
+        fmaps_b = np.asarray(store.array("benign_fmaps")[p], dtype=np.float32)
+        fmaps_a = np.asarray(store.array("adversarial_fmaps")[p], dtype=np.float32)
+        dead = np.flatnonzero((fmaps_b.reshape(len(fmaps_b), -1).max(1) <= 0)
+                              & (fmaps_a.reshape(len(fmaps_a), -1).max(1) <= 0))
+        node = clustering.common_ancestor(Z, dead) if len(dead) else None
+        cluster = clustering.subtree(Z, node) if len(dead) else dead
+        empty = ~(an.rf(p, "benign")[1].flatten(1).any(1) | an.rf(p, "adversarial")[1].flatten(1).any(1))
+        fid.append({"pair": p, "iou_bmap": ious[0], "iou_amap": ious[1],
+                    "time_ratio": run[2][1] / run[1][1], "dead": len(dead), "cluster": len(cluster),
+                    "cluster_all_empty_rf": bool(empty[torch.as_tensor(cluster, dtype=torch.long)].all()),
+                    "empty_rf": int(empty.sum()),
+                    "height": float(Z[node - len(Z) - 1, 2]) if len(dead) > 1 else 0.0})
+    report["fidelity_stride2_vs_stride1"] = {
+        "pairs": len(fid), "precision": "fp32",
+        "top20_iou_bmap_mean": round(float(np.mean([f["iou_bmap"] for f in fid])), 4),
+        "top20_iou_bmap_min": round(float(np.min([f["iou_bmap"] for f in fid])), 4),
+        "top20_iou_amap_mean": round(float(np.mean([f["iou_amap"] for f in fid])), 4),
+        "top20_iou_amap_min": round(float(np.min([f["iou_amap"] for f in fid])), 4),
+        "time_ratio_stride2_over_stride1": round(float(np.mean([f["time_ratio"] for f in fid])), 3)}
+    report["dead_neurons"] = {
+        "definition": "all-zero last-conv map on both images of the pair; cluster = the smallest "
+                      "dendrogram subtree (L2 of RFs, average linkage) holding all of them",
+        "pairs": len(fid), "mean_dead_per_pair": round(float(np.mean([f["dead"] for f in fid])), 1),
+        "mean_empty_rf_per_pair": round(float(np.mean([f["empty_rf"] for f in fid])), 1),
+        "mean_cluster_size": round(float(np.mean([f["cluster"] for f in fid])), 1),
+        "pairs_where_cluster_is_exactly_the_dead": int(sum(f["cluster"] == f["dead"] for f in fid)),
+        "pairs_where_cluster_has_only_empty_rf_neurons": int(sum(f["cluster_all_empty_rf"] for f in fid)),
+        "max_merge_height_of_that_cluster": round(max(f["height"] for f in fid), 6)}
+    return report
+

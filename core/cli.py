@@ -43,8 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--preset", default="demo", choices=["demo"])
     tr.add_argument("--epochs", type=int, default=6)
     be = sub.add_parser("bench", help="benchmarks that print ratios measured in one run")
-    be.add_argument("what", choices=["attack"])
-    be.add_argument("--images", type=int, default=8200, help="how many CIFAR test images to attack")
+    be.add_argument("what", choices=["attack", "analytics"])
+    be.add_argument("--images", type=int, default=8200, help="attack: how many CIFAR test images to attack")
+    be.add_argument("--experiment", default="cifar10-resnet18",
+                    help="analytics: the store to time per-pair analytics and fidelity on")
+    be.add_argument("--pairs", type=int, default=3,
+                    help="analytics: lossless images for map speed and agreement")
+    be.add_argument("--fidelity-pairs", type=int, default=10,
+                    help="analytics: store pairs for the stride fidelity")
     be.add_argument("--json", action="store_true")
 
     args = p.parse_args(argv)
@@ -102,8 +108,9 @@ def _run(args) -> int:
         from core.train import train_demo
         train_demo(epochs=args.epochs)
     elif args.command == "bench":
-        from core.bench import bench_attack
-        report = bench_attack(args.images)
+        from core import bench
+        report = (bench.bench_attack(args.images) if args.what == "attack" else
+                  bench.bench_analytics(args.experiment, args.pairs, args.fidelity_pairs, cache_dir=cache))
         print(json.dumps(report, indent=1) if args.json else _table(report))
     return 0
 

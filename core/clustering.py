@@ -212,3 +212,16 @@ def nodes_containing(Z, neuron: int) -> list[int]:
 def cut(Z, n_clusters: int) -> np.ndarray:
     """Cluster label (1..k, k <= n_clusters) per neuron: scipy ``fcluster`` with criterion maxclust."""
     return hierarchy.fcluster(np.asarray(Z, dtype=np.float64), n_clusters, criterion="maxclust")
+
+
+def common_ancestor(Z, neurons) -> int:
+    """The lowest node whose subtree holds every one of ``neurons`` (one neuron: the leaf itself), so
+    ``subtree(Z, common_ancestor(Z, s))`` is the smallest cluster of the dendrogram containing s."""
+    ids = [int(j) for j in neurons]
+    if not ids:
+        raise ValueError("common_ancestor needs at least one neuron")
+    if len(set(ids)) == 1:
+        return ids[0]
+    paths = [nodes_containing(Z, j) for j in ids]
+    shared = set(paths[0]).intersection(*paths[1:])
+    return next(v for v in paths[0] if v in shared)  # paths run bottom-up: the first shared is lowest

@@ -621,3 +621,14 @@ def load_dataset(cfg: DataConfig, channels: int = 3) -> ImageSet:
                           on_corrupt=cfg.on_corrupt, classes=cfg.classes)
     ds = select(ds, cfg.classes, cfg.per_class)
     return ds.with_format(channels=channels, image_size=cfg.image_size)
+
+
+def lossless_pngs(root: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lossless CIFAR-10 sample in ../shared (``cifar10_<index>_<label>.png``) as (N,3,H,W) floats in
+    [0,1] and labels, in index order (used by the benchmarks and tests)."""
+    files = sorted(Path(root).glob("cifar10_*.png"))
+    if not files:
+        raise DataError(f"no lossless CIFAR-10 images (cifar10_<index>_<label>.png) in {root}")
+    x = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1)
+                     for f in files]).float() / 255
+    return x, torch.tensor([int(f.stem.split("_")[-1]) for f in files])

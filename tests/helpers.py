@@ -1,22 +1,17 @@
 """Small loaders shared by tests (real images from ../shared, real checkpoints)."""
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 from core.config import ModelConfig
+from core.data import lossless_pngs
 from core.models import load_model
 from core.presets import PRESETS
 
 
 def lossless20(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The 20 lossless CIFAR-10 test images (indices 0-19) as (20,3,32,32) floats and labels."""
-    files = sorted(root.glob("cifar10_*.png"))
-    x = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1)
-                     for f in files]).float() / 255
-    y = torch.tensor([int(f.stem.split("_")[-1]) for f in files])
-    return x, y
+    return lossless_pngs(root)
 
 
 def shared_model(name: str, models_dir: Path):

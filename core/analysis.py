@@ -1,0 +1,295 @@
+"""The per-pair analytics the explore pages call: one ``Analysis`` per open experiment store.
+
+It wires the paper's measures (each in its own module) to a store, with the choices a page needs:
+
+- **Model.** Rebuilt from the store's manifest (architecture + checkpoint) only when a vulnerability
+  map is asked for; the checkpoint's SHA-256 must match the one recorded by ``prepare``, so a map is
+  never computed with weights other than those that produced the store. The head (W, b) is read from
+  the same checkpoint.
+- **Receptive fields** (``core.receptive_fields``) of every neuron on the pair's benign and adversarial
+  image. The default quantile threshold T_j is neuron j's q-quantile over the *benign* maps of every
+  pair in the store (the "dataset" of NetDissect is the clean images), and the same T_j is used on
+  the adversarial image, so its RFs are measured against the neuron's normal activation level.
+- **Vulnerability maps** (``core.vulnerability``) and their **IoU ranking** (``core.neuron_measures``):
+  bMap is compared with the RFs on the benign image and aMap with the RFs on the adversarial image
+  (``rf_side="matched"``): bMap marks where the adversarial pixels lower the benign class, which is
+  about what the neurons saw in the benign image, and aMap where they raise the adversarial class,
+  about what the neurons see in the adversarial one. ``rf_side`` may force "benign" or "adversarial".
+- **Bands, band gap, curve difference, substitution** (``core.neuron_measures``) from the store's
+  pooled vectors and class statistics: no forward pass.
+- **Clustering** (``core.clustering``) of the neurons on this pair: the distance between their
+  benign+adversarial RFs, a linkage, the dendrogram geometry.
+
+Disk cache. Vulnerability maps (≈1–5 s each on a CPU) and the RF thresholds (one pass over the store's
+maps) are saved under ``<store>/derived/`` (``vmap-p<pair>-k<k>-s<stride>-<output>-<precision>.npy``:
+(2,H,W) float32, bMap then aMap; ``rf-quantile-<q>.npy``), each written to a temporary name and
+renamed, so concurrent sessions and crashes never leave a partial file. File names are built only from
+validated integers and fixed choices, never from user text. If the store is read-only, results are
+kept in memory instead.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core import clustering, neuron_measures, receptive_fields, vulnerability
+from core.store import Store, StoreError, save_npy
+
+RF_SIDES = ("matched", "benign", "adversarial")
+MAPS = ("bmap", "amap")
+
+
+def _int(name: str, value, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo or \
+            (hi is not None and value >= hi):
+        rng = f"[{lo}, {hi})" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name} must be an integer in {rng}, got {value!r}")
+    return int(value)
+
+
+def _choice(name: str, value, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+    return value
+
+
+class Analysis:
+    """Per-pair analytics on one store. Thread-safe for the Streamlit server (one lock per instance
+    guards the lazily built model and caches)."""
+
+    def __init__(self, store: Store, device: str | torch.device = "cpu", memory_items: int = 64):
+        self.store = store
+        self.device = torch.device(device)
+        self.derived = store.path / "derived"
+        self._lock = threading.RLock()
+        self._model = None
+        self._memory: OrderedDict = OrderedDict()
+        self._memory_items = memory_items
+        pooled = store.array("benign_pooled")
+        self.num_pairs, self.num_neurons = int(pooled.shape[0]), int(pooled.shape[1])
+        self.image_shape = tuple(int(s) for s in store.array("benign_images").shape[1:])
+
+    # -- model and head ---------------------------------------------------------------------------
+    @property
+    def model(self):
+        """The store's CNN (an ``ExplainedModel``), loaded once, checked against the store."""
+        with self._lock:
+            if self._model is None:
+                self._model = self._load_model()
+            return self._model
+
+    def _load_model(self):
+        from core.config import ModelConfig
+        from core.models import file_sha256, load_model
+        cfg = ModelConfig(**self.store.manifest["config"]["model"])
+        recorded = self.store.manifest.get("fingerprints", {}).get("model", {}).get("checkpoint_sha256")
+        if cfg.checkpoint:
+            path = Path(cfg.checkpoint)
+            if not path.is_file():
+                raise StoreError(f"experiment {self.store.id!r} was prepared with the checkpoint {path}, "
+                                 "which is not there any more; put it back, or prepare the experiment "
+                                 "again")
+            if recorded and file_sha256(path) != recorded:
+                raise StoreError(f"the checkpoint {path} has changed since experiment {self.store.id!r} "
+                                 "was prepared; its maps would not explain this store. Prepare again.")
+            cfg = replace(cfg, checkpoint=str(path))
+        return load_model(cfg, self.image_shape).to(self.device)
+
+    @property
+    def head(self) -> tuple[np.ndarray, np.ndarray]:
+        """(W (classes, n), b (classes,)) float64 of the final dense layer."""
+        with self._lock:
+            if "head" not in self._memory:
+                lin = self.model.head_module
+                bias = lin.bias if lin.bias is not None else torch.zeros(lin.out_features)
+                self._memory["head"] = (lin.weight.detach().cpu().double().numpy(),
+                                        bias.detach().cpu().double().numpy())
+            return self._memory["head"]
+
+    # -- small cache helpers ----------------------------------------------------------------------
+    def _remember(self, key, value):
+        with self._lock:
+            self._memory[key] = value
+            self._memory.move_to_end(key)
+            while len(self._memory) > self._memory_items:
+                first = next(iter(self._memory))
+                if first == "head":
+                    self._memory.move_to_end(first)
+                    first = next(iter(self._memory))
+                self._memory.pop(first)
+        return value
+
+    def _recall(self, key):
+        with self._lock:
+            if key in self._memory:
+                self._memory.move_to_end(key)
+                return self._memory[key]
+        return None
+
+    def _load_derived(self, name: str) -> np.ndarray | None:
+        path = self.derived / name
+        if path.is_file():
+            try:
+                return np.load(path, allow_pickle=False)
+            except (OSError, ValueError):
+                return None  # a damaged file is recomputed and replaced
+        return None
+
+    def _save_derived(self, name: str, array: np.ndarray) -> None:
+        try:
+            self.derived.mkdir(exist_ok=True)
+            save_npy(self.derived / name, array)
+        except OSError:
+            pass  # a read-only store: the in-memory copy still serves this process
+
+    def _cached(self, name: str, compute) -> np.ndarray:
+        hit = self._recall(name)
+        if hit is None:
+            hit = self._load_derived(name)
+        if hit is None:
+            hit = np.asarray(compute())
+            self._save_derived(name, hit)
+        return self._remember(name, hit)
+
+    # -- receptive fields -------------------------------------------------------------------------
+    def rf_thresholds(self, q: float = receptive_fields.DEFAULT_QUANTILE) -> np.ndarray:
+        """(n,) per-neuron q-quantile of the raw benign maps over all pairs (quantile threshold)."""
+        q = float(q)
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"quantile q must be in [0, 1], got {q}")
+        return self._cached(f"rf-quantile-{q:.4f}.npy", lambda: receptive_fields.neuron_quantiles(
+            self.store.array("benign_fmaps"), q))
+
+    def _pair(self, pair) -> int:
+        return _int("pair", pair, 0, self.num_pairs)
+
+    def rf(self, pair: int, side: str, *, mode: str = receptive_fields.DEFAULT_MODE,
+           value: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """RFs of every neuron on one image of the pair: (rf (n,C,H,W), masks (n,H,W)).
+
+        ``mode``/``value``: the threshold (see core.receptive_fields); for "quantile", ``value`` is q
+        (None: DEFAULT_QUANTILE).
+        """
+        pair = self._pair(pair)
+        _choice("side", side, ("benign", "adversarial"))
+        image = self.store.pair_images(pair)[0 if side == "benign" else 1]
+        fmaps = np.asarray(self.store.array(f"{side}_fmaps")[pair], dtype=np.float32)
+        return receptive_fields.receptive_fields(image, fmaps, **self._mask_kw(mode, value))
+
+    def _mask_kw(self, mode: str, value: float | None) -> dict:
+        _choice("mode", mode, receptive_fields.THRESHOLD_MODES)
+        if mode == "quantile":
+            q = receptive_fields.DEFAULT_QUANTILE if value is None else value
+            return {"mode": mode, "neuron_thresholds": self.rf_thresholds(q)}
+        return {"mode": mode, "value": value}
+
+    def rf_masks_for(self, pair: int, side: str, neurons, *, mode: str = receptive_fields.DEFAULT_MODE,
+                     value: float | None = None) -> torch.Tensor:
+        """Masks (len(neurons), H, W) of some neurons on one image (cheaper than all of them)."""
+        pair = self._pair(pair)
+        _choice("side", side, ("benign", "adversarial"))
+        idx = np.asarray([_int("neuron", j, 0, self.num_neurons) for j in neurons], dtype=np.int64)
+        kw = self._mask_kw(mode, value)
+        if "neuron_thresholds" in kw:
+            kw["neuron_thresholds"] = kw["neuron_thresholds"][idx]
+        fmaps = np.asarray(self.store.array(f"{side}_fmaps")[pair][idx], dtype=np.float32)
+        return receptive_fields.rf_masks(fmaps, self.image_shape[1:], **kw)
+
+    # -- vulnerability maps -----------------------------------------------------------------------
+    def vulnerability_maps(self, pair: int, *, k: int | None = None, stride: int = 1,
+                           output: str = "probability", precision: str = "fp32"
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        """(bMap, aMap) (H,W) float32 of the pair (Alg. 1, core.vulnerability), cached on disk."""
+        pair = self._pair(pair)
+        h, w = self.image_shape[1:]
+        k = vulnerability.default_k(h, w) if k is None else _int("k", k, 1)
+        stride = _int("stride", stride, 1)
+        _choice("output", output, vulnerability.OUTPUTS)
+        _choice("precision", precision, vulnerability.PRECISIONS)
+        if precision == "auto":
+            from core.attacks import fast_bf16_available
+            precision = "bf16" if fast_bf16_available(self.device) else "fp32"
+        row = self.store.pairs.iloc[pair]
+
+        def compute():
+            b, a = (torch.from_numpy(np.array(x)) for x in self.store.pair_images(pair))
+            maps = vulnerability.vulnerability_maps(self.model, b, a, int(row["label"]),
+                                                    int(row["adv_label"]), k=k, stride=stride,
+                                                    output=output, precision=precision)
+            return torch.stack(maps).numpy().astype(np.float32)
+        out = self._cached(f"vmap-p{pair}-k{k}-s{stride}-{output}-{precision}.npy", compute)
+        return out[0], out[1]
+
+    def has_vulnerability_maps(self, pair: int, *, k: int | None = None, stride: int = 1,
+                               output: str = "probability", precision: str = "fp32") -> bool:
+        """Whether the maps are already computed (lets a page say "computing…" only when it will)."""
+        h, w = self.image_shape[1:]
+        k = vulnerability.default_k(h, w) if k is None else k
+        name = f"vmap-p{self._pair(pair)}-k{int(k)}-s{int(stride)}-{output}-{precision}.npy"
+        return self._recall(name) is not None or (self.derived / name).is_file()
+
+    def iou_ranking(self, pair: int, which: str = "bmap", *, top: float = vulnerability.DEFAULT_TOP,
+                    rf_side: str = "matched", mode: str = receptive_fields.DEFAULT_MODE,
+                    value: float | None = None, **map_kw) -> tuple[np.ndarray, np.ndarray]:
+        """(iou (n,), neuron ids by descending IoU) between the RFs and binarized ``which`` map."""
+        _choice("which", which, MAPS)
+        _choice("rf_side", rf_side, RF_SIDES)
+        side = ("benign" if which == "bmap" else "adversarial") if rf_side == "matched" else rf_side
+        vmap = self.vulnerability_maps(pair, **map_kw)[MAPS.index(which)]
+        _, masks = self.rf(pair, side, mode=mode, value=value)
+        return neuron_measures.iou_ranking(masks, vulnerability.binarize(vmap, top))
+
+    # -- neuron-perturbation measures (no forward pass) -------------------------------------------
+    def pooled(self, pair: int) -> tuple[np.ndarray, np.ndarray]:
+        pair = self._pair(pair)
+        return (np.asarray(self.store.array("benign_pooled")[pair], dtype=np.float64),
+                np.asarray(self.store.array("adversarial_pooled")[pair], dtype=np.float64))
+
+    def classes_of(self, pair: int) -> tuple[int, int]:
+        row = self.store.pairs.iloc[self._pair(pair)]
+        return int(row["label"]), int(row["adv_label"])
+
+    def neuron_measures(self, pair: int, *, interval: str = neuron_measures.DEFAULT_INTERVAL,
+                        coverage: float = neuron_measures.DEFAULT_COVERAGE,
+                        adversarial_band: str = neuron_measures.DEFAULT_ADVERSARIAL_BAND,
+                        output: str = "probability") -> dict[str, np.ndarray]:
+        """Everything the Neuron Vulnerability View plots for one pair, per neuron (n,) float64:
+        activation×weight curves, both bands, band gap, curve difference, substitution effects."""
+        W, b = self.head
+        bc, ac = self.classes_of(pair)
+        pb, pa = self.pooled(pair)
+        bands = neuron_measures.pair_bands(self.store.class_stats, W, bc, ac, interval=interval,
+                                           coverage=coverage, adversarial_band=adversarial_band)
+        benign_axw = neuron_measures.activation_times_weight(pb, W, bc)
+        adversarial_axw = neuron_measures.activation_times_weight(pa, W, ac)
+        sub = neuron_measures.substitution_effect(W, b, pb, pa, bc, ac, output=output)
+        return {"benign_axw": benign_axw, "adversarial_axw": adversarial_axw,
+                "benign_lo": bands["benign"][0], "benign_hi": bands["benign"][1],
+                "adversarial_lo": bands["adversarial"][0], "adversarial_hi": bands["adversarial"][1],
+                "band_gap": neuron_measures.band_gap(bands["adversarial"], bands["benign"]),
+                "curve_difference": neuron_measures.curve_difference(benign_axw, adversarial_axw),
+                "benign_decrease": sub["benign_decrease"],
+                "adversarial_increase": sub["adversarial_increase"]}
+
+    # -- clustering -------------------------------------------------------------------------------
+    def linkage(self, pair: int, *, distance: str = clustering.DEFAULT_DISTANCE,
+                method: str = clustering.DEFAULT_METHOD, mode: str = receptive_fields.DEFAULT_MODE,
+                value: float | None = None) -> np.ndarray:
+        """The (n−1, 4) linkage of the neurons on this pair (§5.2.2): ``distance`` between their
+        benign+adversarial RFs ("l2"), RF masks ("iou") or activation maps ("activation")."""
+        _choice("distance", distance, clustering.DISTANCES)
+        pair = self._pair(pair)
+        if distance == "activation":
+            maps = [np.asarray(self.store.array(f"{s}_fmaps")[pair], dtype=np.float32)
+                    for s in ("benign", "adversarial")]
+            dist = clustering.distance_matrix("activation", benign_fmaps=maps[0], adversarial_fmaps=maps[1])
+        else:
+            (rb, mb), (ra, ma) = (self.rf(pair, s, mode=mode, value=value) for s in ("benign", "adversarial"))
+            dist = clustering.distance_matrix(distance, benign_rf=rb, adversarial_rf=ra,
+                                              benign_masks=mb, adversarial_masks=ma)
+        return clustering.linkage(dist, method, kind=distance)
