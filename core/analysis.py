@@ -17,6 +17,8 @@ It wires the paper's measures (each in its own module) to a store, with the choi
   about what the neurons see in the adversarial one. ``rf_side`` may force "benign" or "adversarial".
 - **Bands, band gap, curve difference, substitution** (``core.neuron_measures``) from the store's
   pooled vectors and class statistics: no forward pass.
+- **Context images** (``core.context``): the top m pairs of a selection for one neuron, with that
+  neuron's RF on each, thresholded exactly as the selected pair's RFs.
 - **Clustering** (``core.clustering``) of the neurons on this pair: the distance between their
   benign+adversarial RFs, a linkage, the dendrogram geometry.
 
@@ -37,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core import clustering, neuron_measures, receptive_fields, vulnerability
+from core import clustering, context, neuron_measures, receptive_fields, vulnerability
 from core.store import Store, StoreError, save_npy
 
 RF_SIDES = ("matched", "benign", "adversarial")
@@ -293,3 +295,20 @@ class Analysis:
             dist = clustering.distance_matrix(distance, benign_rf=rb, adversarial_rf=ra,
                                               benign_masks=mb, adversarial_masks=ma)
         return clustering.linkage(dist, method, kind=distance)
+
+    # -- context images ---------------------------------------------------------------------------
+    def context_images(self, neuron: int, pairs=None, *, m: int = 6, sort: str = "activation",
+                       side: str = "benign", mode: str = receptive_fields.DEFAULT_MODE,
+                       value: float | None = None):
+        """(table, [(image (C,H,W), RF mask (H,W))]) of the top ``m`` pairs of ``pairs`` (None: all)
+        for ``neuron`` on ``side`` (core.context), each with the neuron's RF on that image."""
+        neuron = _int("neuron", neuron, 0, self.num_neurons)
+        table = context.top_images(self.store, neuron, pairs, m=m, sort=sort, side=side)
+        kw = self._mask_kw(mode, value)
+        if "neuron_thresholds" in kw:
+            kw["neuron_thresholds"] = kw["neuron_thresholds"][[neuron]]
+
+        def rf_fn(fmap, image):
+            return receptive_fields.rf_masks(fmap[None], image.shape[1:], **kw)[0].numpy()
+        return table, context.context_receptive_fields(self.store, neuron, table["pair"].to_numpy(),
+                                                        side=side, rf_fn=rf_fn)

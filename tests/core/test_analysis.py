@@ -158,3 +158,17 @@ def test_bench_analytics_runs(cifar20_store, tmp_path):
     assert r["store"]["per_pair_rfs_bands_gap_substitution_linkage_ms"]["pairs_timed"] == 2
     assert r["fidelity_stride2_vs_stride1"]["pairs"] == 1
     assert r["dead_neurons"]["pairs"] == 1
+
+
+def test_context_images_carry_the_neurons_rf(store):
+    an = Analysis(store)
+    neuron = int(np.argmax(store.array("adversarial_pooled")[:].mean(0)))
+    cell = store.pairs.index[store.pairs["label"] == store.pairs["label"].iloc[0]].to_numpy()
+    table, items = an.context_images(neuron, cell, m=3, side="adversarial")
+    acts = store.array("adversarial_pooled")[table["pair"].to_numpy(), neuron]
+    assert np.all(np.diff(acts) <= 0), "sorted by the neuron's activation, highest first"
+    assert len(items) == len(table) == min(3, len(cell)) and set(table["pair"]) <= set(cell)
+    for p, (image, mask) in zip(table["pair"], items, strict=True):
+        np.testing.assert_array_equal(image, store.pair_images(p)[1])
+        full = an.rf(int(p), "adversarial")[1][neuron].numpy()
+        np.testing.assert_array_equal(mask, full)
