@@ -1,0 +1,162 @@
+"""The one selection model every page reads and writes, and its URL encoding.
+
+Streamlit drops a widget's state when the user changes page, so the selection lives in our own
+session-state key (``KEY``) as a ``Selection``; widgets copy into it from their callbacks. The pure
+functions here (no Streamlit import) map chart events and query strings to selections, so unit tests
+can call them directly.
+
+Coupling rules (what a change clears), so no view ever shows a stale combination:
+- another experiment clears everything else;
+- a new cell or lasso set resets the grid page and keeps the pair only if it is still in the selection
+  (the page decides, since it knows the pairs);
+- another pair clears the selected clusters (dendrogram node ids belong to one pair's tree);
+- neuron ids are the same for every pair of an experiment, so the neuron survives pair changes.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+
+from core import clustering, neuron_measures, receptive_fields
+from core.image_space import DEFAULT_SORT, SORTS
+
+KEY = "nve_selection"
+NEURON_SORTS = {"band_gap": "band gap (neuron perturbation)", "curve_difference": "curve difference",
+                "iou_bmap": "IoU with bMap (image perturbation)",
+                "iou_amap": "IoU with aMap (image perturbation)",
+                "benign_decrease": "direct substitution: benign probability drop",
+                "adversarial_increase": "direct substitution: adversarial probability rise"}
+SET_OPS = ("union", "intersection")
+COLOR_BY = ("true", "predicted")
+STRIDES = (1, 2, 4)
+
+
+@dataclass
+class Selection:
+    experiment: str | None = None
+    cell: tuple[int, int] | None = None         # (true label, adversarial label)
+    lasso: tuple[int, ...] | None = None        # pair ids chosen with a box/lasso on a scatterplot
+    color_by: str = "true"
+    grid_sort: str = DEFAULT_SORT
+    grid_page: int = 0
+    pair: int | None = None
+    neuron: int | None = None
+    neuron_sort: str = "band_gap"
+    zoom: int = 0                               # show the top N neurons of the sort (0: all)
+    clusters: tuple[int, ...] = ()              # dendrogram node ids (leaves are neuron ids)
+    set_op: str = "union"
+    n_clusters: int = 8                         # colouring of the dendrogram
+    rf_mode: str = receptive_fields.DEFAULT_MODE
+    rf_value: float | None = None               # q for quantile, fraction, or absolute value
+    top: float = 0.2                            # binarization of the vulnerability maps
+    stride: int = 2
+    interval: str = neuron_measures.DEFAULT_INTERVAL
+    coverage: float = neuron_measures.DEFAULT_COVERAGE
+    distance: str = clustering.DEFAULT_DISTANCE
+    method: str = clustering.DEFAULT_METHOD
+    extra: dict = field(default_factory=dict, compare=False)  # page-local odds and ends (not in URL)
+
+    # -- transitions ------------------------------------------------------------------------------
+    def with_experiment(self, experiment: str | None) -> Selection:
+        if experiment == self.experiment:
+            return self
+        return Selection(experiment=experiment)
+
+    def with_cell(self, cell: tuple[int, int] | None) -> Selection:
+        return replace(self, cell=None if cell is None else (int(cell[0]), int(cell[1])), grid_page=0)
+
+    def with_lasso(self, ids) -> Selection:
+        return replace(self, lasso=None if ids is None else tuple(sorted({int(i) for i in ids})),
+                       grid_page=0)
+
+    def with_pair(self, pair: int | None) -> Selection:
+        if pair == self.pair:
+            return self
+        return replace(self, pair=None if pair is None else int(pair), clusters=())
+
+    def with_neuron(self, neuron: int | None) -> Selection:
+        return replace(self, neuron=None if neuron is None else int(neuron))
+
+    def toggle_cluster(self, node: int) -> Selection:
+        node = int(node)
+        nodes = tuple(n for n in self.clusters if n != node) if node in self.clusters else \
+            (*self.clusters, node)
+        return replace(self, clusters=nodes)
+
+
+# -- URL query string -------------------------------------------------------------------------------
+_INTS = ("grid_page", "pair", "neuron", "zoom", "n_clusters", "stride")
+_FLOATS = ("rf_value", "top", "coverage")
+_CHOICES = {"color_by": COLOR_BY, "grid_sort": tuple(SORTS), "neuron_sort": tuple(NEURON_SORTS),
+            "set_op": SET_OPS, "rf_mode": receptive_fields.THRESHOLD_MODES,
+            "interval": neuron_measures.INTERVALS, "distance": clustering.DISTANCES,
+            "method": clustering.LINKAGE_METHODS}
+_DEFAULT = Selection()
+MAX_LASSO_IN_URL = 500  # longer selections are not put in the link (URLs get too long to share)
+
+
+def to_query(sel: Selection) -> dict[str, str]:
+    """The non-default fields as short strings (lists comma-separated)."""
+    out: dict[str, str] = {}
+    for f in fields(Selection):
+        v = getattr(sel, f.name)
+        if f.name == "extra" or v == getattr(_DEFAULT, f.name):
+            continue
+        if f.name == "experiment":
+            out["exp"] = v
+        elif f.name == "cell":
+            out["cell"] = f"{v[0]}-{v[1]}"
+        elif f.name == "lasso":
+            if len(v) <= MAX_LASSO_IN_URL:
+                out["lasso"] = ",".join(map(str, v))
+        elif f.name == "clusters":
+            out["clusters"] = ",".join(map(str, v))
+        else:
+            out[f.name] = f"{v:g}" if isinstance(v, float) else str(v)
+    return out
+
+
+def _first(v):
+    return v[-1] if isinstance(v, list | tuple) else v
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip() != "")
+
+
+def from_query(query: Mapping) -> Selection:
+    """A Selection from a query string; a malformed or unknown value is ignored (default kept), so a
+    hand-edited or stale link never breaks the app. Ranges are checked by the pages against the store."""
+    sel = Selection()
+    values: dict = {}
+    for key, raw in query.items():
+        text = str(_first(raw))
+        try:
+            if key == "exp":
+                values["experiment"] = text
+            elif key == "cell":
+                a, b = text.split("-")
+                values["cell"] = (int(a), int(b))
+            elif key == "lasso":
+                values["lasso"] = tuple(sorted(set(_int_list(text))))
+            elif key == "clusters":
+                values["clusters"] = _int_list(text)
+            elif key in _INTS:
+                if int(text) >= (1 if key in ("stride", "n_clusters") else 0):
+                    values[key] = int(text)
+            elif key in _FLOATS:
+                v = float(text)
+                if math.isfinite(v) and (key == "rf_value" or 0 < v <= 1):
+                    values[key] = v
+            elif key in _CHOICES and text in _CHOICES[key]:
+                values[key] = text
+        except ValueError:
+            continue
+    return replace(sel, **values)
+
+
+def as_dict(sel: Selection) -> dict:
+    d = asdict(sel)
+    d.pop("extra")
+    return d
