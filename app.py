@@ -1,7 +1,26 @@
-"""Neuron Vulnerability Explorer — the Streamlit entry point (router only; pages hold the views)."""
+"""Neuron Vulnerability Explorer — the Streamlit entry point: navigation and the sidebar (experiment
+picker, the current selection, links to the next step). Pages hold the views."""
 import streamlit as st
 
+from core.ui import session, sidebar
+
 st.set_page_config(page_title="Neuron Vulnerability Explorer", layout="wide")
-page = st.navigation([st.Page("pages/experiments.py", title="Experiments", icon=":material/science:",
-                              default=True)])
-page.run()
+PAGES = {
+    "experiments": st.Page("pages/experiments.py", title="Experiments", icon=":material/science:",
+                           default=True),
+    "image_space": st.Page("pages/image_space.py", title="Image space", icon=":material/grid_view:"),
+    "neuron_ranking": st.Page("pages/neuron_ranking.py", title="Neuron ranking",
+                              icon=":material/leaderboard:"),
+    "receptive_fields": st.Page("pages/receptive_fields.py", title="Receptive fields",
+                                icon=":material/center_focus_strong:"),
+    "clustering": st.Page("pages/clustering.py", title="Clustering", icon=":material/account_tree:"),
+    "prepare": st.Page("pages/prepare.py", title="Prepare an experiment", icon=":material/add_circle:"),
+}
+page = st.navigation({"Explore": [PAGES[k] for k in ("experiments", "image_space", "neuron_ranking",
+                                                     "receptive_fields", "clustering")],
+                      "Set up": [PAGES["prepare"]]})
+sidebar.render(PAGES)
+try:
+    page.run()
+finally:  # also after a page's st.stop(): the URL always mirrors the selection
+    session.sync_url()

@@ -22,6 +22,9 @@ It wires the paper's measures (each in its own module) to a store, with the choi
 - **Clustering** (``core.clustering``) of the neurons on this pair: the distance between their
   benign+adversarial RFs, a linkage, the dendrogram geometry.
 
+Memory cache. The last ``memory_items`` results (RFs of one image: 6 MB for 512 neurons at 32×32;
+linkages; maps) are kept in an LRU, so flipping between views of the same pair recomputes nothing.
+
 Disk cache. Vulnerability maps (≈1–5 s each on a CPU) and the RF thresholds (one pass over the store's
 maps) are saved under ``<store>/derived/`` (``vmap-p<pair>-k<k>-s<stride>-<output>-<precision>.npy``:
 (2,H,W) float32, bMap then aMap; ``rf-quantile-<q>.npy``), each written to a temporary name and
@@ -64,7 +67,7 @@ class Analysis:
     """Per-pair analytics on one store. Thread-safe for the Streamlit server (one lock per instance
     guards the lazily built model and caches)."""
 
-    def __init__(self, store: Store, device: str | torch.device = "cpu", memory_items: int = 64):
+    def __init__(self, store: Store, device: str | torch.device = "cpu", memory_items: int = 32):
         self.store = store
         self.device = torch.device(device)
         self.derived = store.path / "derived"
@@ -179,9 +182,14 @@ class Analysis:
         """
         pair = self._pair(pair)
         _choice("side", side, ("benign", "adversarial"))
-        image = self.store.pair_images(pair)[0 if side == "benign" else 1]
-        fmaps = np.asarray(self.store.array(f"{side}_fmaps")[pair], dtype=np.float32)
-        return receptive_fields.receptive_fields(image, fmaps, **self._mask_kw(mode, value))
+        key = ("rf", pair, side, mode, value)
+        hit = self._recall(key)
+        if hit is None:
+            image = self.store.pair_images(pair)[0 if side == "benign" else 1]
+            fmaps = np.asarray(self.store.array(f"{side}_fmaps")[pair], dtype=np.float32)
+            hit = self._remember(key, receptive_fields.receptive_fields(image, fmaps,
+                                                                        **self._mask_kw(mode, value)))
+        return hit
 
     def _mask_kw(self, mode: str, value: float | None) -> dict:
         _choice("mode", mode, receptive_fields.THRESHOLD_MODES)
@@ -203,10 +211,8 @@ class Analysis:
         return receptive_fields.rf_masks(fmaps, self.image_shape[1:], **kw)
 
     # -- vulnerability maps -----------------------------------------------------------------------
-    def vulnerability_maps(self, pair: int, *, k: int | None = None, stride: int = 1,
-                           output: str = "probability", precision: str = "fp32"
-                           ) -> tuple[np.ndarray, np.ndarray]:
-        """(bMap, aMap) (H,W) float32 of the pair (Alg. 1, core.vulnerability), cached on disk."""
+    def _map_name(self, pair, k, stride, output, precision) -> tuple[str, int, str]:
+        """The cache file name of a map (from validated values only), the resolved k and precision."""
         pair = self._pair(pair)
         h, w = self.image_shape[1:]
         k = vulnerability.default_k(h, w) if k is None else _int("k", k, 1)
@@ -216,6 +222,14 @@ class Analysis:
         if precision == "auto":
             from core.attacks import fast_bf16_available
             precision = "bf16" if fast_bf16_available(self.device) else "fp32"
+        return f"vmap-p{pair}-k{k}-s{stride}-{output}-{precision}.npy", k, precision
+
+    def vulnerability_maps(self, pair: int, *, k: int | None = None, stride: int = 1,
+                           output: str = "probability", precision: str = "fp32"
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        """(bMap, aMap) (H,W) float32 of the pair (Alg. 1, core.vulnerability), cached on disk."""
+        name, k, precision = self._map_name(pair, k, stride, output, precision)
+        pair, stride = int(pair), int(stride)
         row = self.store.pairs.iloc[pair]
 
         def compute():
@@ -224,15 +238,13 @@ class Analysis:
                                                     int(row["adv_label"]), k=k, stride=stride,
                                                     output=output, precision=precision)
             return torch.stack(maps).numpy().astype(np.float32)
-        out = self._cached(f"vmap-p{pair}-k{k}-s{stride}-{output}-{precision}.npy", compute)
+        out = self._cached(name, compute)
         return out[0], out[1]
 
     def has_vulnerability_maps(self, pair: int, *, k: int | None = None, stride: int = 1,
                                output: str = "probability", precision: str = "fp32") -> bool:
         """Whether the maps are already computed (lets a page say "computing…" only when it will)."""
-        h, w = self.image_shape[1:]
-        k = vulnerability.default_k(h, w) if k is None else k
-        name = f"vmap-p{self._pair(pair)}-k{int(k)}-s{int(stride)}-{output}-{precision}.npy"
+        name = self._map_name(pair, k, stride, output, precision)[0]
         return self._recall(name) is not None or (self.derived / name).is_file()
 
     def iou_ranking(self, pair: int, which: str = "bmap", *, top: float = vulnerability.DEFAULT_TOP,
@@ -285,7 +297,12 @@ class Analysis:
         """The (n−1, 4) linkage of the neurons on this pair (§5.2.2): ``distance`` between their
         benign+adversarial RFs ("l2"), RF masks ("iou") or activation maps ("activation")."""
         _choice("distance", distance, clustering.DISTANCES)
+        _choice("method", method, clustering.LINKAGE_METHODS)
         pair = self._pair(pair)
+        key = ("linkage", pair, distance, method, mode, value)
+        hit = self._recall(key)
+        if hit is not None:
+            return hit
         if distance == "activation":
             maps = [np.asarray(self.store.array(f"{s}_fmaps")[pair], dtype=np.float32)
                     for s in ("benign", "adversarial")]
@@ -294,7 +311,7 @@ class Analysis:
             (rb, mb), (ra, ma) = (self.rf(pair, s, mode=mode, value=value) for s in ("benign", "adversarial"))
             dist = clustering.distance_matrix(distance, benign_rf=rb, adversarial_rf=ra,
                                               benign_masks=mb, adversarial_masks=ma)
-        return clustering.linkage(dist, method, kind=distance)
+        return self._remember(key, clustering.linkage(dist, method, kind=distance))
 
     # -- context images ---------------------------------------------------------------------------
     def context_images(self, neuron: int, pairs=None, *, m: int = 6, sort: str = "activation",

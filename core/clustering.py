@@ -225,3 +225,9 @@ def common_ancestor(Z, neurons) -> int:
     paths = [nodes_containing(Z, j) for j in ids]
     shared = set(paths[0]).intersection(*paths[1:])
     return next(v for v in paths[0] if v in shared)  # paths run bottom-up: the first shared is lowest
+
+
+def members(Z, nodes) -> np.ndarray:
+    """Sorted neuron ids under any of ``nodes`` (the union of their subtrees); empty for no node."""
+    parts = [subtree(Z, v) for v in nodes]
+    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)

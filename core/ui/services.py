@@ -23,3 +23,15 @@ def analysis(experiment: str) -> Analysis:
 
 def store(experiment: str) -> Store:
     return analysis(experiment).store
+
+
+def linkage(experiment: str, pair: int, sel) -> tuple:
+    """(Z, None) of the pair's neurons with the selection's clustering and RF settings, or (None, why)
+    when the combination is refused (e.g. ward with 1 − IoU). Every page calls this one function, so
+    dendrogram node ids agree between pages; ``Analysis`` memoizes it."""
+    from core.ui.neuron_charts import rf_kw
+    a = analysis(experiment)
+    try:
+        return a.linkage(pair, distance=sel.distance, method=sel.method, **rf_kw(sel, a)), None
+    except ValueError as e:
+        return None, str(e)

@@ -1,0 +1,208 @@
+"""Chart builders and chart-event mappings of the Image space page (paper §5.1, Fig. 2-a/b).
+
+Pure functions (no Streamlit import), so unit tests call them directly:
+
+- ``scatter_figure``: a t-SNE scatterplot (Scattergl, one trace per class in the palette colour,
+  ``customdata`` = pair id, hover = pair id, true and adversarial label names). The pairs of the current
+  selection are highlighted with plotly's ``selectedpoints`` so both plots show the same pairs.
+- ``selected_pairs``: a ``st.plotly_chart`` box/lasso event -> the selected pair ids (None when empty).
+- ``matrix_frame`` / ``matrix_chart``: the prediction matrix as an Altair ``mark_rect`` (rows = true
+  label, columns = adversarial label, count as an orange colour and as text) with a point selection
+  named ``MATRIX_PARAM`` over the fields (label, adv_label). Every cell is drawn, empty ones too, so a
+  click on an empty cell (e.g. the diagonal) reaches the app and clears the cell. ``with_cell`` moves
+  the selected cell's outline on a built spec.
+- ``clicked_cell``: a Vega-Lite chart event (``st.vega_lite_chart`` / ``st.altair_chart``) -> the cell
+  to select, toggling the current one off.
+- ``probability_bar`` / ``legend``: small HTML pieces (the bar above each grid image, the palette key).
+"""
+from __future__ import annotations
+
+import html
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+
+SIDES = {"benign": ("tsne_benign_x", "tsne_benign_y"), "adversarial": ("tsne_adv_x", "tsne_adv_y")}
+MATRIX_PARAM = "cell"          # the click selection
+CELL_PARAM = "current_cell"   # the selected cell, outlined
+
+
+def color_labels(pairs: pd.DataFrame, side: str, color_by: str) -> np.ndarray:
+    """The class each point is coloured by: the true label, or the prediction on that side's image
+    (benign: the true label, since only correctly classified images are attacked; adversarial:
+    the adversarial label)."""
+    if side not in SIDES:
+        raise ValueError(f"unknown side {side!r}; sides: {', '.join(SIDES)}")
+    if color_by == "true" or side == "benign":
+        return pairs["label"].to_numpy(np.int64)
+    if color_by == "predicted":
+        return pairs["adv_label"].to_numpy(np.int64)
+    raise ValueError(f"unknown colouring {color_by!r}: 'true' or 'predicted'")
+
+
+def scatter_figure(pairs: pd.DataFrame, classes: list[str], colors: list[str], side: str,
+                   color_by: str = "true", highlight=None, height: int = 300):
+    """The ``side`` t-SNE scatterplot; ``highlight`` (pair ids, or None for no highlight) are drawn
+    selected and the other points faded."""
+    import plotly.graph_objects as go
+
+    x_col, y_col = SIDES[side]
+    group = color_labels(pairs, side, color_by)
+    ids = pairs["pair"].to_numpy(np.int64)
+    x, y = pairs[x_col].to_numpy(), pairs[y_col].to_numpy()
+    names = np.asarray(classes, dtype=object)
+    hover = ("true: " + names[pairs["label"].to_numpy(np.int64)]
+             + "<br>adversarial: " + names[pairs["adv_label"].to_numpy(np.int64)])
+    chosen = None
+    if highlight is not None:
+        chosen = np.zeros(len(pairs), dtype=bool)
+        chosen[np.isin(ids, np.asarray(list(highlight), dtype=np.int64))] = True
+    fig = go.Figure()
+    for c in np.unique(group):
+        rows = np.flatnonzero(group == c)
+        trace = dict(x=x[rows], y=y[rows], mode="markers", name=classes[c], customdata=ids[rows],
+                     hovertext=hover[rows],
+                     hovertemplate="Pair #%{customdata}<br>%{hovertext}<extra></extra>",
+                     marker=dict(color=colors[c], size=4), unselected=dict(marker=dict(opacity=0.12)))
+        if chosen is not None:
+            trace["selectedpoints"] = np.flatnonzero(chosen[rows])
+        fig.add_trace(go.Scattergl(**trace))
+    title = "Benign images" if side == "benign" else "Adversarial images"
+    fig.update_layout(height=height, margin=dict(l=4, r=4, t=28, b=4), showlegend=False,
+                      title=dict(text=title, x=0.02, y=0.98, font=dict(size=13)),
+                      dragmode="lasso", hovermode="closest", uirevision=side,
+                      modebar=dict(orientation="v"))  # a vertical modebar leaves the title readable
+    fig.update_xaxes(showticklabels=False, title=None, zeroline=False)
+    fig.update_yaxes(showticklabels=False, title=None, zeroline=False)
+    return fig
+
+
+def _get(obj, key, default=None):
+    if isinstance(obj, Mapping):
+        return obj.get(key, default)
+    return getattr(obj, key, default)
+
+
+def selected_pairs(event) -> list[int] | None:
+    """The pair ids of a plotly box/lasso selection event (the points' ``customdata``, a scalar or a
+    list whose first item is the pair id), sorted and unique; None when nothing is selected (a
+    cleared selection clears the filter)."""
+    points = _get(_get(event, "selection", {}) or {}, "points", []) or []
+    ids = set()
+    for p in points:
+        cd = _get(p, "customdata")
+        if isinstance(cd, list | tuple):
+            cd = cd[0] if cd else None
+        if cd is None:
+            continue
+        ids.add(int(cd))
+    return sorted(ids) if ids else None
+
+
+def matrix_frame(matrix: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """One row per (true label, adversarial label) cell, empty cells included."""
+    k = matrix.shape[0]
+    t, a = np.divmod(np.arange(k * k), k)
+    names = np.asarray(classes, dtype=object)
+    return pd.DataFrame({"label": t, "adv_label": a, "true_name": names[t], "adv_name": names[a],
+                         "count": matrix.reshape(-1).astype(np.int64)})
+
+
+def matrix_chart(matrix: np.ndarray, classes: list[str], cell: tuple[int, int] | None = None,
+                 height: int = 300):
+    """The clickable prediction matrix (Altair); the selected ``cell`` is outlined. The outline reads
+    the variable parameter ``CELL_PARAM``, so ``with_cell`` moves it on the built spec without
+    rebuilding (Altair's schema validation costs ~0.1 s per build)."""
+    import altair as alt
+
+    df = matrix_frame(matrix, classes)
+    pick = alt.selection_point(name=MATRIX_PARAM, fields=["label", "adv_label"])
+    current = alt.param(name=CELL_PARAM, value=_cell_value(cell))
+    is_current = f"datum.label == {CELL_PARAM}[0] && datum.adv_label == {CELL_PARAM}[1]"
+    order = list(classes)
+    small = len(classes) > 12
+    font = 9 if small else 10
+    base = alt.Chart(df).encode(
+        x=alt.X("adv_name:N", sort=order, title="adversarial label",
+                axis=alt.Axis(labelAngle=-45, labelFontSize=font, labelLimit=60, labelOverlap=False,
+                              titleFontSize=11)),
+        y=alt.Y("true_name:N", sort=order, title="true label",
+                axis=alt.Axis(labelFontSize=font, labelLimit=60, labelOverlap=False, titleFontSize=11)))
+    top = max(int(matrix.max()), 1)
+    rect = base.mark_rect(stroke="#ffffff", strokeWidth=0.5).encode(
+        color=alt.condition("datum.count > 0",
+                            alt.Color("count:Q", scale=alt.Scale(scheme="oranges", domain=[0, top]),
+                                      legend=None),
+                            alt.value("#f4f4f4")),
+        stroke=alt.condition(is_current, alt.value("#000000"), alt.value("#ffffff")),
+        strokeWidth=alt.condition(is_current, alt.value(2.5), alt.value(0.5)),
+        tooltip=[alt.Tooltip("true_name:N", title="true"), alt.Tooltip("adv_name:N", title="adversarial"),
+                 alt.Tooltip("count:Q", title="pairs")],
+    ).add_params(pick)
+    layers = [rect]
+    if not small:
+        layers.append(base.mark_text(fontSize=9).encode(
+            text=alt.condition("datum.count > 0", alt.Text("count:Q"), alt.value("")),
+            color=alt.condition(f"datum.count > {top / 2}", alt.value("#ffffff"), alt.value("#333333")),
+            tooltip=[alt.Tooltip("true_name:N", title="true"),
+                     alt.Tooltip("adv_name:N", title="adversarial"), alt.Tooltip("count:Q", title="pairs")]))
+    return alt.layer(*layers).add_params(current).properties(height=height, title=alt.TitleParams(
+        "Prediction matrix", fontSize=13, anchor="start"))
+
+
+def _cell_value(cell) -> list[int]:
+    return [-1, -1] if cell is None else [int(cell[0]), int(cell[1])]
+
+
+def with_cell(spec: dict, cell: tuple[int, int] | None) -> dict:
+    """``spec`` (a ``matrix_chart(...).to_dict()``, changed in place and returned) outlining ``cell``."""
+    for p in spec.get("params", []):
+        if p.get("name") == CELL_PARAM:
+            p["value"] = _cell_value(cell)
+            return spec
+    raise ValueError(f"not a prediction-matrix spec: no parameter {CELL_PARAM!r}")
+
+
+def clicked_cell(event, current: tuple[int, int] | None = None, matrix: np.ndarray | None = None
+                 ) -> tuple[int, int] | None:
+    """The cell a matrix click selects: the clicked (true, adversarial) cell; None (clear) when the
+    selection was emptied, when the current cell was clicked again, or when the clicked cell holds no
+    pair (the diagonal and other empty cells)."""
+    values = _get(_get(event, "selection", {}) or {}, MATRIX_PARAM, None)
+    if not isinstance(values, list | tuple) or not values:
+        return None
+    cells = []
+    for v in values:
+        try:
+            cells.append((int(_get(v, "label")), int(_get(v, "adv_label"))))
+        except (TypeError, ValueError):
+            continue
+    if not cells:
+        return None
+    new = [c for c in cells if c != current]
+    if not new:
+        return None
+    cell = new[-1]
+    if matrix is not None:
+        k = matrix.shape[0]
+        if not (0 <= cell[0] < k and 0 <= cell[1] < k) or matrix[cell] == 0:
+            return None
+    return cell
+
+
+def probability_bar(prob: float, color: str, label: str) -> str:
+    """A thin bar whose filled length is ``prob`` (in the class colour), with the label on hover."""
+    pct = 100.0 * min(max(float(prob), 0.0), 1.0)
+    tip = html.escape(f"{label}: {pct:.1f}%")
+    return (f'<div title="{tip}" style="height:7px;background:#e6e6e6;border-radius:2px;'
+            f'margin:0 0 2px 0;overflow:hidden"><div style="height:7px;width:{pct:.1f}%;'
+            f'background:{color}"></div></div>')
+
+
+def legend(classes: list[str], colors: list[str]) -> str:
+    """The palette key as one wrapping line of coloured swatches and class names."""
+    items = [f'<span style="white-space:nowrap;margin-right:10px"><span style="display:inline-block;'
+             f'width:10px;height:10px;border-radius:2px;background:{c};margin-right:3px"></span>'
+             f'{html.escape(n)}</span>' for n, c in zip(classes, colors, strict=True)]
+    return f'<div style="font-size:12px;line-height:1.6">{"".join(items)}</div>'

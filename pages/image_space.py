@@ -1,0 +1,178 @@
+"""Image space (paper §5.1, Fig. 2-a/b): the Data Overview (two t-SNE scatterplots and the prediction
+matrix) filters the Image Grid View, where the user picks the pair to explain.
+
+Wiring only: selections go into the shared ``Selection`` from widget callbacks; charts come from
+``core.ui.overview_charts``; filtering, sorting and paging from ``core.image_space``.
+A selected pair that falls outside a new cell/lasso selection stays selected (the other pages keep
+working on it); the grid says that it is outside the current selection.
+The matrix is an Altair chart handed to ``st.vega_lite_chart`` as its cached dict: the same widget as
+``st.altair_chart``, without Altair's ~0.1 s schema validation on every rerun.
+"""
+from dataclasses import replace
+from functools import partial
+
+import streamlit as st
+
+from core import image_space
+from core.store import StoreError
+from core.ui import overview_charts, services, session
+from core.ui.images import show
+from core.ui.palette import class_colors
+from core.ui.state import COLOR_BY
+
+PER_PAGE = 12           # pairs per grid page
+PER_ROW = 3             # pairs per grid row (fits 1280 px with the sidebar open)
+IMAGE_SIZE = 128        # 32 px images at 4x, nearest-neighbour
+CHART_HEIGHT = 300
+COLOR_NAMES = {"true": "true label", "predicted": "predicted label"}
+
+
+# -- cached builders (shared by sessions, never mutated) ------------------------------------------
+@st.cache_resource(show_spinner=False, max_entries=16)
+def _matrix(experiment: str, stamp: str):
+    store = services.store(experiment)
+    return image_space.prediction_matrix(store.pairs, len(store.classes))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def _matrix_spec(experiment: str, stamp: str):
+    """The matrix as a Vega-Lite dict, built (and schema-validated by Altair, ~0.1 s) once per
+    experiment; cache_data hands out a copy each time, which the page points at the selected cell."""
+    store = services.store(experiment)
+    return overview_charts.matrix_chart(_matrix(experiment, stamp), store.classes,
+                                        height=CHART_HEIGHT).to_dict()
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _scatter(experiment: str, stamp: str, side: str, color_by: str, highlight_key, _highlight):
+    store = services.store(experiment)
+    return overview_charts.scatter_figure(store.pairs, store.classes, class_colors(len(store.classes)),
+                                          side, color_by, _highlight, height=CHART_HEIGHT)
+
+
+# -- callbacks: every change of the selection goes through them ------------------------------------
+def _on_color_by():
+    session.put(replace(session.get(), color_by=st.session_state["image_space_color_by"]))
+
+
+def _on_scatter(key: str):
+    session.put(session.get().with_lasso(overview_charts.selected_pairs(st.session_state.get(key))))
+
+
+def _on_matrix(key: str, matrix):
+    sel = session.get()
+    session.put(sel.with_cell(overview_charts.clicked_cell(st.session_state.get(key), sel.cell, matrix)))
+
+
+def _clear():
+    session.put(session.get().with_cell(None).with_lasso(None))
+
+
+def _on_sort():
+    session.put(replace(session.get(), grid_sort=st.session_state["image_space_sort"], grid_page=0))
+
+
+def _to_page(p: int):
+    session.put(replace(session.get(), grid_page=max(0, int(p))))
+
+
+def _pick(pair: int):
+    session.put(session.get().with_pair(pair))
+
+
+# -- page ------------------------------------------------------------------------------------------
+sel = session.get()
+if sel.experiment is None:
+    st.info("No experiment is chosen yet: pick one in the sidebar, or prepare one first.")
+    st.page_link("pages/prepare.py", label="Prepare an experiment", icon=":material/add_circle:")
+    st.stop()
+try:
+    store = services.store(sel.experiment)
+    pairs = store.pairs
+except StoreError as e:
+    st.error(str(e))
+    st.stop()
+classes = store.classes
+colors = class_colors(len(classes))
+stamp = str(store.manifest.get("created", ""))
+matrix = _matrix(sel.experiment, stamp)
+narrowed = sel.cell is not None or sel.lasso is not None
+shown = image_space.select(pairs, sel.cell, sel.lasso)
+
+st.header("Image space")
+
+# -- Data overview -----------------------------------------------------------------------------------
+controls = st.columns([1.6, 3.2, 1], vertical_alignment="center")
+st.session_state["image_space_color_by"] = sel.color_by
+controls[0].radio("Colour points by", COLOR_BY, format_func=COLOR_NAMES.get, horizontal=True,
+                  key="image_space_color_by", on_change=_on_color_by)
+controls[1].markdown(overview_charts.legend(classes, colors), unsafe_allow_html=True)
+controls[2].button("Clear", key="image_space_clear", on_click=_clear, disabled=not narrowed,
+                   icon=":material/filter_alt_off:", help="Clear the cell and the scatterplot selection",
+                   width="stretch")
+
+highlight = shown if narrowed else None
+highlight_key = (sel.cell, hash(sel.lasso)) if narrowed else None
+charts = st.columns([1, 1, 1.2], gap="small")
+for col, side in zip(charts[:2], ("benign", "adversarial"), strict=True):
+    key = f"image_space_scatter_{side}"
+    fig = _scatter(sel.experiment, stamp, side, sel.color_by, highlight_key, highlight)
+    col.plotly_chart(fig, key=key, on_select=partial(_on_scatter, key), selection_mode=("box", "lasso"),
+                     width="stretch", config={"displaylogo": False})
+# A fresh key per selected cell: the chart's own click state starts empty, so clicking the selected
+# cell again reaches the callback (and clears it).
+matrix_key = f"image_space_matrix_{sel.cell[0]}_{sel.cell[1]}" if sel.cell else "image_space_matrix"
+matrix_spec = overview_charts.with_cell(_matrix_spec(sel.experiment, stamp), sel.cell)
+charts[2].vega_lite_chart(spec=matrix_spec, key=matrix_key, on_select=partial(_on_matrix, matrix_key, matrix),
+                          selection_mode=overview_charts.MATRIX_PARAM, width="stretch")
+
+# -- Image grid --------------------------------------------------------------------------------------
+what = []
+if sel.cell is not None:
+    what.append(f"cell {classes[sel.cell[0]]} → {classes[sel.cell[1]]}")
+if sel.lasso is not None:
+    what.append(f"{len(sel.lasso)} points lassoed")
+if narrowed:
+    st.markdown(f"**{len(shown)} pairs selected** ({' and '.join(what)})")
+else:
+    st.markdown(f"**All {len(shown)} pairs** — select a cell or lasso points to narrow down.")
+if sel.pair is not None and 0 <= sel.pair < len(pairs) and sel.pair not in set(shown.tolist()):
+    st.caption(f"Pair #{sel.pair} stays selected but is outside the current selection.")
+
+ordered = image_space.sort_pairs(pairs, shown, sel.grid_sort)
+page_ids, page_no, pages = image_space.page(ordered, sel.grid_page, PER_PAGE)
+bar = st.columns([2.6, 0.8, 1, 0.8], vertical_alignment="bottom")
+st.session_state["image_space_sort"] = sel.grid_sort
+bar[0].selectbox("Sort pairs by", list(image_space.SORTS), format_func=image_space.SORTS.get,
+                 key="image_space_sort", on_change=_on_sort)
+bar[1].button("Prev", key="image_space_prev", on_click=_to_page, args=(page_no - 1,),
+              disabled=page_no == 0, icon=":material/chevron_left:", width="stretch")
+bar[2].markdown(f"Page {page_no + 1} of {pages}")
+bar[3].button("Next", key="image_space_next", on_click=_to_page, args=(page_no + 1,),
+              disabled=page_no >= pages - 1, icon=":material/chevron_right:", width="stretch")
+
+if not len(shown):
+    st.info("No pair is in both the cell and the scatterplot selection: clear one of them.")
+for start in range(0, len(page_ids), PER_ROW):
+    row = st.columns(PER_ROW, gap="small")
+    for col, pair in zip(row, page_ids[start:start + PER_ROW], strict=False):
+        pair = int(pair)
+        r = pairs.iloc[pair]
+        b_lab, a_lab = int(r["label"]), int(r["adv_label"])
+        benign, adversarial = store.pair_images(pair)
+        chosen = pair == sel.pair
+        with col.container(border=True):
+            left, right = st.columns(2, gap="small")
+            for side, img, lab, prob in ((left, benign, b_lab, r["benign_prob"]),
+                                         (right, adversarial, a_lab, r["adv_prob"])):
+                side.markdown(overview_charts.probability_bar(prob, colors[lab], classes[lab]),
+                              unsafe_allow_html=True)
+                side.image(show(img, colors[lab], size=IMAGE_SIZE), width="stretch")
+            st.caption(("✓ selected · " if chosen else "")
+                       + f"#{pair} · L2 {r['l2']:.3f} · {classes[b_lab]} {r['benign_prob']:.1%} → "
+                       f"{classes[a_lab]} {r['adv_prob']:.1%}")
+            st.button(f"Select pair #{pair}", key=f"image_space_pick_{pair}", on_click=_pick, args=(pair,),
+                      type="primary" if chosen else "secondary", width="stretch")
+if sel.pair is not None:
+    st.page_link("pages/neuron_ranking.py", label=f"Next: the neurons of pair #{sel.pair}",
+                 icon=":material/arrow_forward:")

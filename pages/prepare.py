@@ -1,0 +1,301 @@
+"""Prepare an experiment: a form for non-programmers (a preset, or a dataset folder, an architecture and a
+checkpoint; the class subset; the attack), which runs ``core.pipeline.prepare`` in the background with
+visible progress (core.ui.jobs), then offers the new experiment."""
+from pathlib import Path
+
+import streamlit as st
+
+from core import data as datasets
+from core.config import ConfigError
+from core.models import ARCHITECTURES, CHECKPOINT_SUFFIXES
+from core.presets import PRESETS
+from core.store import Store, StoreError, validate_id
+from core.ui import jobs, session
+from core.ui.stores import cache_dir, experiments
+
+CUSTOM = "custom"
+DEFAULT_PRESET = "demo"
+SOURCE_LABELS = {"demo": "Fashion-MNIST sample shipped with the app", "fashion_mnist": "Fashion-MNIST files",
+                 "cifar10": "CIFAR-10 folder", "image_folder": "My images (one folder per class)"}
+CKPT_MODES = ("A file on the server", "Upload a file")
+FIELDS = ("prepare_preset", "prepare_source", "prepare_root", "prepare_image_size", "prepare_classes",
+          "prepare_per_class", "prepare_arch", "prepare_ckpt_mode", "prepare_ckpt_path", "prepare_channels",
+          "prepare_width", "prepare_mean", "prepare_std", "prepare_method", "prepare_eps", "prepare_alpha",
+          "prepare_steps", "prepare_early_stop", "prepare_random_start", "prepare_batch_size",
+          "prepare_perplexity", "prepare_device", "prepare_id")
+SAVED = "prepare_saved"  # the form's values, kept while the user visits other pages
+JOB = "prepare_job"      # the experiment id this session started
+
+
+def _numbers(values) -> str:
+    return ", ".join(f"{v:g}" for v in values)
+
+
+def _preset_values(name: str) -> dict:
+    """The form's values for a preset (or the custom start)."""
+    if name == CUSTOM:
+        cfg = jobs.build_config(None, {"data.source": "image_folder", "model.arch": "resnet18"})
+        mean, std = jobs.default_normalization("resnet18")
+        ident = "my-experiment"
+    else:
+        cfg, (mean, std), ident = PRESETS[name], (PRESETS[name].model.mean, PRESETS[name].model.std), name
+    d, m, a, p = cfg.data, cfg.model, cfg.attack, cfg.prepare
+    return {"prepare_source": d.source, "prepare_root": d.root or "", "prepare_image_size": d.image_size or 0,
+            "prepare_classes": list(d.classes or []), "prepare_per_class": d.per_class or 0,
+            "prepare_arch": m.arch, "prepare_ckpt_mode": CKPT_MODES[0],
+            "prepare_ckpt_path": m.checkpoint or "",
+            "prepare_channels": m.in_channels, "prepare_width": m.width, "prepare_mean": _numbers(mean),
+            "prepare_std": _numbers(std), "prepare_method": a.method, "prepare_eps": round(a.eps * 255, 2),
+            "prepare_alpha": round(a.alpha * 255, 2), "prepare_steps": a.steps,
+            "prepare_early_stop": a.early_stop, "prepare_random_start": a.random_start,
+            "prepare_batch_size": p.batch_size, "prepare_perplexity": float(p.tsne_perplexity),
+            "prepare_device": p.device, "prepare_id": jobs.suggest_id(ident, cache_dir())}
+
+
+def _on_preset() -> None:
+    st.session_state.update(_preset_values(st.session_state["prepare_preset"]))
+
+
+def _on_arch() -> None:
+    mean, std = jobs.default_normalization(st.session_state["prepare_arch"])
+    st.session_state["prepare_mean"], st.session_state["prepare_std"] = _numbers(mean), _numbers(std)
+
+
+def _on_upload() -> None:
+    st.session_state.pop("prepare_upload_path", None)
+    st.session_state.pop("prepare_upload_error", None)
+    f = st.session_state.get("prepare_upload")
+    if f is None:
+        return
+    try:
+        st.session_state["prepare_upload_path"] = str(jobs.save_upload(f.getvalue(), f.name, cache_dir()))
+    except jobs.USER_ERRORS as e:
+        st.session_state["prepare_upload_error"] = str(e)
+
+
+def _explore(experiment: str) -> None:
+    experiments.clear()
+    session.put(session.get().with_experiment(experiment))
+    st.session_state["sidebar_experiment"] = experiment  # the sidebar's picker shows it at once
+    st.session_state["prepare_go"] = True
+
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.replace(";", ",").split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values:
+        raise ConfigError(f"normalization {what}: enter one number, or one per channel separated by "
+                               "commas (e.g. 0.485, 0.456, 0.406)")
+    return values
+
+
+def _config_values(classes_all: list[str]) -> dict:
+    s = st.session_state
+    checkpoint = s.get("prepare_upload_path") if s["prepare_ckpt_mode"] == CKPT_MODES[1] \
+        else s.get("prepare_ckpt_path", "").strip()
+    return {"data.source": s["prepare_source"], "data.root": s.get("prepare_root", "").strip() or None,
+            "data.image_size": int(s["prepare_image_size"]) or None,
+            "data.classes": list(s.get("prepare_classes", [])) or None,
+            "data.per_class": int(s["prepare_per_class"]) or None,
+            "model.arch": s["prepare_arch"], "model.checkpoint": checkpoint or None,
+            "model.num_classes": len(classes_all), "model.in_channels": int(s["prepare_channels"]),
+            "model.width": int(s["prepare_width"]), "model.mean": _floats(s["prepare_mean"], "mean"),
+            "model.std": _floats(s["prepare_std"], "std"), "attack.method": s["prepare_method"],
+            "attack.eps": float(s["prepare_eps"]) / 255, "attack.alpha": float(s["prepare_alpha"]) / 255,
+            "attack.steps": int(s["prepare_steps"]), "attack.early_stop": bool(s["prepare_early_stop"]),
+            "attack.random_start": bool(s["prepare_random_start"]),
+            "prepare.batch_size": int(s["prepare_batch_size"]),
+            "prepare.tsne_perplexity": float(s["prepare_perplexity"]), "prepare.device": s["prepare_device"]}
+
+
+@st.fragment(run_every=1)
+def _live(experiment: str, cache: str) -> None:
+    """Progress of a running job, refreshed every second without rerunning the rest of the app."""
+    job = jobs.get(experiment, cache)
+    if job is None or job.finished:
+        experiments.clear()
+        st.rerun()
+    with st.status(f"Preparing **{experiment}**…", expanded=True, state="running"):
+        st.progress(job.fraction, text=job.describe())
+        st.caption(f"{job.elapsed():.0f} s so far. It runs on the server: you can explore other "
+                   "experiments meanwhile, or come back to this page to see how far it got.")
+
+
+def _job_panel(experiment: str, cache: Path) -> None:
+    job = jobs.get(experiment, cache)
+    if job is None:
+        st.session_state.pop(JOB, None)
+        return
+    if job.running:
+        _live(experiment, str(cache))
+        return
+    if job.error:
+        st.error(f"Preparing **{experiment}** failed: {job.error}")
+        st.caption("Nothing half-written was published. Fix the problem and press Prepare again with the "
+                   "same experiment id: an interrupted run resumes where it stopped.")
+    else:
+        counts = Store(job.path).counts
+        st.success(f"**{experiment}** is ready ({job.elapsed():.0f} s): {counts['n_success']:,} successful "
+                   f"attacks out of {counts['n_attacked']:,} correctly classified images "
+                   f"({counts['n_images']:,} images, clean accuracy {counts['clean_accuracy']:.1%}).")
+        st.button("Explore it", key="prepare_explore", type="primary", on_click=_explore, args=(experiment,),
+                  icon=":material/arrow_forward:")
+    if job.log:
+        with st.expander("Messages"):
+            st.text("\n".join(job.log[-50:]))
+    st.button("Dismiss", key="prepare_dismiss", on_click=lambda: st.session_state.pop(JOB, None))
+
+
+# -- page -----------------------------------------------------------------------------------------------
+if st.session_state.pop("prepare_go", False):
+    st.switch_page("pages/image_space.py")
+
+cache = cache_dir()
+st.header("Prepare an experiment")
+st.caption("An experiment attacks your model on your images and records what its neurons do, so the "
+           "Explore pages can explain the attacks. Start from a preset, or give your own images and model. "
+           "It runs in the background on the server; progress shows here.")
+
+if st.session_state.get(JOB):
+    _job_panel(st.session_state[JOB], cache)
+others = [j for j in jobs.running(cache) if j.experiment != st.session_state.get(JOB)]
+if others:
+    st.caption("Also being prepared on this server: " + ", ".join(
+        f"{j.experiment} ({j.describe().lower()})" for j in others))
+
+# the form's values survive a visit to another page (Streamlit drops the state of unrendered widgets)
+for key, value in st.session_state.get(SAVED, {}).items():
+    if key not in st.session_state:
+        st.session_state[key] = value
+if "prepare_preset" not in st.session_state:
+    st.session_state["prepare_preset"] = DEFAULT_PRESET
+    _on_preset()
+
+
+def _preset_label(name: str) -> str:
+    if name == CUSTOM:
+        return "My own images and model"
+    cfg = PRESETS[name]
+    return f"{name}: {cfg.model.arch} on {SOURCE_LABELS.get(cfg.data.source, cfg.data.source)}"
+
+
+st.selectbox("Start from", [CUSTOM, *PRESETS], key="prepare_preset", format_func=_preset_label,
+             on_change=_on_preset, help="A preset fills in every field below; change any of them.")
+
+left, right = st.columns(2, gap="large")
+classes_all: list[str] = []
+with left:
+    st.markdown("#### 1. Images")
+    st.selectbox("Data source", list(datasets.SOURCES), key="prepare_source", format_func=SOURCE_LABELS.get)
+    source = st.session_state["prepare_source"]
+    if source != "demo":
+        st.text_input("Dataset folder (on the server)", key="prepare_root",
+                      placeholder="/data/my-images", help="A folder with one sub-folder of images per class, "
+                      "e.g. /data/pets/cats/001.jpg and /data/pets/dogs/001.jpg.")
+    if source != "demo" and not st.session_state.get("prepare_root", "").strip():
+        st.info("Enter the folder that holds your images, one sub-folder per class.")
+    else:
+        try:
+            classes_all = jobs.dataset_classes(source, st.session_state.get("prepare_root"))
+        except datasets.DataError as e:
+            st.error(str(e))
+    if classes_all:
+        st.session_state["prepare_classes"] = [c for c in st.session_state.get("prepare_classes", [])
+                                               if c in classes_all]
+        st.multiselect(f"Classes ({len(classes_all)} found; none chosen = all)", classes_all,
+                       key="prepare_classes", placeholder="All classes")
+    c1, c2 = st.columns(2)
+    c1.number_input("Images per class (0 = all)", min_value=0, step=10, key="prepare_per_class")
+    c2.number_input("Resize to (pixels, 0 = keep)", min_value=0, step=32, key="prepare_image_size",
+                    help="Needed when your images differ in size; 224 for ImageNet-style models.")
+
+    st.markdown("#### 2. Model")
+    st.selectbox("Architecture", list(ARCHITECTURES), key="prepare_arch", on_change=_on_arch,
+                 help="The network your checkpoint was trained as. The *_cifar ones take 32×32 images.")
+    st.radio("Checkpoint (the trained weights)", CKPT_MODES, key="prepare_ckpt_mode", horizontal=True)
+    if st.session_state["prepare_ckpt_mode"] == CKPT_MODES[0]:
+        st.text_input("Checkpoint file (on the server)", key="prepare_ckpt_path",
+                      placeholder="/models/my-model.pth")
+        path = st.session_state["prepare_ckpt_path"].strip()
+        if path and not Path(path).expanduser().is_file():
+            st.error(f"the checkpoint file {path} does not exist on the server")
+    else:
+        st.file_uploader("Upload the checkpoint", key="prepare_upload", on_change=_on_upload,
+                         type=sorted({s.rsplit(".", 1)[-1] for s in CHECKPOINT_SUFFIXES}),
+                         help="Only plain weights are read (never code): a state dict or .safetensors. "
+                              "It is kept on the server under the cache folder.")
+        if st.session_state.get("prepare_upload_error"):
+            st.error(st.session_state["prepare_upload_error"])
+        elif st.session_state.get("prepare_upload_path"):
+            st.caption("Checkpoint received and readable.")
+    with st.expander("Model details"):
+        st.radio("Input channels", (3, 1), key="prepare_channels", horizontal=True,
+                 format_func=lambda c: "3 (colour)" if c == 3 else "1 (grayscale)")
+        st.number_input("Width (resnet18_cifar only; 64 = 512 neurons)", min_value=8, step=8,
+                        key="prepare_width")
+        st.text_input("Normalization mean", key="prepare_mean")
+        st.text_input("Normalization std", key="prepare_std")
+
+with right:
+    st.markdown("#### 3. Attack")
+    st.radio("Method", ("pgd", "fgsm"), key="prepare_method", horizontal=True,
+             format_func=lambda m: "PGD (the paper's)" if m == "pgd" else "FGSM (one step)")
+    pgd = st.session_state["prepare_method"] == "pgd"
+    c1, c2, c3 = st.columns(3)
+    c1.number_input("ε (/255)", min_value=0.0, max_value=255.0, step=0.5, key="prepare_eps",
+                    help="The largest change of any pixel, in 1/255 of the pixel range; the paper uses 8.")
+    c2.number_input("Step α (/255)", min_value=0.0, max_value=255.0, step=0.5,
+                    key="prepare_alpha", disabled=not pgd,
+                    help="The change per step, in 1/255; the paper uses 2.")
+    c3.number_input("Steps κ", min_value=0, max_value=1000, step=1, key="prepare_steps", disabled=not pgd,
+                    help="The paper uses 7.")
+    st.checkbox("Early stop (faster; not the paper's PGD)", key="prepare_early_stop", disabled=not pgd,
+                help="Stop each image's attack as soon as it is misclassified.")
+    st.checkbox("Random start inside the ε-ball", key="prepare_random_start", disabled=not pgd)
+    st.caption(f"ε = {st.session_state['prepare_eps']:g}/255 = {st.session_state['prepare_eps'] / 255:.4f} "
+               "in [0, 1] pixel units.")
+
+    st.markdown("#### 4. Run")
+    st.text_input("Experiment id", key="prepare_id", max_chars=64,
+                  help="Its name in the experiment list: letters, digits, '.', '_' or '-'.")
+    ident = st.session_state["prepare_id"].strip()
+    try:
+        validate_id(ident)
+        if (cache / ident).exists():
+            st.error(f"an experiment named {ident!r} already exists; choose another id")
+        elif (cache / f".partial-{ident}").exists():
+            st.info(f"An interrupted prepare of {ident!r} was found: with the same settings it resumes "
+                    "where it stopped.")
+    except StoreError as e:
+        st.error(str(e))
+    with st.expander("Run details"):
+        st.number_input("Batch size", min_value=1, step=16, key="prepare_batch_size")
+        st.number_input("t-SNE perplexity", min_value=2.0, step=5.0, key="prepare_perplexity")
+        st.selectbox("Device", ("auto", "cpu", "cuda"), key="prepare_device")
+    busy = jobs.get(ident, cache) if ident else None
+    start = st.button("Prepare", key="prepare_start", type="primary", icon=":material/play_arrow:",
+                      disabled=busy is not None and busy.running)
+    if busy is not None and busy.running:
+        st.caption(f"{ident!r} is being prepared now.")
+
+st.session_state[SAVED] = {k: st.session_state[k] for k in FIELDS if k in st.session_state}
+
+if start:
+    try:
+        ident = validate_id(ident)
+        if (cache / ident).exists():
+            raise StoreError(f"an experiment named {ident!r} already exists; choose another id")
+        classes_all = jobs.dataset_classes(source, st.session_state.get("prepare_root"))
+        cfg = jobs.build_config(None if st.session_state["prepare_preset"] == CUSTOM
+                                else st.session_state["prepare_preset"], _config_values(classes_all))
+        with st.spinner("Checking the checkpoint…"):
+            jobs.check_model(cfg)
+        jobs.start(cfg, ident, cache)
+    except jobs.USER_ERRORS as e:
+        with right:
+            st.error(str(e))
+    else:
+        st.session_state[JOB] = ident
+        st.rerun()

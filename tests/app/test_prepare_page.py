@@ -1,0 +1,215 @@
+"""The Prepare page through AppTest (form, errors, a real small run in the background) and the job
+registry and form helpers behind it (core.ui.jobs)."""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from core.config import ConfigError
+from core.data import DataError
+from core.models import ModelError
+from core.presets import PRESETS
+from core.store import Store, StoreError
+from core.ui import jobs
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+RESNET20 = "resnet20-12fca82f.th"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    import streamlit as st
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NVE_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def page() -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.switch_page("pages/prepare.py")
+    return at.run()
+
+
+def errors(at) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def wait(job: jobs.Job, seconds: float = 120) -> None:
+    end = time.time() + seconds
+    while job.running and time.time() < end:
+        time.sleep(0.2)
+    assert job.finished, f"the job did not finish in {seconds} s (at {job.describe()})"
+
+
+def test_form_renders_with_the_default_preset(cache):
+    at = page()
+    assert not at.exception
+    preset = at.selectbox(key="prepare_preset")
+    assert preset.value == "demo" and len(preset.options) == len(PRESETS) + 1
+    assert at.text_input(key="prepare_id").value == "demo"
+    assert at.number_input(key="prepare_eps").value == pytest.approx(PRESETS["demo"].attack.eps * 255)
+    assert at.number_input(key="prepare_steps").value == PRESETS["demo"].attack.steps
+    assert at.text_input(key="prepare_ckpt_path").value == PRESETS["demo"].model.checkpoint
+    assert len(at.multiselect(key="prepare_classes").options) == 10
+    assert at.button(key="prepare_start")
+    assert not errors(at)
+
+
+def test_bad_id_and_missing_folder_are_explained(cache):
+    at = page()
+    at.text_input(key="prepare_id").set_value("../etc").run()
+    assert any("invalid experiment id" in e for e in errors(at))
+    at.selectbox(key="prepare_preset").set_value("custom").run()
+    assert at.selectbox(key="prepare_source").value == "image_folder"
+    at.text_input(key="prepare_root").set_value(str(cache / "nowhere")).run()
+    assert any("nowhere does not exist" in e for e in errors(at))
+    at.text_input(key="prepare_id").set_value("fine-id").run()
+    at.button(key="prepare_start").click().run()
+    assert not at.exception
+    assert any("nowhere does not exist" in e for e in errors(at))
+    assert jobs.get("fine-id", cache) is None  # nothing started
+
+
+def test_existing_experiment_and_wrong_checkpoint_are_refused(cache, cifar_root, models_dir):
+    (cache / "taken").mkdir()
+    at = page()
+    at.text_input(key="prepare_id").set_value("taken").run()
+    assert any("'taken' already exists" in e for e in errors(at))
+    at.selectbox(key="prepare_preset").set_value("cifar10-resnet56").run()
+    at.text_input(key="prepare_root").set_value(str(cifar_root))
+    at.text_input(key="prepare_ckpt_path").set_value(str(models_dir / RESNET20))  # resnet56 arch kept
+    at.text_input(key="prepare_id").set_value("mismatch").run()
+    at.button(key="prepare_start").click().run()
+    assert not at.exception
+    assert any("does not match the architecture" in e for e in errors(at)), errors(at)
+    assert jobs.get("mismatch", cache) is None
+
+
+def test_a_small_real_run_from_the_form(cache, cifar_root, models_dir):
+    """The cifar20 fixture's set-up with 2 images per class, started from the form, run in the
+    background; the page then reports it and "Explore it" selects it."""
+    at = page()
+    at.selectbox(key="prepare_preset").set_value("cifar10-resnet56").run()
+    at.text_input(key="prepare_root").set_value(str(cifar_root))
+    at.number_input(key="prepare_per_class").set_value(2)
+    at.selectbox(key="prepare_arch").set_value("resnet20_cifar")
+    at.text_input(key="prepare_ckpt_path").set_value(str(models_dir / RESNET20))
+    at.number_input(key="prepare_batch_size").set_value(16)
+    at.number_input(key="prepare_perplexity").set_value(10.0)
+    at.text_input(key="prepare_id").set_value("small").run()
+    assert not errors(at)
+    at.button(key="prepare_start").click().run()
+    assert not at.exception and not errors(at)
+    job = jobs.get("small", cache)
+    assert job is not None
+    wait(job)
+    assert job.ok, job.error
+    store = Store(cache / "small")
+    cfg = store.manifest["config"]
+    assert cfg["model"]["arch"] == "resnet20_cifar" and cfg["data"]["per_class"] == 2
+    assert cfg["attack"]["eps"] == pytest.approx(8 / 255) and cfg["attack"]["steps"] == 7
+    assert store.counts["n_images"] == 20
+    at.run()
+    assert not at.exception
+    assert any("small" in s.value and "is ready" in s.value for s in at.success)
+    at.button(key="prepare_explore").click().run()
+    assert at.session_state["nve_selection"].experiment == "small"
+
+
+# -- the job registry and form helpers -------------------------------------------------------------------
+def test_one_job_per_experiment_with_progress_and_errors(tmp_path):
+    gate = threading.Event()
+
+    def slow(cfg, experiment_id, *, cache_dir, progress, show_bars, log):
+        progress("attack", 3, 12)
+        log("hello")
+        gate.wait(10)
+        raise DataError("the images are gone")
+
+    job = jobs.start(PRESETS["demo"], "busy", tmp_path, prepare_fn=slow)
+    for _ in range(100):
+        if job.stage == "attack":
+            break
+        time.sleep(0.01)
+    assert (job.stage, job.done, job.total, job.fraction) == ("attack", 3, 12, 0.25)
+    assert job.describe() == "Step 3 of 7, attacking the correctly classified images: 3 of 12"
+    assert job in jobs.running(tmp_path)
+    with pytest.raises(StoreError, match="already being prepared"):
+        jobs.start(PRESETS["demo"], "busy", tmp_path, prepare_fn=slow)
+    gate.set()
+    wait(job, 10)
+    assert job.error == "the images are gone" and job.log == ["hello"] and not job.ok
+    assert job not in jobs.running(tmp_path)
+    with pytest.raises(StoreError, match="invalid experiment id"):
+        jobs.start(PRESETS["demo"], "a/b", tmp_path, prepare_fn=slow)
+    (tmp_path / "done").mkdir()
+    with pytest.raises(StoreError, match="already exists"):
+        jobs.start(PRESETS["demo"], "done", tmp_path, prepare_fn=slow)
+
+
+def test_unexpected_failures_are_reported_not_raised(tmp_path):
+    def broken(*args, **kwargs):
+        raise MemoryError("out of memory")
+
+    job = jobs.start(PRESETS["demo"], "oom", tmp_path, prepare_fn=broken)
+    wait(job, 10)
+    assert job.error == "unexpected MemoryError: out of memory"
+
+
+def test_uploads_are_content_addressed_and_loaded_safely(tmp_path):
+    weights = tmp_path / "w.pt"
+    torch.save({"fc.weight": torch.ones(2, 3)}, weights)
+    data = weights.read_bytes()
+    path = jobs.save_upload(data, "../../My Model.pt", tmp_path)  # the name is never a path
+    assert path.parent == tmp_path / jobs.UPLOADS and path.suffix == ".pt"
+    assert path.stem == hashlib.sha256(data).hexdigest()
+    assert jobs.save_upload(data, "again.pt", tmp_path) == path
+    assert jobs.checkpoint_suffix("places.PTH.TAR") == ".pth.tar"
+    with pytest.raises(ModelError, match="unsupported checkpoint type"):
+        jobs.save_upload(data, "model.exe", tmp_path)
+
+    class Payload:  # a pickle that would run code
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"x": Payload()}, evil)
+    with pytest.raises(ModelError, match="refused to load"):
+        jobs.save_upload(evil.read_bytes(), "evil.pt", tmp_path)
+    assert sorted(p.name for p in (tmp_path / jobs.UPLOADS).iterdir()) == [path.name]
+
+
+def test_form_helpers(tmp_path):
+    (tmp_path / "imgs" / "dogs").mkdir(parents=True)
+    (tmp_path / "imgs" / "cats").mkdir()
+    (tmp_path / "imgs" / ".hidden").mkdir()
+    assert jobs.check_folder(tmp_path / "imgs") == ["cats", "dogs"]
+    assert jobs.dataset_classes("image_folder", str(tmp_path / "imgs")) == ["cats", "dogs"]
+    for bad, why in (("", "enter the dataset folder"), (tmp_path / "no", "does not exist"),
+                     (tmp_path / "empty", "no class folders")):
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        with pytest.raises(DataError, match=why):
+            jobs.check_folder(bad)
+    cfg = jobs.build_config("cifar10-resnet56", {"data.per_class": 2, "attack.eps": 4 / 255})
+    assert cfg.data.per_class == 2 and cfg.attack.eps == 4 / 255
+    assert cfg.model.arch == PRESETS["cifar10-resnet56"].model.arch
+    with pytest.raises(ConfigError, match="eps"):
+        jobs.build_config(None, {"attack.eps": 2.0})
+    with pytest.raises(ConfigError, match="unknown key"):
+        jobs.build_config(None, {"model.colour": 1})
+    with pytest.raises(ModelError, match="choose the model's checkpoint"):
+        jobs.check_model(jobs.build_config(None, {}))
+    (tmp_path / "demo").mkdir()
+    assert jobs.suggest_id("demo", tmp_path) == "demo-2"
+    assert jobs.suggest_id("my run/1", tmp_path) == "my-run-1"
