@@ -300,6 +300,7 @@ class ExplainedModel(nn.Module):
         self.feature_layer, self.head, self.fmap_size, self.num_classes = \
             discover_layers(self, input_shape, feature_layer, head)
         self.num_neurons = self.head_module.in_features
+        self.eval()  # the wrapper's own flag too (nn.Module starts in training mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != self.mean.shape[1]:
