@@ -53,9 +53,10 @@ def sort_key(pairs: pd.DataFrame, sort: str) -> np.ndarray:
     if sort == "l2_decreasing":
         return -pairs["l2"].to_numpy(np.float64)
     if sort == "benign_drop":
-        return -(pairs["benign_prob"] - pairs["benign_prob_adv"]).to_numpy(np.float64)
+        # float64 before subtracting: 1.0f − 1e-9 rounds to 1.0 in float32 and would tie strong attacks
+        return -(pairs["benign_prob"].to_numpy(np.float64) - pairs["benign_prob_adv"].to_numpy(np.float64))
     if sort == "adversarial_rise":
-        return -(pairs["adv_prob"] - pairs["adv_prob_benign"]).to_numpy(np.float64)
+        return -(pairs["adv_prob"].to_numpy(np.float64) - pairs["adv_prob_benign"].to_numpy(np.float64))
     raise ValueError(f"unknown grid sort {sort!r}; sorts: {', '.join(SORTS)}")
 
 

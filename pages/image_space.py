@@ -96,10 +96,13 @@ classes = store.classes
 colors = class_colors(len(classes))
 stamp = str(store.manifest.get("created", ""))
 matrix = _matrix(sel.experiment, stamp)
-narrowed = sel.cell is not None or sel.lasso is not None
-shown = image_space.select(pairs, sel.cell, sel.lasso)
-
 st.header("Image space")
+cell = sel.cell
+if cell is not None and not all(0 <= c < len(classes) for c in cell):  # a stale or hand-edited link
+    st.warning(f"Cell {cell} does not exist in this experiment: it is ignored.")
+    cell = None
+narrowed = cell is not None or sel.lasso is not None
+shown = image_space.select(pairs, cell, sel.lasso)
 
 # -- Data overview -----------------------------------------------------------------------------------
 controls = st.columns([1.6, 3.2, 1], vertical_alignment="center")
@@ -112,7 +115,7 @@ controls[2].button("Clear", key="image_space_clear", on_click=_clear, disabled=n
                    width="stretch")
 
 highlight = shown if narrowed else None
-highlight_key = (sel.cell, hash(sel.lasso)) if narrowed else None
+highlight_key = (cell, hash(sel.lasso)) if narrowed else None
 charts = st.columns([1, 1, 1.2], gap="small")
 for col, side in zip(charts[:2], ("benign", "adversarial"), strict=True):
     key = f"image_space_scatter_{side}"
@@ -121,19 +124,19 @@ for col, side in zip(charts[:2], ("benign", "adversarial"), strict=True):
                      width="stretch", config={"displaylogo": False})
 # A fresh key per selected cell: the chart's own click state starts empty, so clicking the selected
 # cell again reaches the callback (and clears it).
-matrix_key = f"image_space_matrix_{sel.cell[0]}_{sel.cell[1]}" if sel.cell else "image_space_matrix"
-matrix_spec = overview_charts.with_cell(_matrix_spec(sel.experiment, stamp), sel.cell)
+matrix_key = f"image_space_matrix_{cell[0]}_{cell[1]}" if cell else "image_space_matrix"
+matrix_spec = overview_charts.with_cell(_matrix_spec(sel.experiment, stamp), cell)
 charts[2].vega_lite_chart(spec=matrix_spec, key=matrix_key, on_select=partial(_on_matrix, matrix_key, matrix),
                           selection_mode=overview_charts.MATRIX_PARAM, width="stretch")
 
 # -- Image grid --------------------------------------------------------------------------------------
 what = []
-if sel.cell is not None:
-    what.append(f"cell {classes[sel.cell[0]]} → {classes[sel.cell[1]]}")
+if cell is not None:
+    what.append(f"cell {classes[cell[0]]} → {classes[cell[1]]}")
 if sel.lasso is not None:
     what.append(f"{len(sel.lasso)} points lassoed")
 if narrowed:
-    st.markdown(f"**{len(shown)} pairs selected** ({' and '.join(what)})")
+    st.markdown(f"**{len(shown)} pair{'' if len(shown) == 1 else 's'} selected** ({' and '.join(what)})")
 else:
     st.markdown(f"**All {len(shown)} pairs** — select a cell or lasso points to narrow down.")
 if sel.pair is not None and 0 <= sel.pair < len(pairs) and sel.pair not in set(shown.tolist()):

@@ -54,7 +54,12 @@ def _sel(at) -> Selection:
 
 
 def _status(at) -> str:
-    return next(m.value for m in at.markdown if "pairs" in m.value and m.value.startswith("**"))
+    return next(m.value for m in at.markdown
+                if m.value.startswith("**") and (" selected**" in m.value or m.value.startswith("**All ")))
+
+
+def _selected(n: int) -> str:
+    return f"**{n} pair{'' if n == 1 else 's'} selected**"
 
 
 def _expected(store, sort=image_space.DEFAULT_SORT, cell=None, lasso=None, page=0):
@@ -115,7 +120,7 @@ def test_cell_shows_exactly_its_pairs_in_sort_order(store, sort):
     at = _open(cell=cell, grid_sort=sort)
     want, n = _expected(store, sort, cell=cell)
     classes = store.classes
-    assert _status(at) == f"**{n} pairs selected** (cell {classes[cell[0]]} → {classes[cell[1]]})"
+    assert _status(at) == f"{_selected(n)} (cell {classes[cell[0]]} → {classes[cell[1]]})"
     assert _grid(at) == want
     for p in want:
         assert (store.pairs["label"][p], store.pairs["adv_label"][p]) == cell
@@ -133,12 +138,12 @@ def test_lasso_filters_and_intersects_with_the_cell(store):
     lasso = tuple(range(0, len(store), 3))
     at = _open(lasso=lasso)
     want, n = _expected(store, lasso=lasso)
-    assert _status(at) == f"**{n} pairs selected** ({len(lasso)} points lassoed)"
+    assert _status(at) == f"{_selected(n)} ({len(lasso)} points lassoed)"
     assert _grid(at) == want and n == len(lasso)
     cell = _busiest_cell(store)
     at = _open(lasso=lasso, cell=cell)
     want, n = _expected(store, cell=cell, lasso=lasso)
-    assert _status(at).startswith(f"**{n} pairs selected**") and _grid(at) == want
+    assert _status(at).startswith(_selected(n)) and _grid(at) == want
     # Clear selection empties both filters.
     at.button(key="image_space_clear").click().run()
     assert _sel(at).cell is None and _sel(at).lasso is None
@@ -149,7 +154,7 @@ def test_empty_intersection_says_what_to_do(store):
     cell = _busiest_cell(store)
     outside = [int(p) for p in range(len(store)) if p not in set(image_space.select(store.pairs, cell))]
     at = _open(cell=cell, lasso=tuple(outside[:3]))
-    assert _status(at).startswith("**0 pairs selected**") and _grid(at) == []
+    assert _status(at).startswith(_selected(0)) and _grid(at) == []
     assert "clear one of them" in at.info[0].value
 
 
@@ -211,6 +216,14 @@ def test_color_toggle_recolours_the_adversarial_plot(store):
     for t in adversarial:
         ids = _array(t["customdata"]).astype(int)
         assert {store.classes[c] for c in store.pairs["adv_label"].to_numpy()[ids]} == {t["name"]}
+
+
+def test_a_stale_link_is_clamped_not_fatal(store):
+    n = len(store)
+    at = _open(cell=(len(store.classes), 0), pair=n + 5, lasso=(1, n + 7), grid_page=-4)
+    assert "does not exist in this experiment" in at.warning[0].value
+    assert _status(at) == f"{_selected(1)} (2 points lassoed)" and _grid(at) == [1]
+    assert not any("outside the current selection" in c.value for c in at.caption)
 
 
 def test_without_an_experiment_the_page_says_what_to_do(tmp_path, monkeypatch):
