@@ -1,10 +1,14 @@
 """Neuron Vulnerability Explorer — the Streamlit entry point: navigation and the sidebar (experiment
 picker, the current selection, links to the next step). Pages hold the views."""
+from pathlib import Path
+
 import streamlit as st
 
-from core.ui import session, sidebar
+from core.ui import services, session, sidebar
 
-st.set_page_config(page_title="Neuron Vulnerability Explorer", layout="wide")
+# a local favicon: a page icon would make the browser fetch it from Google (offline servers: an error)
+st.set_page_config(page_title="Neuron Vulnerability Explorer", layout="wide",
+                   page_icon=str(Path(__file__).parent / "core" / "assets" / "favicon.png"))
 PAGES = {
     "experiments": st.Page("pages/experiments.py", title="Experiments", icon=":material/science:",
                            default=True),
@@ -24,3 +28,4 @@ try:
     page.run()
 finally:  # also after a page's st.stop(): the URL always mirrors the selection
     session.sync_url()
+    services.freeze_heap()  # once per process: keeps full garbage collections short

@@ -39,8 +39,7 @@ def _matrix_spec(experiment: str, stamp: str):
     """The matrix as a Vega-Lite dict, built (and schema-validated by Altair, ~0.1 s) once per
     experiment; cache_data hands out a copy each time, which the page points at the selected cell."""
     store = services.store(experiment)
-    return overview_charts.matrix_chart(_matrix(experiment, stamp), store.classes,
-                                        height=CHART_HEIGHT).to_dict()
+    return overview_charts.matrix_spec(_matrix(experiment, stamp), store.classes, height=CHART_HEIGHT)
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
@@ -125,6 +124,7 @@ for col, side in zip(charts[:2], ("benign", "adversarial"), strict=True):
 # A fresh key per selected cell: the chart's own click state starts empty, so clicking the selected
 # cell again reaches the callback (and clears it).
 matrix_key = f"image_space_matrix_{cell[0]}_{cell[1]}" if cell else "image_space_matrix"
+st.html(overview_charts.MATRIX_CSS)
 matrix_spec = overview_charts.with_cell(_matrix_spec(sel.experiment, stamp), cell)
 charts[2].vega_lite_chart(spec=matrix_spec, key=matrix_key, on_select=partial(_on_matrix, matrix_key, matrix),
                           selection_mode=overview_charts.MATRIX_PARAM, width="stretch")

@@ -146,9 +146,24 @@ def matrix_chart(matrix: np.ndarray, classes: list[str], cell: tuple[int, int] |
             text=alt.condition("datum.count > 0", alt.Text("count:Q"), alt.value("")),
             color=alt.condition(f"datum.count > {top / 2}", alt.value("#ffffff"), alt.value("#333333")),
             tooltip=[alt.Tooltip("true_name:N", title="true"),
-                     alt.Tooltip("adv_name:N", title="adversarial"), alt.Tooltip("count:Q", title="pairs")]))
-    return alt.layer(*layers).add_params(current).properties(height=height, title=alt.TitleParams(
-        "Prediction matrix", fontSize=13, anchor="start"))
+                     alt.Tooltip("adv_name:N", title="adversarial"), alt.Tooltip("count:Q", title="pairs")]
+        ))
+    # SVG (not canvas): every cell is a DOM node with an aria-label, so browser tests and screen
+    # readers can find a cell by its classes
+    return alt.layer(*layers).add_params(current).properties(
+        height=height, title=alt.TitleParams("Prediction matrix", fontSize=13, anchor="start"),
+        usermeta={"embedOptions": {"renderer": "svg"}})
+
+
+def matrix_spec(matrix: np.ndarray, classes: list[str], cell: tuple[int, int] | None = None,
+                height: int = 300) -> dict:
+    """``matrix_chart`` as a Vega-Lite dict (what the page caches and hands to ``st.vega_lite_chart``)."""
+    return matrix_chart(matrix, classes, cell, height).to_dict()
+
+
+# The counts are drawn over their cells; without this a click on a number would hit the text mark,
+# not the cell, and select nothing (Vega-Lite has no per-mark switch; the SVG renderer allows CSS).
+MATRIX_CSS = "<style>[data-testid=stVegaLiteChart] g.mark-text { pointer-events: none; }</style>"
 
 
 def _cell_value(cell) -> list[int]:

@@ -34,11 +34,10 @@ def browser():
         b.close()
 
 
-@pytest.fixture(scope="session")
-def app_url(cifar20_store):
-    """Serve app.py on a free port over the small real store; yield its URL."""
+def _serve(cache: Path):
+    """Serve app.py over the stores in ``cache`` on a free port; yield its URL."""
     port = _free_port()
-    env = {**os.environ, "NVE_CACHE": str(cifar20_store.path.parent), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "NVE_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
                              "--server.port", str(port), "--server.address", "127.0.0.1",
                              "--server.headless", "true"], cwd=ROOT, env=env,
@@ -58,3 +57,25 @@ def app_url(cifar20_store):
     proc.terminate()
     proc.wait(timeout=10)
     shutil.rmtree(ROOT / ".streamlit" / "cache", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def app_url(cifar20_store):
+    yield from _serve(cifar20_store.path.parent)
+
+
+@pytest.fixture(scope="session")
+def demo_store(tmp_path_factory):
+    """The shipped demo (Fashion-MNIST, 2,801 pairs), prepared as `make run` does (about a minute)."""
+    from core.pipeline import prepare
+    from core.presets import preset
+    from core.store import Store
+    if os.environ.get("NVE_TEST_DEMO_STORE"):  # a demo store prepared earlier (faster local reruns)
+        return Store(os.environ["NVE_TEST_DEMO_STORE"])
+    cache = tmp_path_factory.mktemp("demo-cache")
+    return Store(prepare(preset("demo"), "demo", cache_dir=cache, show_bars=False))
+
+
+@pytest.fixture(scope="session")
+def demo_url(demo_store):
+    yield from _serve(demo_store.path.parent)

@@ -310,3 +310,4 @@ def test_probability_bar_and_legend():
     assert "width:0.0%" in oc.probability_bar(-1, "#000000", "x")
     key = oc.legend(["a<b", "c"], ["#111111", "#222222"])
     assert "a&lt;b" in key and "#222222" in key
+
