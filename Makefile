@@ -3,10 +3,14 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
+# where `make run` serves: HOST (0.0.0.0 = every interface; 127.0.0.1 behind a reverse proxy), PORT, and
+# BASE_URL, the sub-path the app lives under (e.g. BASE_URL=nve for http://host/nve/, as deploy/ sets up;
+# empty = the root). README, "Hosting for your lab".
 PORT ?= 8501
 HOST ?= 0.0.0.0
+BASE_URL ?=
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
-APT_TEST := dataset-fashion-mnist chromium chromium-driver
+APT_TEST := dataset-fashion-mnist chromium chromium-driver nginx
 
 .PHONY: run test install system-test-deps prepare-demo lint
 
@@ -32,7 +36,7 @@ prepare-demo: install
 	$(PY) -m core prepare --preset demo --if-missing
 
 run: prepare-demo
-	$(PY) -m streamlit run app.py --server.port $(PORT) --server.address $(HOST)
+	$(PY) -m streamlit run app.py --server.port $(PORT) --server.address $(HOST) --server.baseUrlPath "$(BASE_URL)"
 
 test: install system-test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)

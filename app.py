@@ -4,11 +4,12 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.ui import services, session, sidebar
+from core.ui import auth, services, session, sidebar
 
 # a local favicon: a page icon would make the browser fetch it from Google (offline servers: an error)
 st.set_page_config(page_title="Neuron Vulnerability Explorer", layout="wide",
                    page_icon=str(Path(__file__).parent / "core" / "assets" / "favicon.png"))
+auth.require_login()  # open unless .streamlit/secrets.toml has an [auth] section (README, hosting)
 PAGES = {
     "experiments": st.Page("pages/experiments.py", title="Experiments", icon=":material/science:",
                            default=True),

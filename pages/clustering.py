@@ -14,6 +14,8 @@ from core.ui.images import rf_overlay
 from core.ui.palette import class_colors
 from core.ui.state import SET_OPS
 
+session.require_app()  # first: a deep link must not run a page outside app.py
+
 CHART = "clustering_dendrogram"
 MAX_CLUSTERS = 30
 DISTANCE_LABELS = {"l2": "L2 between RFs (paper)", "iou": "1 − IoU of RF masks",

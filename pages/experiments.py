@@ -2,7 +2,10 @@
 import streamlit as st
 
 from core.store import summary_row
+from core.ui import session
 from core.ui.stores import cache_dir, experiments
+
+session.require_app()  # first: a deep link must not run a page outside app.py
 
 st.title("Experiments")
 cache = str(cache_dir())

@@ -20,6 +20,8 @@ from core.ui.images import show
 from core.ui.palette import class_colors
 from core.ui.state import COLOR_BY
 
+session.require_app()  # first: a deep link must not run a page outside app.py
+
 PER_PAGE = 12           # pairs per grid page
 PER_ROW = 3             # pairs per grid row (fits 1280 px with the sidebar open)
 IMAGE_SIZE = 128        # 32 px images at 4x, nearest-neighbour

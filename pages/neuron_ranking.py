@@ -13,6 +13,8 @@ from core.ui import services, session
 from core.ui.palette import class_colors
 from core.ui.state import NEURON_SORTS
 
+session.require_app()  # first: a deep link must not run a page outside app.py
+
 CHART = "neuron_ranking_chart"
 SPINNER = "Computing the vulnerability maps (first time for this pair)…"
 

@@ -15,6 +15,8 @@ from core.ui.images import heatmap, rf_overlay, show
 from core.ui.palette import class_colors
 from core.ui.state import STRIDES
 
+session.require_app()  # first: a deep link must not run a page outside app.py
+
 SPINNER = "Computing the vulnerability maps (first time for this pair)…"
 MODE_LABELS = {"quantile": "quantile (dataset)", "fraction": "fraction of max", "absolute": "absolute"}
 SIDES = ("benign", "adversarial")

@@ -18,6 +18,14 @@ def _ensure_router() -> None:
         st.rerun()
 
 
+def require_app() -> None:
+    """The first call of every page: a page must only ever run inside ``app.py`` (its navigation, the
+    optional login gate and the sidebar). A session's first run is where a deep link can land in
+    Streamlit's legacy mode (see ``_ensure_router``); after it the server is in navigation mode."""
+    if KEY not in st.session_state:
+        _ensure_router()
+
+
 def get() -> Selection:
     """The session's selection; on a session's first run it comes from the URL (a shared link)."""
     if KEY not in st.session_state:  # a session's first run (never inside a widget callback)

@@ -33,7 +33,7 @@ def render(pages: dict) -> None:
         classes = store.classes
         st.markdown("**Selection**")
         lines = []
-        if sel.cell is not None:
+        if sel.cell is not None and all(0 <= c < len(classes) for c in sel.cell):  # links can be stale
             lines.append(f"Cell: {classes[sel.cell[0]]} → {classes[sel.cell[1]]}")
         if sel.lasso is not None:
             lines.append(f"Scatterplot selection: {len(sel.lasso)} pairs")
