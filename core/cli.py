@@ -7,14 +7,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from core.config import ConfigError, ExperimentConfig
-from core.data import DataError
+from core.data import DataError, DataWarning
 from core.models import ModelError
-from core.store import DEFAULT_CACHE, StoreError, list_stores, open_store, summary_row
+from core.pipeline import PrepareError
+from core.store import DEFAULT_CACHE, StoreError, list_stores, open_store, summary_row, validate_id
 
-USER_ERRORS = (ConfigError, DataError, ModelError, StoreError)
+USER_ERRORS = (ConfigError, DataError, ModelError, StoreError, PrepareError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,9 +60,12 @@ def main(argv: list[str] | None = None) -> int:
 
     args = p.parse_args(argv)
     try:
-        return _run(args)
+        with warnings.catch_warnings():  # prepare logs what the data scan noted: no duplicate warnings
+            warnings.simplefilter("ignore", DataWarning)
+            return _run(args)
     except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"error: {message}", file=sys.stderr)  # one line, whatever the message held
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted: nothing was published; run the same command again to resume",
@@ -84,10 +89,11 @@ def _run(args) -> int:
                     apply_override(d, item)
                 cfg = ExperimentConfig.from_dict(d)
             name = Path(args.config).stem
-        if args.if_missing and (cache / (args.out or name) / "manifest.json").is_file():
-            print(f"experiment {args.out or name!r} is ready in {cache}")
+        ident = validate_id(name if args.out is None else args.out)  # before any path is built from it
+        if args.if_missing and (cache / ident / "manifest.json").is_file():
+            print(f"experiment {ident!r} is ready in {cache}")
             return 0
-        prepare(cfg, args.out or name, cache_dir=cache, overwrite=args.force,
+        prepare(cfg, ident, cache_dir=cache, overwrite=args.force,
                 show_bars=not args.quiet, log=lambda s: print(s, file=sys.stderr))
     elif args.command == "list":
         stores = list_stores(cache)

@@ -28,6 +28,7 @@ import os
 import pickle
 import warnings
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from math import prod
@@ -36,7 +37,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from core.config import DataConfig
 
@@ -121,6 +122,9 @@ class ImageSet:
     skipped: list[tuple[str, str]]  # (path or id, reason) of unreadable images left out
     _source: _Source = field(repr=False)
     _rows: np.ndarray = field(repr=False)  # (N,) int64: position -> row of _source
+    # what the scan left out or changed (skipped, ignored, converted, resized files; empty class folders),
+    # as sentences for a log; each was also issued as a DataWarning
+    notes: list[str] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         self.labels = np.asarray(self.labels, np.int64)
@@ -246,15 +250,23 @@ def _convert(a: np.ndarray, channels: int, size: tuple[int, int]) -> np.ndarray:
     return a
 
 
-def _decode(data: bytes, channels: int, size: tuple[int, int] | None) -> np.ndarray:
-    """Decode an image file fully (a truncated file fails here, not later) to uint8 (C, H, W)."""
+def _decode(data: bytes, channels: int, size: tuple[int, int] | None, tally: Counter | None = None
+            ) -> np.ndarray:
+    """Decode an image file fully (a truncated file fails here, not later) to uint8 (C, H, W).
+    ``tally`` (optional) counts the conversions made: the source mode of each converted image (e.g.
+    ``"RGBA"``), and ``"resized"``."""
     with Image.open(io.BytesIO(data)) as im:
         im.load()
+        mode = "L" if channels == 1 else "RGB"
+        if tally is not None and im.mode != mode:
+            tally[im.mode] += 1
         if im.mode.startswith("I;16"):  # 16-bit grayscale: PIL's convert would clip it to white
             im = Image.fromarray((np.asarray(im, dtype=np.uint16) >> 8).astype(np.uint8))
         # convert handles grayscale, palette, RGBA (alpha dropped), CMYK, ...
-        im = im.convert("L" if channels == 1 else "RGB")
+        im = im.convert(mode)
         if size is not None and im.size != (size[1], size[0]):
+            if tally is not None:
+                tally["resized"] += 1
             im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR)
         return _to_array(im)
 
@@ -498,10 +510,20 @@ def cifar10(root: str | Path, split: str = "test", download: bool = False, *,
 
 # --- image folders --------------------------------------------------------------------------------
 
-def _list_images(class_dir: Path) -> list[Path]:
-    """Image files under one class folder, in torchvision ImageFolder's order."""
-    return [Path(d) / n for d, _, names in sorted(os.walk(class_dir, followlinks=True))
-            for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)]
+def _note(notes: list[str], message: str) -> None:
+    notes.append(message)
+    warnings.warn(message, DataWarning, stacklevel=3)
+
+
+def _list_images(class_dir: Path, ignored: list[Path] | None = None) -> list[Path]:
+    """Image files under one class folder, in torchvision ImageFolder's order; other files (by their
+    extension; hidden ones aside) are appended to ``ignored``."""
+    files = [Path(d) / n for d, _, names in sorted(os.walk(class_dir, followlinks=True))
+             for n in sorted(names)]
+    if ignored is not None:
+        ignored += [f for f in files if not f.name.lower().endswith(IMAGE_EXTENSIONS)
+                    and not f.name.startswith(".")]
+    return [f for f in files if f.name.lower().endswith(IMAGE_EXTENSIONS)]
 
 
 def image_folder(root: str | Path, *, channels: int = 3, image_size: int | None = None,
@@ -529,12 +551,18 @@ def image_folder(root: str | Path, *, channels: int = 3, image_size: int | None 
         raise DataError(f"{root} has no class folders: expected <root>/<class name>/<image files> "
                         "(like torchvision's ImageFolder); move the images into one folder per class")
     wanted = set(_class_ids(all_classes, classes)) if classes is not None else set(range(len(all_classes)))
-    listing = [_list_images(root / c) for c in all_classes]  # all of them: ids must not depend on `wanted`
+    notes: list[str] = []
+    ignored: list[Path] = []
+    # all of them: ids must not depend on `wanted`
+    listing = [_list_images(root / c, ignored if k in wanted else None) for k, c in enumerate(all_classes)]
+    if ignored:
+        _note(notes, f"ignored {len(ignored)} file(s) that are not images by their extension (e.g. "
+              f"{ignored[0]}); images must end in {', '.join(IMAGE_EXTENSIONS)}")
     empty = [c for c, files in zip(all_classes, listing, strict=True) if not files]
     if empty:
-        warnings.warn(f"{len(empty)} class folder(s) in {root} hold no images ({', '.join(empty[:5])}"
-                      f"{', ...' if len(empty) > 5 else ''}); they stay in the class list so labels "
-                      "keep matching the model", DataWarning, stacklevel=2)
+        _note(notes, f"{len(empty)} class folder(s) in {root} hold no images ({', '.join(empty[:5])}"
+              f"{', ...' if len(empty) > 5 else ''}); they stay in the class list so labels "
+              "keep matching the model")
 
     arrays: list[np.ndarray] | None = []
     files: list[_File] = []
@@ -542,6 +570,7 @@ def image_folder(root: str | Path, *, channels: int = 3, image_size: int | None 
     indices: list[int] = []
     skipped: list[tuple[str, str]] = []
     first: tuple[Path, tuple[int, int]] | None = None
+    tally: Counter = Counter()
     nbytes = 0
     index = -1
     for k, class_files in enumerate(listing):
@@ -551,9 +580,10 @@ def image_folder(root: str | Path, *, channels: int = 3, image_size: int | None 
                 continue
             try:
                 data = path.read_bytes()
-                img = _decode(data, channels, size)
+                img = _decode(data, channels, size, tally)
             except Exception as e:  # a decoder fails on bad input in many ways; all mean "unreadable"
-                reason = f"{type(e).__name__}: {e}"
+                reason = ("not an image: its content is in no image format PIL can read"
+                          if isinstance(e, UnidentifiedImageError) else f"{type(e).__name__}: {e}")
                 if on_corrupt == "error":
                     raise DataError(f"cannot read image {path} ({reason}); fix or remove it, or set "
                                     "[data] on_corrupt = \"skip\" to leave unreadable images out") from e
@@ -576,9 +606,20 @@ def image_folder(root: str | Path, *, channels: int = 3, image_size: int | None 
                 arrays.append(img)
                 if nbytes >= IN_MEMORY_LIMIT:
                     arrays = None  # too big to keep: decode again on access
+    if tally:
+        names = {"L": "grayscale", "RGB": "RGB", "RGBA": "RGBA (alpha dropped)", "LA": "grayscale+alpha "
+                 "(alpha dropped)", "P": "palette", "CMYK": "CMYK", "1": "black-and-white"}
+        conversions = [f"{n} {names.get(k, k)}" for k, n in sorted(tally.items()) if k != "resized"]
+        if conversions:
+            _note(notes, f"converted {sum(tally.values()) - tally['resized']} image(s) to "
+                  f"{'grayscale' if channels == 1 else 'RGB'} ([model] in_channels = {channels}): "
+                  f"{', '.join(conversions)}")
+        if tally["resized"]:
+            _note(notes, f"resized {tally['resized']} image(s) to {size[1]}×{size[0]} ([data] "
+                  "image_size)")
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable image(s) in {root}, e.g. {skipped[0][0]} "
-                      f"({skipped[0][1]}); see ImageSet.skipped", DataWarning, stacklevel=2)
+        _note(notes, f"skipped {len(skipped)} unreadable image(s) in {root}, e.g. {skipped[0][0]} "
+              f"({skipped[0][1]}); they are left out (ImageSet.skipped; an experiment's manifest lists them)")
     if first is None:
         raise DataError(f"no readable images ({', '.join(IMAGE_EXTENSIONS)}) in the class folders of "
                         f"{root}" + (f" ({len(skipped)} unreadable)" if skipped else "")
@@ -588,7 +629,7 @@ def image_folder(root: str | Path, *, channels: int = 3, image_size: int | None 
     return ImageSet(f"image_folder:{root.resolve()}", all_classes, np.array(labels), np.array(indices),
                     channels, out_size, skipped,
                     _Source(channels, out_size, pixels=pixels, files=tuple(files)),
-                    np.arange(len(labels)))
+                    np.arange(len(labels)), notes)
 
 
 # --- configuration --------------------------------------------------------------------------------

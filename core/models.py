@@ -25,7 +25,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import pickle
+import re
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -191,24 +193,31 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ModelError(f"checkpoint {path.name}: unsupported file type; use one of "
                          f"{', '.join(CHECKPOINT_SUFFIXES)}")
     if path.name.lower().endswith(".safetensors"):
-        from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
             obj = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
+        except Exception as e:  # SafetensorError, OSError, ...: a bad file must never crash the caller
             raise ModelError(f"checkpoint {path} is not a valid safetensors file: {e}") from None
     else:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise ModelError(
-                f"refused to load {path}: it holds Python objects other than tensors (possibly code), "
-                "and only plain weights are loaded for safety. Re-save it as a state dict "
-                "(torch.save(model.state_dict(), ...)) or as .safetensors. Detail: "
-                f"{str(e).splitlines()[0]}") from None
-        except (RuntimeError, EOFError, OSError, ValueError) as e:
-            raise ModelError(f"checkpoint {path} could not be read (truncated or not a PyTorch file): "
-                             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says it all
+                warnings.simplefilter("ignore", UserWarning)
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch.load fails on bad files in many ways; none may escape as a crash
+            text = str(e)
+            found = re.search(r"WeightsUnpickler error:\s*(.+?)(?: Please use |\n|$)", text)
+            detail = found.group(1) if found else \
+                re.sub(r"\x1b\[[0-9;]*m", "", text.strip().splitlines()[0]) if text.strip() else \
+                "empty file" if path.stat().st_size == 0 else type(e).__name__
+            if isinstance(e, pickle.UnpicklingError):  # the safe unpickler met something it won't build
+                # (torch's own message advises weights_only=False, i.e. running the code: never repeated)
+                raise ModelError(
+                    f"refused to load {path}: it is not a plain-weights checkpoint (it holds Python objects "
+                    "other than tensors, possibly code, or is no PyTorch file at all), and only plain "
+                    "weights are loaded for safety. Re-save it as a state dict "
+                    f"(torch.save(model.state_dict(), ...)) or as .safetensors. Detail: {detail}") from None
+            raise ModelError(f"checkpoint {path} could not be read: it is truncated, corrupt or not a "
+                             f"PyTorch checkpoint ({detail}); save it again, or as .safetensors") from None
     state = _find_state_dict(obj)
     if state is None:
         raise ModelError(f"checkpoint {path} holds no tensors: expected a state dict, possibly nested "
@@ -235,8 +244,29 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
+def check_weights(state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """What any usable checkpoint needs whatever the architecture: finite values, convolution kernels
+    (4-D weights) and a linear head (a 2-D weight); a ModelError that says which is missing."""
+    def show(items):
+        return ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ModelError(f"{source} holds NaN or infinite values in {show(bad)}: the weights are broken "
+                         "(e.g. a diverged training run); use a checkpoint saved before that happened")
+    if not any(v.dim() == 4 for v in state.values()):
+        raise ModelError(f"{source} has no convolution kernels (no 4-D weights), so it is not a CNN: the "
+                         "method explains the neurons of a CNN's last convolutional layer; use the "
+                         "checkpoint of a convolutional network with a linear classification head")
+    if not any(v.dim() == 2 and k.endswith("weight") for k, v in state.items()):
+        raise ModelError(f"{source} has no linear layer (no 2-D weight matrix): the method needs a final "
+                         "fully connected (nn.Linear) head on the average-pooled last-conv features; a "
+                         "network that classifies with a convolution cannot be explained as it is")
+
+
 def load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """Strict load: any missing, unexpected or mis-shaped key is an error that lists them."""
+    """Strict load: any missing, unexpected or mis-shaped key is an error that lists them. A head that
+    differs only in its number of outputs gets its own message (a class count mismatch)."""
+    check_weights(state, source)
     own = net.state_dict()
     # Checkpoints saved before PyTorch 0.4.1 lack BatchNorm's step counter, which eval never reads.
     state = {**{k: v for k, v in own.items() if k.endswith("num_batches_tracked")}, **state}
@@ -254,8 +284,16 @@ def load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: str = "
             parts.append(f"unexpected keys: {show(unexpected)}")
         if shapes:
             parts.append(f"shape mismatches: {show(shapes)}")
-        raise ModelError(f"{source} does not match the architecture ({'; '.join(parts)}). Check "
-                         "[model] arch, num_classes and in_channels.")
+        fix = "Check [model] arch, num_classes and in_channels."
+        head = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)][-1:]
+        if head and not missing and not unexpected and all(
+                k in (f"{head[0]}.weight", f"{head[0]}.bias") and state[k].shape[1:] == own[k].shape[1:]
+                for k in own if k in state and state[k].shape != own[k].shape):
+            outputs, wanted = state[f"{head[0]}.weight"].shape[0], own[f"{head[0]}.weight"].shape[0]
+            fix = (f"The checkpoint classifies into {outputs} classes but the model is set up for {wanted} "
+                   "([model] num_classes; the app counts the dataset's class folders): use images of the "
+                   f"{outputs} classes it was trained on, one folder per class in its class order.")
+        raise ModelError(f"{source} does not match the architecture ({'; '.join(parts)}). {fix}")
     net.load_state_dict(state, strict=True)
 
 
@@ -382,18 +420,27 @@ def discover_layers(model: nn.Module, input_shape, feature_layer: str | None = N
             h.remove()
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         raise ModelError("the model must return a (batch, classes) tensor of logits")
+    if not bool(torch.isfinite(logits).all()):
+        raise ModelError(f"the model produced NaN or infinite logits on a random {tuple(input_shape)} "
+                         "input: its weights or BatchNorm statistics are broken; check the checkpoint and "
+                         "the normalization ([model] mean and std)")
     linears = [e for e in events if isinstance(e[1], nn.Linear) and (head is None or e[0] == head)]
     if not linears:
+        fix = ("[model] head must name the final nn.Linear, or be left out to find it" if head
+               else "a model without one cannot be explained (or set [model] head)")
         raise ModelError(f"no linear head {'named ' + repr(head) if head else 'found'}: the method needs "
-                         "a final nn.Linear on the pooled last-conv features (set [model] head)")
+                         f"a final nn.Linear on the pooled last-conv features; {fix}")
     head_name, head_mod, head_out, pooled = linears[-1]
     if not (head_out.shape == logits.shape and torch.allclose(head_out, logits, atol=1e-5)):
         raise ModelError(f"{head_name!r} is not the final layer: its output is not the model's logits")
     convs = [e for e in events if isinstance(e[2], torch.Tensor) and e[2].dim() == 4
              and not isinstance(e[1], _POOLING) and (feature_layer is None or e[0] == feature_layer)]
     if not convs:
-        raise ModelError("no convolutional feature maps found: the method analyses the last conv "
-                         "layer's neurons, so the model needs one (or set [model] feature_layer)")
+        fix = (f"[model] feature_layer = {feature_layer!r} must name a module with (N, C, H, W) output, "
+               "e.g. the last conv block, or be left out to find it" if feature_layer
+               else "so the model needs one (or set [model] feature_layer)")
+        raise ModelError(f"no convolutional feature maps found: the method analyses the last conv "
+                         f"layer's neurons, {fix}")
     fl_name, _m, fmap, _ = convs[-1]
     if fmap.shape[1] != pooled.shape[-1] or not torch.allclose(
             fmap.float().mean((2, 3)), pooled.reshape(pooled.shape[0], -1).float(), atol=1e-4, rtol=1e-4):

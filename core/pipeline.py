@@ -12,12 +12,21 @@ Stages, each with a tqdm bar and the same progress sent to ``progress(stage, don
 6. ``publish``: the pair table and the manifest, then one rename makes the store visible.
 
 Chunked stages record how far they got, so an interrupted prepare (Ctrl-C, kill -9, power loss)
-resumes where it stopped when run again with the same config and id.
+resumes where it stopped when run again with the same config and id; statistics and t-SNE are redone.
+A stage whose output files are missing or cut short starts over, and so do the stages after it. A
+kill while publishing (after the resume key is dropped) makes the next run start afresh. Nothing is
+visible in the cache until the final rename (tests/reliability/test_crash_safety.py kills it at each
+stage through ``core.store.pause_point``).
+
+Inputs that cannot give an experiment are refused with the fix: eps = 0, a model that classifies no
+image correctly, an attack that succeeds on none, NaN or infinite outputs (a store of no pairs would
+have nothing to explore).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import sys
 import time
@@ -34,7 +43,16 @@ from core.features import extract
 from core.models import ModelError, load_model, model_fingerprint
 from core.neuron_measures import class_statistics
 from core.projection import tsne
-from core.store import DEFAULT_CACHE, PAIR_COLUMNS, SCHEMA_VERSION, StoreError, StoreWriter, save_npy
+from core.store import (
+    DEFAULT_CACHE,
+    PAIR_COLUMNS,
+    SCHEMA_VERSION,
+    StoreError,
+    StoreWriter,
+    pause_point,
+    save_npy,
+    validate_id,
+)
 
 ProgressFn = Callable[[str, int, int], None]
 STAGES = ("load", "clean", "attack", "features", "statistics", "tsne", "publish")
@@ -82,13 +100,21 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
     timings: dict[str, float] = {}
     t0 = time.time()
     cfg.validate()
-    final = Path(cache_dir) / experiment_id
+    final = Path(cache_dir) / validate_id(experiment_id)
     if final.exists() and not overwrite:
         raise StoreError(f"experiment {experiment_id!r} already exists in {cache_dir}; "
                          "use --force to rebuild it or --out to choose another id")
+    if cfg.attack.eps == 0:
+        raise PrepareError("[attack] eps = 0 leaves every image unchanged, so no attack can succeed and "
+                           "there would be nothing to explain; set eps > 0 (e.g. 8/255 = 0.0314 for "
+                           "CIFAR-10, 0.1 for Fashion-MNIST)")
     ds = datasets.load_dataset(cfg.data, channels=cfg.model.in_channels)
+    for note in ds.notes:  # what the scan left out, converted or resized
+        log(f"note: {note}")
     for path, reason in ds.skipped[:20]:
         log(f"skipped unreadable image {path}: {reason}")
+    if len(ds.skipped) > 20:
+        log(f"... and {len(ds.skipped) - 20} more unreadable images (the manifest lists the first 100)")
     if len(ds) == 0:
         raise PrepareError("the dataset has no images after class selection and skipping "
                            "unreadable files; check [data] root, classes and per_class")
@@ -97,7 +123,9 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
     model = load_model(cfg.model, shape).to(device)
     if model.num_classes != len(ds.classes):
         raise ModelError(f"the dataset has {len(ds.classes)} classes but the model outputs "
-                         f"{model.num_classes}; set [model] num_classes or use the matching dataset")
+                         f"{model.num_classes} (empty class folders count too): use the dataset of the "
+                         f"model's {model.num_classes} classes, or a model trained on these "
+                         f"{len(ds.classes)} ([model] num_classes = {len(ds.classes)} with its checkpoint)")
     precision = cfg.attack.precision
     if precision == "auto":
         precision = "bf16" if attacks.fast_bf16_available(device) else "fp32"
@@ -108,7 +136,9 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
                                     default=str).encode()).hexdigest()
     w = StoreWriter(experiment_id, key, cache_dir)
     if w.resumed:
-        log(f"resuming the interrupted prepare of {experiment_id!r} from {w.path}")
+        done = ", ".join(f"{k.removesuffix('_done')} {v}" for k, v in w.state.items() if k.endswith("_done"))
+        log(f"resuming the interrupted prepare of {experiment_id!r} from {w.path} "
+            f"(items already done: {done or 'none'})")
     timings["load"] = time.time() - t0
     bs = cfg.prepare.batch_size
     chunk = bs * 4  # resume granularity of the chunked stages
@@ -129,6 +159,11 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
     labels_all = np.asarray(ds.labels, dtype=np.int64)
     pred_all = np.asarray(logits_all).argmax(1)
     correct = np.flatnonzero(pred_all == labels_all)
+    if len(correct) == 0:
+        raise PrepareError(f"the model classifies none of the {n_all} images correctly, so there is "
+                           "nothing to attack: check that the checkpoint fits this dataset, that "
+                           "[model] mean/std are its normalization, and that the class folders sort "
+                           "into the model's class order")
     timings["clean"] = time.time() - t
 
     # 2. attack --------------------------------------------------------------------------------
@@ -155,6 +190,13 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
     success = np.flatnonzero(np.asarray(adv_pred) != labels_all[correct])
     pairs_pos = correct[success]  # positions in ds of the successful pairs
     n = len(pairs_pos)
+    if n == 0:
+        # A store of no pairs would have nothing to explore: say so now (the attack's results stay in
+        # the partial folder, so the same command fails fast; a stronger attack starts afresh).
+        raise PrepareError(
+            f"the attack ({a.method}, eps = {a.eps:.4g}, {a.steps} steps) succeeded on none of the {nc} "
+            "correctly classified images, so there are no benign/adversarial pairs to explain; use a "
+            "stronger attack: raise [attack] eps or steps (the paper: pgd, eps = 8/255, 7 steps)")
     timings["attack"] = time.time() - t
 
     # 3. features of both images of every successful pair ----------------------------------------
@@ -176,6 +218,9 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
         out["adversarial_images"][sel] = adv.numpy()
         for side, x in (("benign", torch.from_numpy(benign_u8).float() / 255), ("adversarial", adv)):
             f = extract(model, x, batch_size=bs)
+            if not (torch.isfinite(f.logits).all() and torch.isfinite(f.fmaps).all()):
+                raise ModelError(f"the model produced NaN or infinite values on {side} images (pairs "
+                                 f"{sel[0]}..{sel[-1]}); check the checkpoint and the normalization")
             out[f"{side}_logits"][sel] = f.logits.numpy()
             out[f"{side}_probs"][sel] = f.probs.numpy()
             out[f"{side}_pooled"][sel] = f.pooled.numpy()
@@ -196,6 +241,7 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
     stats |= {f"adversarial_{k}": v for k, v in class_statistics(
         np.asarray(out["adversarial_pooled"]), adv_labels, model.num_classes).items()}
     np.savez(w.out("class_stats.npz"), **stats)
+    pause_point("statistics")
     for name, arr in (("dataset_indices", ds.indices), ("dataset_labels", labels_all),
                       ("dataset_pred", pred_all)):
         save_npy(w.out(f"{name}.npy"), np.asarray(arr, dtype=np.int64))
@@ -209,6 +255,7 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
         coords[side] = tsne(np.asarray(out[f"{side}_pooled"]), perplexity=cfg.prepare.tsne_perplexity,
                             seed=cfg.prepare.seed)
         bar.advance(1)
+        pause_point(f"tsne:{side}")
     bar.close()
     timings["tsne"] = time.time() - t
 
@@ -247,6 +294,7 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
     }
     timings["publish"] = time.time() - t
     timings["total"] = time.time() - t0
+    pause_point("publish")
     path = w.publish(manifest, overwrite=overwrite)
     log(f"wrote {path}: {n} successful pairs of {nc} attacked ({n_images} images, clean accuracy "
         f"{manifest['counts']['clean_accuracy']:.4f}, attack success "
@@ -262,10 +310,16 @@ def _chunked(w: StoreWriter, stage: str, total: int, chunk: int, work: Callable[
     point at worst redoes one chunk.
     """
     start = w.state.get(f"{stage}_done", 0)
+    if w.restarted or any(os.path.abspath(a.filename) in w.created for a in arrays
+                          if isinstance(a, np.memmap) and a.filename):
+        # an output was lost or had to be created afresh, or an earlier stage (whose results this one
+        # reads) started over: recorded progress no longer holds
+        start, w.restarted = 0, True
     bar = _Bar(stage, total, progress, show, start)
     for lo in range(start, total, chunk):
         sel = np.arange(lo, min(lo + chunk, total))
         work(sel)
+        pause_point(f"{stage}:{lo}")
         for arr in arrays:
             if isinstance(arr, np.memmap):
                 arr.flush()

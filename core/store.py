@@ -118,11 +118,17 @@ class Store:
         except (OSError, json.JSONDecodeError) as e:
             raise StoreError(f"{manifest_path} is unreadable ({e}); delete the folder and prepare "
                              "again") from None
-        version = self.manifest.get("schema_version")
+        version = self.manifest.get("schema_version") if isinstance(self.manifest, dict) else None
         if version != SCHEMA_VERSION:
+            if isinstance(version, int) and version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"experiment {self.id!r} was written by a newer version of this app (store schema "
+                    f"{version}; this version reads schema {SCHEMA_VERSION}): update the app to open it")
             raise StoreError(
-                f"experiment {self.id!r} was written with store schema {version}, this version reads "
-                f"schema {SCHEMA_VERSION}; prepare it again (python -m core prepare ... --out {self.id})")
+                f"experiment {self.id!r} was written by an older version of this app (store schema "
+                f"{version if version is not None else 'unknown'}; this version reads schema "
+                f"{SCHEMA_VERSION}) and cannot be opened: prepare it again with the same settings "
+                f"(python -m core prepare ... --out {self.id} --force)")
         self._arrays: dict[str, np.ndarray] = {}
 
     @property
@@ -211,6 +217,8 @@ class StoreWriter:
             atomic_write_bytes(key_file, config_key.encode())
         self.state = json.loads((self.path / "state.json").read_text()) \
             if (self.path / "state.json").is_file() else {}
+        self.created: set[str] = set()  # arrays open_memmap had to create (not resumed)
+        self.restarted = False  # set by prepare once a stage starts over: later stages must follow
 
     def work(self, name: str) -> Path:
         return self.path / "work" / name
@@ -224,21 +232,33 @@ class StoreWriter:
         atomic_write_json(self.path / "state.json", self.state)
 
     def open_memmap(self, name: str, shape, dtype) -> np.ndarray:
-        """A .npy to fill chunk by chunk; reopened (not recreated) when resuming."""
+        """A .npy to fill chunk by chunk; reopened (not recreated) when resuming. A file that is missing,
+        unreadable (e.g. cut short by a crash) or of another shape or dtype is created afresh, and its
+        path is added to ``created``, so the stage filling it knows to start over."""
         path = self.out(name)
         if path.is_file():
-            arr = np.load(path, mmap_mode="r+")
-            if arr.shape == tuple(shape) and arr.dtype == np.dtype(dtype):
+            try:
+                arr = np.load(path, mmap_mode="r+", allow_pickle=False)
+            except (OSError, ValueError, EOFError):
+                arr = None
+            if arr is not None and arr.shape == tuple(shape) and arr.dtype == np.dtype(dtype):
                 return arr
+        self.created.add(os.path.abspath(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
         return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=tuple(shape))
 
     def publish(self, manifest: dict, overwrite: bool = False) -> Path:
-        """Write the manifest last, then rename the folder into place (atomic on one filesystem)."""
+        """Write the manifest last, then rename the folder into place (atomic on one filesystem).
+
+        The resume key goes first: once the work files start disappearing, a crash must make the next
+        run start afresh rather than resume from a half-cleaned folder."""
+        (self.path / "config_key").unlink(missing_ok=True)
+        _fsync_dir(self.path)
         shutil.rmtree(self.path / "work", ignore_errors=True)
-        for name in ("state.json", "config_key"):
-            (self.path / name).unlink(missing_ok=True)
+        (self.path / "state.json").unlink(missing_ok=True)
         atomic_write_json(self.out("manifest.json"), manifest)
         _fsync_dir(self.path)
+        pause_point("publish-rename")
         if self.final.exists():
             if not overwrite:
                 raise StoreError(f"experiment {self.id!r} already exists; use --force to replace it")
@@ -257,6 +277,15 @@ class StoreWriter:
         if not self._lock.closed:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
+
+
+def pause_point(name: str) -> None:
+    """Crash-safety test hook, inert unless ``NVE_TEST_PAUSE_AT`` names this point: then write the file
+    ``NVE_TEST_PAUSE_FILE`` and wait there (at most 10 minutes) for the test to kill the process with
+    SIGKILL, so tests/reliability/test_crash_safety.py can pick the moment of a kill -9 exactly."""
+    if os.environ.get("NVE_TEST_PAUSE_AT") == name and os.environ.get("NVE_TEST_PAUSE_FILE"):
+        Path(os.environ["NVE_TEST_PAUSE_FILE"]).write_text(name)
+        time.sleep(600)
 
 
 def _fsync_dir(path: Path) -> None:

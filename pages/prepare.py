@@ -13,6 +13,8 @@ from core.store import Store, StoreError, validate_id
 from core.ui import jobs, session
 from core.ui.stores import cache_dir, experiments
 
+session.require_app()  # first: a deep link must not run a page outside app.py
+
 CUSTOM = "custom"
 DEFAULT_PRESET = "demo"
 SOURCE_LABELS = {"demo": "Fashion-MNIST sample shipped with the app", "fashion_mnist": "Fashion-MNIST files",
@@ -68,7 +70,8 @@ def _on_upload() -> None:
     if f is None:
         return
     try:
-        st.session_state["prepare_upload_path"] = str(jobs.save_upload(f.getvalue(), f.name, cache_dir()))
+        st.session_state["prepare_upload_path"] = str(jobs.save_upload(
+            f.getvalue(), f.name, cache_dir(), max_bytes=int(st.get_option("server.maxUploadSize")) * 2**20))
     except jobs.USER_ERRORS as e:
         st.session_state["prepare_upload_error"] = str(e)
 
@@ -137,9 +140,12 @@ def _job_panel(experiment: str, cache: Path) -> None:
                    "same experiment id: an interrupted run resumes where it stopped.")
     else:
         counts = Store(job.path).counts
+        skipped = (f" {counts['n_skipped']:,} unreadable file(s) were skipped (see Messages)."
+                   if counts.get("n_skipped") else "")
         st.success(f"**{experiment}** is ready ({job.elapsed():.0f} s): {counts['n_success']:,} successful "
                    f"attacks out of {counts['n_attacked']:,} correctly classified images "
-                   f"({counts['n_images']:,} images, clean accuracy {counts['clean_accuracy']:.1%}).")
+                   f"({counts['n_images']:,} images, clean accuracy {counts['clean_accuracy']:.1%})."
+                   + skipped)
         st.button("Explore it", key="prepare_explore", type="primary", on_click=_explore, args=(experiment,),
                   icon=":material/arrow_forward:")
     if job.log:

@@ -34,6 +34,7 @@ from core.store import StoreError, validate_id
 
 USER_ERRORS = (ConfigError, DataError, ModelError, StoreError, PrepareError)
 UPLOADS = ".uploads"  # under the cache folder; hidden names are never listed as experiments
+MAX_UPLOAD_BYTES = 512 * 2**20  # the page passes Streamlit's server.maxUploadSize instead
 STAGE_TEXT = {"load": "loading the dataset and the model", "clean": "predicting every image",
               "attack": "attacking the correctly classified images", "features":
               "recording the neurons' activations", "statistics": "per-class statistics",
@@ -183,11 +184,18 @@ def checkpoint_suffix(filename: str) -> str:
     raise ModelError(f"{filename}: unsupported checkpoint type; use one of {', '.join(CHECKPOINT_SUFFIXES)}")
 
 
-def save_upload(data: bytes, filename: str, cache_dir) -> Path:
+def save_upload(data: bytes, filename: str, cache_dir, max_bytes: int = MAX_UPLOAD_BYTES) -> Path:
     """Keep an uploaded checkpoint as ``<cache>/.uploads/<sha256><suffix>`` (content-addressed, written
-    atomically) after checking it loads as plain weights (``core.models.load_state_dict``); a file that
-    does not is removed and its ModelError raised."""
+    atomically) after checking its type (by the name's suffix: the name itself is never a path), its size
+    (1 byte to ``max_bytes``) and that it loads as plain weights (``core.models.load_state_dict``); a
+    file that does not is removed and its ModelError raised."""
     suffix = checkpoint_suffix(filename)
+    if not data:
+        raise ModelError(f"{filename}: the uploaded file is empty; upload the checkpoint again")
+    if len(data) > max_bytes:
+        raise ModelError(f"{filename}: {len(data) / 2**20:.0f} MB is more than the "
+                         f"{max_bytes / 2**20:.0f} MB an upload may have; put the checkpoint on the server "
+                         "and give its path instead")
     folder = Path(cache_dir) / UPLOADS
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{hashlib.sha256(data).hexdigest()}{suffix}"
