@@ -16,8 +16,12 @@ def _pick_experiment() -> None:
 
 def render(pages: dict) -> None:
     sel = session.get()
-    usable = [i.id for i in experiments(str(cache_dir())) if i.manifest]
+    infos = experiments(str(cache_dir()))
+    usable = [i.id for i in infos if i.manifest]
     with st.sidebar:
+        broken = len(infos) - len(usable)
+        if broken:
+            st.caption(f"{broken} experiment(s) cannot be opened (older or damaged): see Experiments.")
         if not usable:
             st.caption("No experiment yet: prepare one.")
             return
