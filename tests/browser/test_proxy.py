@@ -76,9 +76,13 @@ def test_walk_through_nginx(browser, proxy, demo_store):
     assert not pg.errors, pg.errors
     assert not pg.failed, pg.failed
     pg.close()
-    log = (prefix / "access.log").read_text()
-    # the session's websocket went through nginx (101 Switching Protocols), under the sub-path
-    assert f'"GET /{BASE}/_stcore/stream HTTP/1.1" 101' in log
+    # the session's websocket went through nginx (101 Switching Protocols), under the sub-path; nginx
+    # logs a websocket when it closes, a moment after the page does
+    upgraded = f'"GET /{BASE}/_stcore/stream HTTP/1.1" 101'
+    deadline = time.time() + 15
+    while upgraded not in (log := (prefix / "access.log").read_text()) and time.time() < deadline:
+        time.sleep(0.2)
+    assert upgraded in log
     assert f"/{BASE}/static/" in log
 
 
