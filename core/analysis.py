@@ -22,8 +22,15 @@ It wires the paper's measures (each in its own module) to a store, with the choi
 - **Clustering** (``core.clustering``) of the neurons on this pair: the distance between their
   benign+adversarial RFs, a linkage, the dendrogram geometry.
 
-Memory cache. The last ``memory_items`` results (RFs of one image: 6 MB for 512 neurons at 32×32;
-linkages; maps) are kept in an LRU, so flipping between views of the same pair recomputes nothing.
+Memory cache. The most recently used results (RFs of one image: 6 MB for 512 neurons at 32×32, 308 MB
+at 224×224; linkages; maps) are kept in an LRU bounded in bytes (``memory_bytes``; default
+``core.ui.limits.analysis_cache_bytes()``, 256 MB, env ``NVE_ANALYSIS_CACHE_MB``), so flipping between
+views of the same pair recomputes nothing and no number of users grows it past its budget.
+
+Shared by users. One ``Analysis`` serves every session of a server (``core.ui.services``). Its results
+hold no per-user state, cached arrays are read-only, and vulnerability maps go through the process-wide
+gate ``core.ui.limits.MAP_JOBS``: at most ``NVE_MAX_MAP_JOBS`` maps are computed at once, and users
+asking for the same map (same store, pair, k, stride, output, precision) share one computation.
 
 Disk cache. Vulnerability maps (≈1–5 s each on a CPU) and the RF thresholds (one pass over the store's
 maps) are saved under ``<store>/derived/`` (``vmap-p<pair>-k<k>-s<stride>-<output>-<precision>.npy``:
@@ -35,7 +42,6 @@ kept in memory instead.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
 
@@ -44,6 +50,7 @@ import torch
 
 from core import clustering, context, neuron_measures, receptive_fields, vulnerability
 from core.store import Store, StoreError, save_npy
+from core.ui import limits
 
 RF_SIDES = ("matched", "benign", "adversarial")
 MAPS = ("bmap", "amap")
@@ -57,6 +64,18 @@ def _int(name: str, value, lo: int, hi: int | None = None) -> int:
     return int(value)
 
 
+def _frozen(value):
+    """Numpy arrays in a cached value made read-only: they are shared by every user of the server, so an
+    in-place change by one page would show in everybody's views (a torch tensor cannot be frozen; code
+    here never changes one in place)."""
+    if isinstance(value, np.ndarray):
+        value.flags.writeable = False
+    elif isinstance(value, tuple | list):
+        for v in value:
+            _frozen(v)
+    return value
+
+
 def _choice(name: str, value, choices) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
@@ -65,16 +84,17 @@ def _choice(name: str, value, choices) -> str:
 
 class Analysis:
     """Per-pair analytics on one store. Thread-safe for the Streamlit server (one lock per instance
-    guards the lazily built model and caches)."""
+    guards the lazily built model; the memory cache has its own)."""
 
-    def __init__(self, store: Store, device: str | torch.device = "cpu", memory_items: int = 32):
+    def __init__(self, store: Store, device: str | torch.device = "cpu", memory_bytes: int | None = None):
         self.store = store
         self.device = torch.device(device)
         self.derived = store.path / "derived"
         self._lock = threading.RLock()
         self._model = None
-        self._memory: OrderedDict = OrderedDict()
-        self._memory_items = memory_items
+        self._head = None
+        self._memory = limits.ByteLRU(limits.analysis_cache_bytes() if memory_bytes is None
+                                      else memory_bytes)
         pooled = store.array("benign_pooled")
         self.num_pairs, self.num_neurons = int(pooled.shape[0]), int(pooled.shape[1])
         self.image_shape = tuple(int(s) for s in store.array("benign_images").shape[1:])
@@ -109,32 +129,18 @@ class Analysis:
     def head(self) -> tuple[np.ndarray, np.ndarray]:
         """(W (classes, n), b (classes,)) float64 of the final dense layer."""
         with self._lock:
-            if "head" not in self._memory:
+            if self._head is None:
                 lin = self.model.head_module
                 bias = lin.bias if lin.bias is not None else torch.zeros(lin.out_features)
-                self._memory["head"] = (lin.weight.detach().cpu().double().numpy(),
-                                        bias.detach().cpu().double().numpy())
-            return self._memory["head"]
+                self._head = tuple(_frozen(t.detach().cpu().double().numpy()) for t in (lin.weight, bias))
+            return self._head
 
     # -- small cache helpers ----------------------------------------------------------------------
     def _remember(self, key, value):
-        with self._lock:
-            self._memory[key] = value
-            self._memory.move_to_end(key)
-            while len(self._memory) > self._memory_items:
-                first = next(iter(self._memory))
-                if first == "head":
-                    self._memory.move_to_end(first)
-                    first = next(iter(self._memory))
-                self._memory.pop(first)
-        return value
+        return self._memory.put(key, _frozen(value))
 
     def _recall(self, key):
-        with self._lock:
-            if key in self._memory:
-                self._memory.move_to_end(key)
-                return self._memory[key]
-        return None
+        return self._memory.get(key)
 
     def _load_derived(self, name: str) -> np.ndarray | None:
         path = self.derived / name
@@ -152,14 +158,28 @@ class Analysis:
         except OSError:
             pass  # a read-only store: the in-memory copy still serves this process
 
-    def _cached(self, name: str, compute) -> np.ndarray:
+    def _cached(self, name: str, compute, gate: limits.ComputeGate | None = None) -> np.ndarray:
+        """From memory, else from ``derived/``, else computed (through ``gate``, keyed by the store and
+        ``name``, when given), saved and remembered."""
         hit = self._recall(name)
-        if hit is None:
-            hit = self._load_derived(name)
-        if hit is None:
-            hit = np.asarray(compute())
-            self._save_derived(name, hit)
-        return self._remember(name, hit)
+        if hit is not None:
+            return hit
+
+        def load_or_compute():
+            found = self._recall(name)  # a flight that ended just before this one may have left it
+            if found is None:
+                found = self._load_derived(name)
+            if found is None:
+                found = np.asarray(compute())
+                self._save_derived(name, found)
+            return self._remember(name, found)
+        if gate is None:
+            return load_or_compute()
+        hit = self._load_derived(name)  # the common case, a file read: never waits for a slot
+        if hit is not None:
+            return self._remember(name, hit)
+        key = (str(self.store.path.resolve()), self.store.manifest.get("created"), name)
+        return gate.run(key, load_or_compute)
 
     # -- receptive fields -------------------------------------------------------------------------
     def rf_thresholds(self, q: float = receptive_fields.DEFAULT_QUANTILE) -> np.ndarray:
@@ -238,7 +258,7 @@ class Analysis:
                                                     int(row["adv_label"]), k=k, stride=stride,
                                                     output=output, precision=precision)
             return torch.stack(maps).numpy().astype(np.float32)
-        out = self._cached(name, compute)
+        out = self._cached(name, compute, limits.MAP_JOBS)
         return out[0], out[1]
 
     def has_vulnerability_maps(self, pair: int, *, k: int | None = None, stride: int = 1,
