@@ -39,11 +39,7 @@ def _on_parent(Z: np.ndarray) -> None:
         _toggle(clustering.nodes_containing(Z, neuron)[:1])
 
 
-sel = session.get()
-if sel.experiment is None:
-    st.info("Choose an experiment in the sidebar, or prepare one first.")
-    st.page_link("pages/prepare.py", label="Prepare an experiment", icon=":material/add_circle:")
-    st.stop()
+sel = session.require_experiment()
 
 st.header("Neuron clusters")
 if sel.pair is None:

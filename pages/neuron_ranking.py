@@ -55,11 +55,7 @@ def _on_coverage() -> None:
     session.update(coverage=float(st.session_state["neuron_ranking_coverage"]))
 
 
-sel = session.get()
-if sel.experiment is None:
-    st.info("Choose an experiment in the sidebar, or prepare one first.")
-    st.page_link("pages/prepare.py", label="Prepare an experiment", icon=":material/add_circle:")
-    st.stop()
+sel = session.require_experiment()
 
 st.header("Neuron ranking")
 if sel.pair is None:

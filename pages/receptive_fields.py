@@ -46,11 +46,7 @@ def _on_set_op() -> None:
     session.update(set_op="intersection" if st.session_state["receptive_fields_set_op"] else "union")
 
 
-sel = session.get()
-if sel.experiment is None:
-    st.info("Choose an experiment in the sidebar, or prepare one first.")
-    st.page_link("pages/prepare.py", label="Prepare an experiment", icon=":material/add_circle:")
-    st.stop()
+sel = session.require_experiment()
 
 st.header("Receptive fields")
 analysis = services.analysis(sel.experiment)

@@ -56,3 +56,13 @@ def sync_url() -> None:
     not only when it differs from the server's copy: a page switch clears the browser's query string
     without telling the server."""
     st.query_params.from_dict(to_query(get()))
+
+
+def require_experiment() -> Selection:
+    """The selection of a page that needs an experiment; without one, say what to do and stop."""
+    sel = get()
+    if sel.experiment is None:
+        st.info("Choose an experiment in the sidebar, or prepare one first.")
+        st.page_link("pages/prepare.py", label="Prepare an experiment", icon=":material/add_circle:")
+        st.stop()
+    return sel

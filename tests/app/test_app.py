@@ -1,7 +1,6 @@
 """The app's experiment list, through Streamlit's AppTest (real store, real manifest)."""
 from pathlib import Path
 
-import pytest
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
@@ -33,9 +32,3 @@ def test_unusable_store_is_explained(tmp_path, monkeypatch):
     assert not at.exception
     assert any("broken" in w.value and "manifest" in w.value for w in at.warning)
 
-
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    import streamlit as st
-    st.cache_data.clear()
-    st.cache_resource.clear()

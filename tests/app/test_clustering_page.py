@@ -22,12 +22,6 @@ APP = str(Path(__file__).resolve().parents[2] / "app.py")
 PAIR, NEURON = 0, 5
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    import streamlit as st
-    st.cache_data.clear()
-    st.cache_resource.clear()
-
 
 @pytest.fixture
 def analysis(cifar20_store, monkeypatch):

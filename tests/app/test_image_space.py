@@ -19,12 +19,6 @@ PAGE = "pages/image_space.py"
 PER_PAGE = 12
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    import streamlit as st
-    st.cache_data.clear()
-    st.cache_resource.clear()
-
 
 @pytest.fixture
 def store(cifar20_store, monkeypatch):

@@ -18,12 +18,6 @@ RANKING, RF_PAGE = "pages/neuron_ranking.py", "pages/receptive_fields.py"
 PAIR, NEURON, STRIDE = 0, 11, 4
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    import streamlit as st
-    st.cache_data.clear()
-    st.cache_resource.clear()
-
 
 @pytest.fixture(scope="module")
 def analysis(cifar20_store):

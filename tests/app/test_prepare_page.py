@@ -22,12 +22,6 @@ APP = str(Path(__file__).resolve().parents[2] / "app.py")
 RESNET20 = "resnet20-12fca82f.th"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_cache():
-    import streamlit as st
-    st.cache_data.clear()
-    st.cache_resource.clear()
-
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch):

@@ -209,8 +209,9 @@ def test_systemd_unit_runs_the_app_behind_the_proxy():
 
 
 def test_make_run_passes_host_port_and_base_url():
-    r = subprocess.run(["make", "-n", "run", "HOST=127.0.0.1", "PORT=8600", "BASE_URL=nve"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=60, check=True)
+    # --no-print-directory: under `make test` this is a nested make, which would add "Leaving directory"
+    r = subprocess.run(["make", "--no-print-directory", "-n", "run", "HOST=127.0.0.1", "PORT=8600",
+                        "BASE_URL=nve"], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
     line = r.stdout.strip().splitlines()[-1]
     assert "-m streamlit run app.py" in line
     args = shlex.split(line)
