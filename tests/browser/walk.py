@@ -2,9 +2,11 @@
 concurrency test all drive it). Expected values are computed independently with the core library."""
 import math
 import re
+import time
 from pathlib import Path
 
 import numpy as np
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from core import clustering, image_space
 from core.analysis import Analysis
@@ -69,8 +71,19 @@ def _idle(pg) -> None:
 
 
 def _select(pg, key: str, option: str) -> None:
-    pg.locator(f".st-key-{key}").click()
-    pg.get_by_role("option", name=option, exact=True).click()
+    """Pick ``option`` in the selectbox ``key``. A rerun that lands while the list is open redraws the
+    widget and closes the list (seen under load), so open it again until the option can be clicked."""
+    deadline = time.monotonic() + TIMEOUT / 1000
+    while True:
+        _idle(pg)
+        pg.locator(f".st-key-{key}").click()
+        try:
+            pg.get_by_role("option", name=option, exact=True).click(timeout=max(15_000, TIMEOUT // 10))
+            break
+        except PlaywrightTimeout:
+            if time.monotonic() > deadline:
+                raise
+            pg.keyboard.press("Escape")
     _idle(pg)
 
 
