@@ -7,6 +7,9 @@ A selected pair that falls outside a new cell/lasso selection stays selected (th
 working on it); the grid says that it is outside the current selection.
 The matrix is an Altair chart handed to ``st.vega_lite_chart`` as its cached dict: the same widget as
 ``st.altair_chart``, without Altair's ~0.1 s schema validation on every rerun.
+An experiment with more than ``image_space.SUBSET_ABOVE`` classes (Places365: 365) is explored in a
+class subset, as in paper §6.2.2: the matrix shows its benign rows × adversarial columns, the grid its
+pairs, the scatterplots colour them and grey the rest. The default is the paper's top-10 rule.
 """
 from dataclasses import replace
 from functools import partial
@@ -37,18 +40,27 @@ def _matrix(experiment: str, stamp: str):
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def _matrix_spec(experiment: str, stamp: str):
-    """The matrix as a Vega-Lite dict, built (and schema-validated by Altair, ~0.1 s) once per
-    experiment; cache_data hands out a copy each time, which the page points at the selected cell."""
+def _matrix_spec(experiment: str, stamp: str, rows=None, cols=None):
+    """The matrix (or its class subset ``rows`` × ``cols``) as a Vega-Lite dict, built (and
+    schema-validated by Altair, ~0.1 s) once per experiment and subset; cache_data hands out a copy
+    each time, which the page points at the selected cell."""
     store = services.store(experiment)
-    return overview_charts.matrix_spec(_matrix(experiment, stamp), store.classes, height=CHART_HEIGHT)
+    return overview_charts.matrix_spec(_matrix(experiment, stamp), store.classes, height=CHART_HEIGHT,
+                                       rows=rows, cols=cols)
 
 
 @st.cache_resource(show_spinner=False, max_entries=32)
-def _scatter(experiment: str, stamp: str, side: str, color_by: str, highlight_key, _highlight):
+def _scatter(experiment: str, stamp: str, side: str, color_by: str, highlight_key, _highlight,
+             subset=None):
+    """``subset``: None, or the class subset as (benign ids, adversarial ids) tuples."""
     store = services.store(experiment)
-    return overview_charts.scatter_figure(store.pairs, store.classes, class_colors(len(store.classes)),
-                                          side, color_by, _highlight, height=CHART_HEIGHT)
+    if subset is None:
+        colors, inside = class_colors(len(store.classes)), None
+    else:
+        colors = overview_charts.subset_colors(len(store.classes), subset[0] + subset[1])
+        inside = image_space.in_subset(store.pairs, *subset)
+    return overview_charts.scatter_figure(store.pairs, store.classes, colors, side, color_by, _highlight,
+                                          height=CHART_HEIGHT, subset=inside)
 
 
 # -- callbacks: every change of the selection goes through them ------------------------------------
@@ -63,6 +75,28 @@ def _on_scatter(key: str):
 def _on_matrix(key: str, matrix):
     sel = session.get()
     session.put(sel.with_cell(overview_charts.clicked_cell(st.session_state.get(key), sel.cell, matrix)))
+
+
+def _on_classes(side: str, pairs, n_classes: int):
+    """A class multiselect changed; the other side keeps its list (None keeps following the rule, so
+    new benign classes bring their top adversarial labels). A cell outside the new subset is cleared."""
+    sel = session.get()
+    picked = st.session_state[f"image_space_{side}_classes"]
+    sel = sel.with_classes(picked if side == "benign" else sel.benign_classes,
+                           picked if side == "adversarial" else sel.adversarial_classes)
+    _put_subset(sel, pairs, n_classes)
+
+
+def _reset_classes(pairs, n_classes: int):
+    _put_subset(session.get().with_classes(None, None), pairs, n_classes)
+
+
+def _put_subset(sel, pairs, n_classes: int):
+    benign, adversarial, _ = image_space.resolve_subset(pairs, n_classes, sel.benign_classes,
+                                                        sel.adversarial_classes)
+    if not image_space.cell_in_subset(sel.cell, benign, adversarial):
+        sel = sel.with_cell(None)
+    session.put(sel)
 
 
 def _clear():
@@ -94,23 +128,58 @@ except StoreError as e:
     st.error(str(e))
     st.stop()
 classes = store.classes
-colors = class_colors(len(classes))
 stamp = str(store.manifest.get("created", ""))
 matrix = _matrix(sel.experiment, stamp)
 st.header("Image space")
+
+# -- Class subset (many classes only) ----------------------------------------------------------------
+subset = None  # (benign ids, adversarial ids) as tuples of ints, or None: every class
+if len(classes) > image_space.SUBSET_ABOVE:
+    benign_ids, adv_ids, ignored = image_space.resolve_subset(pairs, len(classes), sel.benign_classes,
+                                                              sel.adversarial_classes)
+    subset = (tuple(benign_ids.tolist()), tuple(adv_ids.tolist()))
+    if ignored:  # a stale or hand-edited link
+        st.warning(f"Class ids {', '.join(map(str, ignored))} do not exist in this experiment: ignored.")
+    st.caption(f"{len(classes)} classes are too many to tell apart by colour or to show in the "
+               f"prediction matrix, so the views show a class subset (paper §6.2.2). By default: the "
+               f"{image_space.TOP_CLASSES} true classes with the most successful attacks, and the "
+               f"{image_space.TOP_CLASSES} adversarial labels most frequent among their pairs.")
+    pick = st.columns([2.6, 2.6, 1.2], vertical_alignment="bottom")
+    names = dict(enumerate(classes))
+    for col, side, ids, label in ((pick[0], "benign", subset[0], "Benign (true) classes: matrix rows"),
+                                  (pick[1], "adversarial", subset[1],
+                                   "Adversarial classes: matrix columns")):
+        session.seed(f"image_space_{side}_classes", list(ids))
+        col.multiselect(label, list(range(len(classes))), format_func=names.get,
+                        key=f"image_space_{side}_classes", on_change=_on_classes,
+                        args=(side, pairs, len(classes)))
+    pick[2].button(f"Reset to top {image_space.TOP_CLASSES}", key="image_space_reset_classes",
+                   on_click=_reset_classes, args=(pairs, len(classes)),
+                   disabled=sel.benign_classes is None and sel.adversarial_classes is None,
+                   icon=":material/restart_alt:", help="The paper's rule for both lists", width="stretch")
+    colors = overview_charts.subset_colors(len(classes), subset[0] + subset[1])
+    key_classes = sorted(set(subset[0] + subset[1]))
+else:
+    colors = class_colors(len(classes))
+    key_classes = list(range(len(classes)))
+
 cell = sel.cell
 if cell is not None and not all(0 <= c < len(classes) for c in cell):  # a stale or hand-edited link
     st.warning(f"Cell {cell} does not exist in this experiment: it is ignored.")
     cell = None
+if subset is not None and not image_space.cell_in_subset(cell, *subset):
+    st.warning(f"Cell {classes[cell[0]]} → {classes[cell[1]]} is outside the class subset: it is ignored.")
+    cell = None
 narrowed = cell is not None or sel.lasso is not None
-shown = image_space.select(pairs, cell, sel.lasso)
+shown = image_space.select(pairs, cell, sel.lasso, *(subset or (None, None)))
 
 # -- Data overview -----------------------------------------------------------------------------------
 controls = st.columns([1.6, 3.2, 1], vertical_alignment="center")
 st.session_state["image_space_color_by"] = sel.color_by
 controls[0].radio("Colour points by", COLOR_BY, format_func=COLOR_NAMES.get, horizontal=True,
                   key="image_space_color_by", on_change=_on_color_by)
-controls[1].markdown(overview_charts.legend(classes, colors), unsafe_allow_html=True)
+controls[1].markdown(overview_charts.legend([classes[c] for c in key_classes],
+                                            [colors[c] for c in key_classes]), unsafe_allow_html=True)
 controls[2].button("Clear", key="image_space_clear", on_click=_clear, disabled=not narrowed,
                    icon=":material/filter_alt_off:", help="Clear the cell and the scatterplot selection",
                    width="stretch")
@@ -120,14 +189,14 @@ highlight_key = (cell, hash(sel.lasso)) if narrowed else None
 charts = st.columns([1, 1, 1.2], gap="small")
 for col, side in zip(charts[:2], ("benign", "adversarial"), strict=True):
     key = f"image_space_scatter_{side}"
-    fig = _scatter(sel.experiment, stamp, side, sel.color_by, highlight_key, highlight)
+    fig = _scatter(sel.experiment, stamp, side, sel.color_by, highlight_key, highlight, subset)
     col.plotly_chart(fig, key=key, on_select=partial(_on_scatter, key), selection_mode=("box", "lasso"),
                      width="stretch", config={"displaylogo": False})
 # A fresh key per selected cell: the chart's own click state starts empty, so clicking the selected
 # cell again reaches the callback (and clears it).
 matrix_key = f"image_space_matrix_{cell[0]}_{cell[1]}" if cell else "image_space_matrix"
 st.html(overview_charts.MATRIX_CSS)
-matrix_spec = overview_charts.with_cell(_matrix_spec(sel.experiment, stamp), cell)
+matrix_spec = overview_charts.with_cell(_matrix_spec(sel.experiment, stamp, *(subset or ())), cell)
 charts[2].vega_lite_chart(spec=matrix_spec, key=matrix_key, on_select=partial(_on_matrix, matrix_key, matrix),
                           selection_mode=overview_charts.MATRIX_PARAM, width="stretch")
 
@@ -139,6 +208,9 @@ if sel.lasso is not None:
     what.append(f"{len(sel.lasso)} points lassoed")
 if narrowed:
     st.markdown(f"**{len(shown)} pair{'' if len(shown) == 1 else 's'} selected** ({' and '.join(what)})")
+elif subset is not None:
+    st.markdown(f"**All {len(shown)} pairs of the class subset** ({len(pairs)} in all) — select a cell "
+                "or lasso points to narrow down.")
 else:
     st.markdown(f"**All {len(shown)} pairs** — select a cell or lasso points to narrow down.")
 if sel.pair is not None and 0 <= sel.pair < len(pairs) and sel.pair not in set(shown.tolist()):
@@ -156,8 +228,13 @@ bar[2].markdown(f"Page {page_no + 1} of {pages}")
 bar[3].button("Next", key="image_space_next", on_click=_to_page, args=(page_no + 1,),
               disabled=page_no >= pages - 1, icon=":material/chevron_right:", width="stretch")
 
-if not len(shown):
+if not len(shown) and subset is None:
     st.info("No pair is in both the cell and the scatterplot selection: clear one of them.")
+elif not len(shown) and not (subset[0] and subset[1]):
+    st.info("The class subset is empty: choose benign and adversarial classes, or reset it.")
+elif not len(shown):
+    st.info("No pair of the class subset is in the current selection: clear the selection or widen "
+            "the subset.")
 for start in range(0, len(page_ids), PER_ROW):
     row = st.columns(PER_ROW, gap="small")
     for col, pair in zip(row, page_ids[start:start + PER_ROW], strict=False):

@@ -2,12 +2,17 @@
 
 Pure functions (no Streamlit import), so unit tests call them directly:
 
-- ``scatter_figure``: a t-SNE scatterplot (Scattergl, one trace per class in the palette colour,
-  ``customdata`` = pair id, hover = pair id, true and adversarial label names). The pairs of the current
-  selection are highlighted with plotly's ``selectedpoints`` so both plots show the same pairs.
+- ``scatter_figure``: a t-SNE scatterplot (Scattergl, WebGL, for every size: SVG markers stall the
+  browser from about 10k points; one trace per class in the palette colour, ``customdata`` = pair id,
+  hover = pair id, true and adversarial label names). The pairs of the current selection are
+  highlighted with plotly's ``selectedpoints`` so both plots show the same pairs. With a class subset
+  (many-class experiments, paper §6.2.2) the pairs outside it are one light-grey "other classes" trace
+  underneath, so the t-SNE layout stays readable and only the subset's classes need colours.
+- ``subset_colors``: the palette given to the subset's classes only.
 - ``selected_pairs``: a ``st.plotly_chart`` box/lasso event -> the selected pair ids (None when empty).
 - ``matrix_frame`` / ``matrix_chart``: the prediction matrix as an Altair ``mark_rect`` (rows = true
-  label, columns = adversarial label, count as an orange colour and as text) with a point selection
+  label, columns = adversarial label, or only the subset's ``rows`` × ``cols``; count as an orange
+  colour and as text) with a point selection
   named ``MATRIX_PARAM`` over the fields (label, adv_label). Every cell is drawn, empty ones too, so a
   click on an empty cell (e.g. the diagonal) reaches the app and clears the cell. ``with_cell`` moves
   the selected cell's outline on a built spec.
@@ -26,6 +31,8 @@ import pandas as pd
 SIDES = {"benign": ("tsne_benign_x", "tsne_benign_y"), "adversarial": ("tsne_adv_x", "tsne_adv_y")}
 MATRIX_PARAM = "cell"          # the click selection
 CELL_PARAM = "current_cell"   # the selected cell, outlined
+OTHER_NAME = "other classes"  # the trace of the pairs outside a class subset
+OTHER_COLOR = "#d9d9d9"
 
 
 def color_labels(pairs: pd.DataFrame, side: str, color_by: str) -> np.ndarray:
@@ -42,9 +49,10 @@ def color_labels(pairs: pd.DataFrame, side: str, color_by: str) -> np.ndarray:
 
 
 def scatter_figure(pairs: pd.DataFrame, classes: list[str], colors: list[str], side: str,
-                   color_by: str = "true", highlight=None, height: int = 300):
+                   color_by: str = "true", highlight=None, height: int = 300, subset=None):
     """The ``side`` t-SNE scatterplot; ``highlight`` (pair ids, or None for no highlight) are drawn
-    selected and the other points faded."""
+    selected and the other points faded. ``subset`` (a boolean mask over ``pairs``, or None for all):
+    the pairs drawn in their class colours; the rest form the first trace, ``OTHER_NAME``, in grey."""
     import plotly.graph_objects as go
 
     x_col, y_col = SIDES[side]
@@ -58,13 +66,17 @@ def scatter_figure(pairs: pd.DataFrame, classes: list[str], colors: list[str], s
     if highlight is not None:
         chosen = np.zeros(len(pairs), dtype=bool)
         chosen[np.isin(ids, np.asarray(list(highlight), dtype=np.int64))] = True
+    inside = np.ones(len(pairs), dtype=bool) if subset is None else np.asarray(subset, dtype=bool)
+    traces = [] if inside.all() else [(OTHER_NAME, OTHER_COLOR, 3, np.flatnonzero(~inside))]
+    traces += [(classes[c], colors[c], 4, np.flatnonzero(inside & (group == c)))
+               for c in np.unique(group[inside])]
     fig = go.Figure()
-    for c in np.unique(group):
-        rows = np.flatnonzero(group == c)
-        trace = dict(x=x[rows], y=y[rows], mode="markers", name=classes[c], customdata=ids[rows],
+    for name, color, size, rows in traces:
+        # WebGL whatever the size (see the module docstring); a subset leaves many points grey
+        trace = dict(x=x[rows], y=y[rows], mode="markers", name=name, customdata=ids[rows],
                      hovertext=hover[rows],
                      hovertemplate="Pair #%{customdata}<br>%{hovertext}<extra></extra>",
-                     marker=dict(color=colors[c], size=4), unselected=dict(marker=dict(opacity=0.12)))
+                     marker=dict(color=color, size=size), unselected=dict(marker=dict(opacity=0.12)))
         if chosen is not None:
             trace["selectedpoints"] = np.flatnonzero(chosen[rows])
         fig.add_trace(go.Scattergl(**trace))
@@ -76,6 +88,18 @@ def scatter_figure(pairs: pd.DataFrame, classes: list[str], colors: list[str], s
     fig.update_xaxes(showticklabels=False, title=None, zeroline=False)
     fig.update_yaxes(showticklabels=False, title=None, zeroline=False)
     return fig
+
+
+def subset_colors(num_classes: int, shown) -> list[str]:
+    """A colour per class id: the palette's colours go, in class-id order, to the ``shown`` classes
+    only (so a subset of up to 20 gets the 20 distinct ones, not 20 of 365 hues), grey to the rest."""
+    from core.ui.palette import class_colors
+
+    shown = sorted({int(c) for c in shown})
+    out = [OTHER_COLOR] * num_classes
+    for c, color in zip(shown, class_colors(len(shown)), strict=True):
+        out[c] = color
+    return out
 
 
 def _get(obj, key, default=None):
@@ -100,36 +124,42 @@ def selected_pairs(event) -> list[int] | None:
     return sorted(ids) if ids else None
 
 
-def matrix_frame(matrix: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    """One row per (true label, adversarial label) cell, empty cells included."""
+def matrix_frame(matrix: np.ndarray, classes: list[str], rows=None, cols=None) -> pd.DataFrame:
+    """One row per (true label, adversarial label) cell, empty cells included; ``rows`` / ``cols``
+    (class ids, None for all) restrict the full ``matrix`` to a class subset. Labels stay class ids,
+    so a click names the same cell either way."""
     k = matrix.shape[0]
-    t, a = np.divmod(np.arange(k * k), k)
+    rows = np.arange(k) if rows is None else np.asarray(rows, dtype=np.int64)
+    cols = np.arange(k) if cols is None else np.asarray(cols, dtype=np.int64)
+    t, a = np.repeat(rows, len(cols)), np.tile(cols, len(rows))
     names = np.asarray(classes, dtype=object)
     return pd.DataFrame({"label": t, "adv_label": a, "true_name": names[t], "adv_name": names[a],
-                         "count": matrix.reshape(-1).astype(np.int64)})
+                         "count": matrix[t, a].astype(np.int64)})
 
 
 def matrix_chart(matrix: np.ndarray, classes: list[str], cell: tuple[int, int] | None = None,
-                 height: int = 300):
-    """The clickable prediction matrix (Altair); the selected ``cell`` is outlined. The outline reads
-    the variable parameter ``CELL_PARAM``, so ``with_cell`` moves it on the built spec without
-    rebuilding (Altair's schema validation costs ~0.1 s per build)."""
+                 height: int = 300, rows=None, cols=None):
+    """The clickable prediction matrix (Altair); the selected ``cell`` is outlined; ``rows`` × ``cols``
+    as in ``matrix_frame``. The outline reads the variable parameter ``CELL_PARAM``, so ``with_cell``
+    moves it on the built spec without rebuilding (Altair's schema validation costs ~0.1 s per build)."""
     import altair as alt
 
-    df = matrix_frame(matrix, classes)
+    df = matrix_frame(matrix, classes, rows, cols)
     pick = alt.selection_point(name=MATRIX_PARAM, fields=["label", "adv_label"])
     current = alt.param(name=CELL_PARAM, value=_cell_value(cell))
     is_current = f"datum.label == {CELL_PARAM}[0] && datum.adv_label == {CELL_PARAM}[1]"
-    order = list(classes)
-    small = len(classes) > 12
+    names = np.asarray(classes, dtype=object)
+    y_order = list(classes) if rows is None else names[np.asarray(rows, dtype=np.int64)].tolist()
+    x_order = list(classes) if cols is None else names[np.asarray(cols, dtype=np.int64)].tolist()
+    small = max(len(x_order), len(y_order)) > 12
     font = 9 if small else 10
     base = alt.Chart(df).encode(
-        x=alt.X("adv_name:N", sort=order, title="adversarial label",
+        x=alt.X("adv_name:N", sort=x_order, title="adversarial label",
                 axis=alt.Axis(labelAngle=-45, labelFontSize=font, labelLimit=60, labelOverlap=False,
                               titleFontSize=11)),
-        y=alt.Y("true_name:N", sort=order, title="true label",
+        y=alt.Y("true_name:N", sort=y_order, title="true label",
                 axis=alt.Axis(labelFontSize=font, labelLimit=60, labelOverlap=False, titleFontSize=11)))
-    top = max(int(matrix.max()), 1)
+    top = max(int(df["count"].max()) if len(df) else 0, 1)
     rect = base.mark_rect(stroke="#ffffff", strokeWidth=0.5).encode(
         color=alt.condition("datum.count > 0",
                             alt.Color("count:Q", scale=alt.Scale(scheme="oranges", domain=[0, top]),
@@ -156,9 +186,9 @@ def matrix_chart(matrix: np.ndarray, classes: list[str], cell: tuple[int, int] |
 
 
 def matrix_spec(matrix: np.ndarray, classes: list[str], cell: tuple[int, int] | None = None,
-                height: int = 300) -> dict:
+                height: int = 300, rows=None, cols=None) -> dict:
     """``matrix_chart`` as a Vega-Lite dict (what the page caches and hands to ``st.vega_lite_chart``)."""
-    return matrix_chart(matrix, classes, cell, height).to_dict()
+    return matrix_chart(matrix, classes, cell, height, rows, cols).to_dict()
 
 
 # The counts are drawn over their cells; without this a click on a number would hit the text mark,

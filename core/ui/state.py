@@ -7,6 +7,8 @@ can call them directly.
 
 Coupling rules (what a change clears), so no view ever shows a stale combination:
 - another experiment clears everything else;
+- a new class subset (many-class experiments, paper §6.2.2) resets the grid page; the page clears a
+  cell outside it;
 - a new cell or lasso set resets the grid page and keeps the pair only if it is still in the selection
   (the page decides, since it knows the pairs);
 - another pair clears the selected clusters (dendrogram node ids belong to one pair's tree);
@@ -38,6 +40,10 @@ class Selection:
     cell: tuple[int, int] | None = None         # (true label, adversarial label)
     lasso: tuple[int, ...] | None = None        # pair ids chosen with a box/lasso on a scatterplot
     color_by: str = "true"
+    # The class subset of an experiment with many classes (paper §6.2.2); None: the paper's top-10 rule
+    # (core.image_space.class_subset), so a link stays short and follows the store.
+    benign_classes: tuple[int, ...] | None = None
+    adversarial_classes: tuple[int, ...] | None = None
     grid_sort: str = DEFAULT_SORT
     grid_page: int = 0
     pair: int | None = None
@@ -66,6 +72,12 @@ class Selection:
     def with_cell(self, cell: tuple[int, int] | None) -> Selection:
         return replace(self, cell=None if cell is None else (int(cell[0]), int(cell[1])), grid_page=0)
 
+    def with_classes(self, benign, adversarial) -> Selection:
+        """Another class subset (None: the top-10 rule for that side); back to the first grid page."""
+        def ids(v):
+            return None if v is None else tuple(sorted({int(i) for i in v}))
+        return replace(self, benign_classes=ids(benign), adversarial_classes=ids(adversarial), grid_page=0)
+
     def with_lasso(self, ids) -> Selection:
         return replace(self, lasso=None if ids is None else tuple(sorted({int(i) for i in ids})),
                        grid_page=0)
@@ -92,6 +104,7 @@ _CHOICES = {"color_by": COLOR_BY, "grid_sort": tuple(SORTS), "neuron_sort": tupl
             "set_op": SET_OPS, "rf_mode": receptive_fields.THRESHOLD_MODES,
             "interval": neuron_measures.INTERVALS, "distance": clustering.DISTANCES,
             "method": clustering.LINKAGE_METHODS}
+_LISTS = ("clusters", "benign_classes", "adversarial_classes")
 _DEFAULT = Selection()
 MAX_LASSO_IN_URL = 500  # longer selections are not put in the link (URLs get too long to share)
 
@@ -110,8 +123,8 @@ def to_query(sel: Selection) -> dict[str, str]:
         elif f.name == "lasso":
             if len(v) <= MAX_LASSO_IN_URL:
                 out["lasso"] = ",".join(map(str, v))
-        elif f.name == "clusters":
-            out["clusters"] = ",".join(map(str, v))
+        elif f.name in _LISTS:
+            out[f.name] = ",".join(map(str, v))
         else:
             out[f.name] = f"{v:g}" if isinstance(v, float) else str(v)
     return out
@@ -142,6 +155,11 @@ def from_query(query: Mapping) -> Selection:
                 values["lasso"] = tuple(sorted(set(_int_list(text))))
             elif key == "clusters":
                 values["clusters"] = _int_list(text)
+            elif key in ("benign_classes", "adversarial_classes"):
+                # "" is a list the user emptied; the page checks ids against the store's classes
+                ids = _int_list(text)
+                if all(i >= 0 for i in ids):
+                    values[key] = tuple(sorted(set(ids)))
             elif key in _INTS:
                 if int(text) >= (1 if key in ("stride", "n_clusters") else 0):
                     values[key] = int(text)

@@ -1,0 +1,217 @@
+"""The Image space page on an experiment with many classes (paper §6.2.2, Places365): the class-subset
+control with the paper's top-10 default, and the matrix, grid, scatterplots and legend restricted to it.
+
+No real many-class store is at hand (a Places365 experiment needs the dataset and hours), so the test
+store is the real cifar20 store (tests/conftest.py) with 40 class names and its labels remapped
+deterministically in pairs.parquet: true label t of pair p becomes t + 10 * (p % 4), adversarial label v
+becomes v + 10 * ((p // 4) % 4) (still != the true label, since t != v mod 10). Every other file is the
+original (symlinked). The image space views read only the pairs table, the class names, the t-SNE
+coordinates and the images, so the page sees a 40-class experiment; other pages would not (the logits
+still have 10 columns) and are not opened on it."""
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core import image_space
+from core.store import Store
+from core.ui import overview_charts
+from core.ui.state import Selection
+
+APP = str(Path(__file__).resolve().parents[2] / "app.py")
+PAGE = "pages/image_space.py"
+PER_PAGE = 12
+GROUPS = 4  # 10 CIFAR classes x 4 = 40 classes
+
+
+@pytest.fixture(scope="module")
+def many(cifar20_store, tmp_path_factory) -> Store:
+    src = cifar20_store.path
+    dst = tmp_path_factory.mktemp("many-cache") / "many40"
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.is_file() and f.name not in ("manifest.json", "pairs.parquet"):
+            os.symlink(f, dst / f.name)
+    pairs = cifar20_store.pairs.copy()
+    p = pairs["pair"].to_numpy(np.int64)
+    k = len(cifar20_store.classes)
+    pairs["label"] = pairs["label"].to_numpy(np.int64) + k * (p % GROUPS)
+    pairs["adv_label"] = pairs["adv_label"].to_numpy(np.int64) + k * ((p // GROUPS) % GROUPS)
+    pairs.to_parquet(dst / "pairs.parquet")
+    manifest = json.loads((src / "manifest.json").read_text())
+    manifest["id"] = "many40"
+    manifest["classes"] = [f"{name}-{g}" for g in range(GROUPS) for name in cifar20_store.classes]
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    store = Store(dst)
+    assert len(store.classes) == GROUPS * k > image_space.SUBSET_ABOVE
+    assert (store.pairs["label"] != store.pairs["adv_label"]).all()
+    return store
+
+
+@pytest.fixture
+def store(many, monkeypatch):
+    monkeypatch.setenv("NVE_CACHE", str(many.path.parent))
+    return many
+
+
+def _open(**fields) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.switch_page(PAGE)
+    at.session_state["nve_selection"] = Selection(experiment="many40", **fields)
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def _sel(at) -> Selection:
+    return at.session_state["nve_selection"]
+
+
+def _grid(at) -> list[int]:
+    keys = [b.key for b in at.button if b.key and b.key.startswith("image_space_pick_")]
+    return [int(k.rsplit("_", 1)[1]) for k in keys]
+
+
+def _matrix_table(at):
+    chart = at.get("vega_lite_chart")[0]
+    return pa.ipc.open_stream(io.BytesIO(chart.proto.datasets[0].data.data)).read_all().to_pandas()
+
+
+def _array(v):
+    if isinstance(v, dict):
+        import base64
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+    return np.asarray(v)
+
+
+def _check_views(at, store, benign, adversarial):
+    """Matrix, grid, scatterplots and legend show exactly the subset (benign rows x adversarial columns)."""
+    pairs = store.pairs
+    inside = set(image_space.select(pairs, None, None, benign, adversarial).tolist())
+    assert 0 < len(inside) < len(pairs)
+    # Matrix: exactly the subset's cells, with the full matrix's counts.
+    table = _matrix_table(at)
+    m = image_space.prediction_matrix(pairs, len(store.classes))
+    assert sorted(set(table["label"])) == sorted(benign)
+    assert sorted(set(table["adv_label"])) == sorted(adversarial)
+    assert len(table) == len(benign) * len(adversarial)
+    for r in table.itertuples():
+        assert r.count == m[r.label, r.adv_label]
+    assert table["count"].sum() == len(inside)
+    # Grid: the subset's pairs in the default sort.
+    want = image_space.sort_pairs(pairs, sorted(inside))[:PER_PAGE].tolist()
+    assert _grid(at) == want
+    # Scatterplots: the pairs outside are one grey trace; the coloured ones are the subset's pairs.
+    for plot in at.get("plotly_chart"):
+        data = json.loads(plot.proto.spec)["data"]
+        assert {t["type"] for t in data} == {"scattergl"}
+        assert data[0]["name"] == overview_charts.OTHER_NAME
+        assert set(_array(data[0]["customdata"]).astype(int).tolist()) == set(range(len(pairs))) - inside
+        coloured = set()
+        for t in data[1:]:
+            coloured |= set(_array(t["customdata"]).astype(int).tolist())
+        assert coloured == inside
+    # Legend: the subset's classes only.
+    legend = next(md.value for md in at.markdown if "border-radius:2px" in md.value)
+    shown = set(benign) | set(adversarial)
+    for c, name in enumerate(store.classes):
+        assert (f">{name}</span>" in legend) == (c in shown), name
+
+
+def test_default_is_the_papers_top_10_and_restricts_every_view(store):
+    at = _open()
+    benign, adversarial = (x.tolist() for x in image_space.class_subset(store.pairs, len(store.classes)))
+    assert len(benign) == 10 and len(adversarial) == 10
+    assert at.multiselect(key="image_space_benign_classes").value == benign
+    assert at.multiselect(key="image_space_adversarial_classes").value == adversarial
+    assert at.multiselect(key="image_space_benign_classes").options == store.classes
+    assert at.button(key="image_space_reset_classes").disabled  # already the default
+    assert any("class subset (paper §6.2.2)" in c.value for c in at.caption)
+    n = len(image_space.select(store.pairs, None, None, benign, adversarial))
+    assert any(md.value.startswith(f"**All {n} pairs of the class subset** ({len(store)} in all)")
+               for md in at.markdown)
+    _check_views(at, store, benign, adversarial)
+    assert _sel(at).benign_classes is None and _sel(at).adversarial_classes is None  # link stays short
+
+
+def test_changing_the_classes_and_resetting(store):
+    at = _open(grid_page=1)
+    k = len(store.classes)
+    counts = np.bincount(store.pairs["label"], minlength=k)
+    mine = [int(c) for c in np.argsort(counts, kind="stable")[-15:-12]]  # not the top 10
+    at.multiselect(key="image_space_benign_classes").set_value(mine).run()
+    assert not at.exception
+    assert _sel(at).benign_classes == tuple(sorted(mine)) and _sel(at).grid_page == 0
+    # the adversarial classes follow the user's benign classes (the same rule's second step)
+    _, adversarial = image_space.class_subset(store.pairs, k, benign=mine)
+    assert at.multiselect(key="image_space_adversarial_classes").value == adversarial.tolist()
+    _check_views(at, store, sorted(mine), adversarial.tolist())
+    assert not at.button(key="image_space_reset_classes").disabled
+    three = adversarial.tolist()[:3]
+    at.multiselect(key="image_space_adversarial_classes").set_value(three).run()
+    assert _sel(at).adversarial_classes == tuple(three)
+    _check_views(at, store, sorted(mine), three)
+    at.button(key="image_space_reset_classes").click().run()
+    assert _sel(at).benign_classes is None and _sel(at).adversarial_classes is None
+    benign, adversarial = (x.tolist() for x in image_space.class_subset(store.pairs, k))
+    assert at.multiselect(key="image_space_benign_classes").value == benign
+    _check_views(at, store, benign, adversarial)
+
+
+def test_a_cell_outside_a_new_subset_is_cleared(store):
+    benign, adversarial = image_space.class_subset(store.pairs, len(store.classes))
+    m = image_space.restrict_matrix(image_space.prediction_matrix(store.pairs, len(store.classes)),
+                                    benign, adversarial)
+    i, j = np.unravel_index(int(np.argmax(m)), m.shape)
+    cell = (int(benign[i]), int(adversarial[j]))
+    at = _open(cell=cell)
+    assert _grid(at) == image_space.sort_pairs(store.pairs, image_space.select(store.pairs, cell)
+                                               )[:PER_PAGE].tolist()
+    rest = [int(c) for c in benign if c != cell[0]]
+    at.multiselect(key="image_space_benign_classes").set_value(rest).run()
+    assert not at.exception and _sel(at).cell is None
+
+
+def test_an_empty_subset_says_what_to_do(store):
+    at = _open(benign_classes=())
+    assert _grid(at) == [] and len(_matrix_table(at)) == 0
+    assert "class subset is empty" in at.info[0].value
+
+
+def test_stale_or_bad_links_are_ignored(store):
+    k = len(store.classes)
+    benign, adversarial = (x.tolist() for x in image_space.class_subset(store.pairs, k))
+    outside = next(c for c in range(k) if c not in benign)
+    at = _open(benign_classes=(benign[0], k + 5), cell=(outside, adversarial[0]))
+    warnings = [w.value for w in at.warning]
+    assert any(f"Class ids {k + 5} do not exist" in w for w in warnings)
+    assert any("outside the class subset" in w for w in warnings)
+    assert at.multiselect(key="image_space_benign_classes").value == [benign[0]]
+    # from the URL: a shared subset is taken, a malformed list is dropped (the rule stays)
+    for query, want in (({"benign_classes": "7,3", "adversarial_classes": "1,2"}, ([3, 7], [1, 2])),
+                        ({"benign_classes": "1,x", "adversarial_classes": "-3"}, (benign, adversarial))):
+        at = AppTest.from_file(APP, default_timeout=60)
+        at.query_params.update({"exp": "many40", **query})
+        at.switch_page(PAGE)
+        at.run()
+        assert not at.exception
+        assert at.multiselect(key="image_space_benign_classes").value == want[0]
+        assert at.multiselect(key="image_space_adversarial_classes").value == want[1]
+
+
+def test_few_classes_get_no_subset_control(cifar20_store, monkeypatch):
+    monkeypatch.setenv("NVE_CACHE", str(cifar20_store.path.parent))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.switch_page(PAGE)
+    at.session_state["nve_selection"] = Selection(experiment="cifar20", benign_classes=(0,))
+    at.run()
+    assert not at.exception
+    assert len(at.multiselect) == 0
+    assert len(_matrix_table(at)) == len(cifar20_store.classes) ** 2  # the whole matrix
+    plots = [json.loads(p.proto.spec)["data"] for p in at.get("plotly_chart")]
+    assert all(overview_charts.OTHER_NAME not in [t["name"] for t in data] for data in plots)
