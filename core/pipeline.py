@@ -30,14 +30,17 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from core import attacks
+from core import attacks, vulnerability
 from core import data as datasets
+from core import device as devices
 from core.config import ExperimentConfig
 from core.features import extract
 from core.models import ModelError, load_model, model_fingerprint
@@ -55,19 +58,14 @@ from core.store import (
 )
 
 ProgressFn = Callable[[str, int, int], None]
-STAGES = ("load", "clean", "attack", "features", "statistics", "tsne", "publish")
+STAGES = ("load", "clean", "attack", "features", "statistics", "maps", "tsne", "publish")
+# A runner computes tasks ("clean", positions) ... in order: run(iterable of task tuples) -> iterator of
+# results, one per task, in the same order (Context.run_all here; RayRunner over a cluster).
+Runner = Callable[[Iterable[tuple]], Iterator[Any]]
 
 
 class PrepareError(RuntimeError):
     """prepare cannot go on; the message says why and what to change."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PrepareError("[prepare] device = cuda, but no CUDA GPU is available; use auto or cpu")
-    return torch.device(name)
 
 
 class _Bar:
@@ -95,8 +93,12 @@ class _Bar:
 
 def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path = DEFAULT_CACHE,
             overwrite: bool = False, progress: ProgressFn | None = None, show_bars: bool = True,
-            log: Callable[[str], None] = lambda s: None) -> Path:
-    """Build ``cache_dir/experiment_id`` from ``cfg``; return its path. Resumes an interrupted run."""
+            log: Callable[[str], None] = lambda s: None, runner: Runner | None = None) -> Path:
+    """Build ``cache_dir/experiment_id`` from ``cfg``; return its path. Resumes an interrupted run.
+
+    ``runner``: where the chunks of the clean, attack, features and maps stages are computed; None =
+    in this process (``Context.run_all``); ``core.distributed.RayRunner`` shards them over a Ray
+    cluster. Either way this process writes the one store, in chunk order."""
     timings: dict[str, float] = {}
     t0 = time.time()
     cfg.validate()
@@ -108,29 +110,8 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
         raise PrepareError("[attack] eps = 0 leaves every image unchanged, so no attack can succeed and "
                            "there would be nothing to explain; set eps > 0 (e.g. 8/255 = 0.0314 for "
                            "CIFAR-10, 0.1 for Fashion-MNIST)")
-    ds = datasets.load_dataset(cfg.data, channels=cfg.model.in_channels)
-    for note in ds.notes:  # what the scan left out, converted or resized
-        log(f"note: {note}")
-    for path, reason in ds.skipped[:20]:
-        log(f"skipped unreadable image {path}: {reason}")
-    if len(ds.skipped) > 20:
-        log(f"... and {len(ds.skipped) - 20} more unreadable images (the manifest lists the first 100)")
-    if len(ds) == 0:
-        raise PrepareError("the dataset has no images after class selection and skipping "
-                           "unreadable files; check [data] root, classes and per_class")
-    shape = (ds.channels, *ds.image_size)
-    device = resolve_device(cfg.prepare.device)
-    model = load_model(cfg.model, shape).to(device)
-    if model.num_classes != len(ds.classes):
-        raise ModelError(f"the dataset has {len(ds.classes)} classes but the model outputs "
-                         f"{model.num_classes} (empty class folders count too): use the dataset of the "
-                         f"model's {model.num_classes} classes, or a model trained on these "
-                         f"{len(ds.classes)} ([model] num_classes = {len(ds.classes)} with its checkpoint)")
-    precision = cfg.attack.precision
-    if precision == "auto":
-        precision = "bf16" if attacks.fast_bf16_available(device) else "fp32"
-    if precision == "bf16":
-        model = model.to(memory_format=torch.channels_last)  # fastest layout for bf16 convolutions
+    ctx = Context.build(cfg, log=log)
+    ds, model, device, precision, shape = ctx.ds, ctx.model, ctx.device, ctx.precision, ctx.shape
     fingerprints = {"dataset": ds.fingerprint(), "model": model_fingerprint(cfg.model)}
     key = hashlib.sha256(json.dumps([SCHEMA_VERSION, cfg.to_dict(), fingerprints], sort_keys=True,
                                     default=str).encode()).hexdigest()
@@ -139,23 +120,21 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
         done = ", ".join(f"{k.removesuffix('_done')} {v}" for k, v in w.state.items() if k.endswith("_done"))
         log(f"resuming the interrupted prepare of {experiment_id!r} from {w.path} "
             f"(items already done: {done or 'none'})")
+    run = runner if runner is not None else ctx.run_all
     timings["load"] = time.time() - t0
-    bs = cfg.prepare.batch_size
-    chunk = bs * 4  # resume granularity of the chunked stages
+    chunk = ctx.batch * 4  # resume granularity of the chunked stages (and the unit of a shard)
 
     # 1. clean predictions --------------------------------------------------------------------
     t = time.time()
     n_all = len(ds)
     logits_all = w.open_memmap("dataset_logits.npy", (n_all, model.num_classes), np.float32)
     pooled_all = w.open_memmap("dataset_pooled.npy", (n_all, model.num_neurons), np.float32)
-    def clean_chunk(pos: np.ndarray) -> None:
-        f = extract(model, ds.get(pos), batch_size=bs, fmaps=False)
-        if not torch.isfinite(f.logits).all():
-            raise ModelError("the model produced NaN or infinite logits on dataset positions "
-                             f"{pos[0]}..{pos[-1]}; check the checkpoint and the normalization")
-        logits_all[pos], pooled_all[pos] = f.logits.numpy(), f.pooled.numpy()
 
-    _chunked(w, "clean", n_all, chunk, clean_chunk, [logits_all, pooled_all], progress, show_bars)
+    def clean_write(pos: np.ndarray, r: dict) -> None:
+        logits_all[pos], pooled_all[pos] = r["logits"], r["pooled"]
+
+    _chunked(w, "clean", n_all, chunk, run, lambda pos: ("clean", pos), clean_write,
+             [logits_all, pooled_all], progress, show_bars)
     labels_all = np.asarray(ds.labels, dtype=np.int64)
     pred_all = np.asarray(logits_all).argmax(1)
     correct = np.flatnonzero(pred_all == labels_all)
@@ -173,20 +152,12 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
     adv_pred = w.open_memmap("work/adv_pred.npy", (nc,), np.int64)
     a = cfg.attack
 
-    def attack_chunk(sel: np.ndarray) -> None:
-        x = ds.get(correct[sel]).to(device)
-        y = torch.as_tensor(labels_all[correct[sel]], device=device)
-        if precision == "bf16":
-            x = x.contiguous(memory_format=torch.channels_last)
-        seed = cfg.prepare.seed + int(sel[0])
-        adv = _attack(model, x, y, a, precision, bs, seed)
-        pred = _predict(model, adv, bs)
-        if precision != "fp32" and (failed := (pred == y).nonzero().flatten()).numel():
-            adv[failed] = _attack(model, x[failed], y[failed], a, "fp32", bs, seed)
-            pred[failed] = _predict(model, adv[failed], bs)
-        adv_all[sel], adv_pred[sel] = adv.cpu().numpy(), pred.cpu().numpy()
+    def attack_write(sel: np.ndarray, r: dict) -> None:
+        adv_all[sel], adv_pred[sel] = r["adv"], r["pred"]
 
-    _chunked(w, "attack", nc, chunk, attack_chunk, [adv_all, adv_pred], progress, show_bars)
+    _chunked(w, "attack", nc, chunk, run,
+             lambda sel: ("attack", correct[sel], cfg.prepare.seed + int(sel[0])), attack_write,
+             [adv_all, adv_pred], progress, show_bars)
     success = np.flatnonzero(np.asarray(adv_pred) != labels_all[correct])
     pairs_pos = correct[success]  # positions in ds of the successful pairs
     n = len(pairs_pos)
@@ -211,22 +182,13 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
                    f"{side}_fmaps": ((n, model.num_neurons, h, wd), np.float16)}
     out = {k: w.open_memmap(f"{k}.npy", s, d) for k, (s, d) in arrays.items()}
 
-    def features_chunk(sel: np.ndarray) -> None:
-        benign_u8 = ds.get_uint8(pairs_pos[sel])
-        adv = torch.from_numpy(np.asarray(adv_all[success[sel]]))
-        out["benign_images"][sel] = benign_u8
-        out["adversarial_images"][sel] = adv.numpy()
-        for side, x in (("benign", torch.from_numpy(benign_u8).float() / 255), ("adversarial", adv)):
-            f = extract(model, x, batch_size=bs)
-            if not (torch.isfinite(f.logits).all() and torch.isfinite(f.fmaps).all()):
-                raise ModelError(f"the model produced NaN or infinite values on {side} images (pairs "
-                                 f"{sel[0]}..{sel[-1]}); check the checkpoint and the normalization")
-            out[f"{side}_logits"][sel] = f.logits.numpy()
-            out[f"{side}_probs"][sel] = f.probs.numpy()
-            out[f"{side}_pooled"][sel] = f.pooled.numpy()
-            out[f"{side}_fmaps"][sel] = f.fmaps.numpy().astype(np.float16)
+    def features_write(sel: np.ndarray, r: dict) -> None:
+        for k, v in r.items():
+            out[k][sel] = v
 
-    _chunked(w, "features", n, chunk, features_chunk, list(out.values()), progress, show_bars)
+    _chunked(w, "features", n, chunk, run,
+             lambda sel: ("features", pairs_pos[sel], np.asarray(adv_all[success[sel]])),
+             features_write, list(out.values()), progress, show_bars)
     timings["features"] = time.time() - t
 
     # 4. per-class statistics ------------------------------------------------------------------------
@@ -247,7 +209,36 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
         save_npy(w.out(f"{name}.npy"), np.asarray(arr, dtype=np.int64))
     timings["statistics"] = time.time() - t
 
-    # 5. t-SNE ---------------------------------------------------------------------------------------
+    # 5. precomputed vulnerability maps (paper §8) ------------------------------------------------
+    t = time.time()
+    p = cfg.prepare
+    map_pairs = maps_order(labels, adv_labels)[:p.maps]
+    maps_info = None
+    if len(map_pairs):
+        mk = vulnerability.default_k(*shape[1:])
+        mstride = p.maps_stride or vulnerability.default_stride(*shape[1:])
+        mprec = p.maps_precision
+        if mprec == "auto":
+            mprec = "bf16" if attacks.fast_bf16_available(device) else "fp32"
+        maps_dir = w.out("vulnerability_maps")
+        maps_dir.mkdir(exist_ok=True)
+
+        def maps_args(sel: np.ndarray):
+            i = int(map_pairs[sel[0]])
+            return ("maps", int(pairs_pos[i]), np.asarray(adv_all[success[i]]), int(labels[i]),
+                    int(adv_labels[i]), mk, mstride, p.maps_output, mprec)
+
+        def maps_write(sel: np.ndarray, r: np.ndarray) -> None:
+            i = int(map_pairs[sel[0]])
+            save_npy(maps_dir / vulnerability.map_file_name(i, mk, mstride, p.maps_output, mprec), r)
+
+        _chunked(w, "maps", len(map_pairs), 1, run, maps_args, maps_write, [], progress, show_bars,
+                 unit="pair")
+        maps_info = {"pairs": [int(i) for i in map_pairs], "k": mk, "stride": mstride,
+                     "output": p.maps_output, "precision": mprec}
+    timings["maps"] = time.time() - t
+
+    # 6. t-SNE ---------------------------------------------------------------------------------------
     t = time.time()
     bar = _Bar("tsne", 2, progress, show_bars, unit="layout")
     coords = {}
@@ -259,18 +250,22 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
     bar.close()
     timings["tsne"] = time.time() - t
 
-    # 6. pair table, manifest, publish ---------------------------------------------------------------
+    # 7. pair table, manifest, publish ---------------------------------------------------------------
     t = time.time()
     import pandas as pd
     bp, ap = np.asarray(out["benign_probs"]), np.asarray(out["adversarial_probs"])
-    delta = (np.asarray(out["adversarial_images"]).reshape(n, -1)
-             - np.asarray(out["benign_images"]).reshape(n, -1).astype(np.float32) / 255)
+    l2, linf = np.empty(n, np.float32), np.empty(n, np.float32)
+    for lo in range(0, n, chunk):  # chunks: at 224 px the images of 20,000 pairs are 12 GB
+        hi = min(lo + chunk, n)
+        delta = (np.asarray(out["adversarial_images"][lo:hi]).reshape(hi - lo, -1)
+                 - np.asarray(out["benign_images"][lo:hi]).reshape(hi - lo, -1).astype(np.float32) / 255)
+        l2[lo:hi], linf[lo:hi] = np.linalg.norm(delta, axis=1), np.abs(delta).max(1, initial=0)
     rows = np.arange(n)
     table = pd.DataFrame({
         "pair": rows, "index": np.asarray(ds.indices)[pairs_pos], "label": labels,
         "benign_prob": bp[rows, labels], "adv_label": adv_labels, "adv_prob": ap[rows, adv_labels],
         "benign_prob_adv": ap[rows, labels], "adv_prob_benign": bp[rows, adv_labels],
-        "l2": np.linalg.norm(delta, axis=1), "linf": np.abs(delta).max(1, initial=0),
+        "l2": l2, "linf": linf,
         "tsne_benign_x": coords["benign"][:, 0], "tsne_benign_y": coords["benign"][:, 1],
         "tsne_adv_x": coords["adversarial"][:, 0], "tsne_adv_y": coords["adversarial"][:, 1]})
     assert list(table.columns) == list(PAIR_COLUMNS)
@@ -284,7 +279,9 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
         "model": {"feature_layer": model.feature_layer, "head": model.head,
                   "num_neurons": model.num_neurons, "fmap_size": list(model.fmap_size),
                   "num_classes": model.num_classes},
-        "attack": {"precision": precision, "device": str(device)},
+        "attack": {"precision": precision, "device": str(device), "batch_size": ctx.batch,
+                   "workers": getattr(run, "workers", 1)},
+        "vulnerability_maps": maps_info,
         "counts": {"n_images": n_images, "n_correct": int(nc), "n_attacked": int(nc),
                    "n_success": int(n), "n_skipped": len(ds.skipped),
                    "clean_accuracy": nc / n_images, "attack_success_rate": n / nc if nc else 0.0},
@@ -302,12 +299,14 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
     return path
 
 
-def _chunked(w: StoreWriter, stage: str, total: int, chunk: int, work: Callable[[np.ndarray], None],
-             arrays: list[np.ndarray], progress: ProgressFn | None, show: bool) -> None:
-    """Run ``work`` on consecutive chunks of ``range(total)``, resuming after the last recorded one.
+def _chunked(w: StoreWriter, stage: str, total: int, chunk: int, run: Runner,
+             task: Callable[[np.ndarray], tuple], write: Callable[[np.ndarray, Any], None],
+             arrays: list[np.ndarray], progress: ProgressFn | None, show: bool, unit: str = "img") -> None:
+    """Compute ``task(sel)`` for consecutive chunks ``sel`` of ``range(total)`` through ``run``, resuming
+    after the last recorded chunk, and ``write`` each result as it arrives (in chunk order).
 
     Each chunk's results are flushed to disk before its progress is recorded, so a crash at any
-    point at worst redoes one chunk.
+    point at worst redoes the chunks in flight.
     """
     start = w.state.get(f"{stage}_done", 0)
     if w.restarted or any(os.path.abspath(a.filename) in w.created for a in arrays
@@ -315,17 +314,127 @@ def _chunked(w: StoreWriter, stage: str, total: int, chunk: int, work: Callable[
         # an output was lost or had to be created afresh, or an earlier stage (whose results this one
         # reads) started over: recorded progress no longer holds
         start, w.restarted = 0, True
-    bar = _Bar(stage, total, progress, show, start)
-    for lo in range(start, total, chunk):
-        sel = np.arange(lo, min(lo + chunk, total))
-        work(sel)
-        pause_point(f"{stage}:{lo}")
+    bar = _Bar(stage, total, progress, show, start, unit=unit)
+    sels = [np.arange(lo, min(lo + chunk, total)) for lo in range(start, total, chunk)]
+    for sel, result in zip(sels, run(task(sel) for sel in sels), strict=True):
+        write(sel, result)
+        pause_point(f"{stage}:{int(sel[0])}")
         for arr in arrays:
             if isinstance(arr, np.memmap):
                 arr.flush()
         w.mark(f"{stage}_done", int(sel[-1] + 1))
         bar.advance(len(sel))
     bar.close()
+
+
+def maps_order(labels: np.ndarray, adv_labels: np.ndarray) -> np.ndarray:
+    """Pair ids in the order their maps are precomputed: pairs of the most populated (true, adversarial)
+    prediction-matrix cells first (the cells §6.2.2 opens first), then by pair id."""
+    labels, adv_labels = np.asarray(labels, np.int64), np.asarray(adv_labels, np.int64)
+    if not len(labels):
+        return np.zeros(0, np.int64)
+    cell = labels * (int(max(labels.max(), adv_labels.max())) + 1) + adv_labels
+    _, inverse, counts = np.unique(cell, return_inverse=True, return_counts=True)
+    return np.lexsort((np.arange(len(labels)), cell, -counts[inverse])).astype(np.int64)
+
+
+@dataclass
+class Context:
+    """What computing a chunk needs: the dataset, the model on its device, the attack precision and the
+    batch size. ``prepare`` builds one; so does every Ray worker, from the same config (its data and
+    checkpoint paths must exist on the worker's machine)."""
+    cfg: ExperimentConfig
+    ds: datasets.ImageSet
+    model: Any  # ExplainedModel
+    device: torch.device
+    precision: str  # of the attack's search (success is always decided in fp32)
+    batch: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.ds.channels, *self.ds.image_size)
+
+    @classmethod
+    def build(cls, cfg: ExperimentConfig, log: Callable[[str], None] = lambda s: None,
+              device: str | None = None) -> Context:
+        ds = datasets.load_dataset(cfg.data, channels=cfg.model.in_channels)
+        for note in ds.notes:  # what the scan left out, converted or resized
+            log(f"note: {note}")
+        for path, reason in ds.skipped[:20]:
+            log(f"skipped unreadable image {path}: {reason}")
+        if len(ds.skipped) > 20:
+            log(f"... and {len(ds.skipped) - 20} more unreadable images (the manifest lists the first 100)")
+        if len(ds) == 0:
+            raise PrepareError("the dataset has no images after class selection and skipping "
+                               "unreadable files; check [data] root, classes and per_class")
+        shape = (ds.channels, *ds.image_size)
+        try:
+            dev = devices.resolve_device(device or cfg.prepare.device)
+        except devices.DeviceError as e:
+            raise PrepareError(str(e)) from None
+        model = load_model(cfg.model, shape).to(dev)
+        if model.num_classes != len(ds.classes):
+            raise ModelError(f"the dataset has {len(ds.classes)} classes but the model outputs "
+                             f"{model.num_classes} (empty class folders count too): use the dataset of "
+                             f"the model's {model.num_classes} classes, or a model trained on these "
+                             f"{len(ds.classes)} ([model] num_classes = {len(ds.classes)} with its "
+                             "checkpoint)")
+        precision = cfg.attack.precision
+        if precision == "auto":
+            precision = "bf16" if attacks.fast_bf16_available(dev) else "fp32"
+        if precision == "bf16":
+            model = model.to(memory_format=torch.channels_last)  # fastest layout for bf16 convolutions
+        batch = devices.batch_size(model, shape, dev, backward=True, precision=precision,
+                                   requested=cfg.prepare.batch_size)
+        return cls(cfg, ds, model, dev, precision, batch)
+
+    def run_all(self, tasks: Iterable[tuple]) -> Iterator[Any]:
+        """The in-process runner: each task computed here, lazily, in order."""
+        return (self.run(*t) for t in tasks)
+
+    def run(self, task: str, *args) -> Any:
+        return getattr(self, f"_{task}")(*args)
+
+    def _clean(self, pos: np.ndarray) -> dict:
+        f = extract(self.model, self.ds.get(pos), batch_size=self.batch, fmaps=False)
+        if not torch.isfinite(f.logits).all():
+            raise ModelError("the model produced NaN or infinite logits on dataset positions "
+                             f"{pos[0]}..{pos[-1]}; check the checkpoint and the normalization")
+        return {"logits": f.logits.numpy(), "pooled": f.pooled.numpy()}
+
+    def _attack(self, pos: np.ndarray, seed: int) -> dict:
+        model, bs, a = self.model, self.batch, self.cfg.attack
+        x = self.ds.get(pos).to(self.device)
+        y = torch.as_tensor(self.ds.labels[pos], device=self.device)
+        if self.precision == "bf16":
+            x = x.contiguous(memory_format=torch.channels_last)
+        adv = _attack(model, x, y, a, self.precision, bs, seed)
+        pred = _predict(model, adv, bs)
+        if self.precision != "fp32" and (failed := (pred == y).nonzero().flatten()).numel():
+            adv[failed] = _attack(model, x[failed], y[failed], a, "fp32", bs, seed)
+            pred[failed] = _predict(model, adv[failed], bs)
+        return {"adv": adv.cpu().numpy(), "pred": pred.cpu().numpy()}
+
+    def _features(self, pos: np.ndarray, adv: np.ndarray) -> dict:
+        benign_u8 = self.ds.get_uint8(pos)
+        r = {"benign_images": benign_u8, "adversarial_images": adv}
+        for side, x in (("benign", torch.from_numpy(benign_u8).float() / 255),
+                        ("adversarial", torch.from_numpy(adv))):
+            f = extract(self.model, x, batch_size=self.batch)
+            if not (torch.isfinite(f.logits).all() and torch.isfinite(f.fmaps).all()):
+                raise ModelError(f"the model produced NaN or infinite values on {side} images (dataset "
+                                 f"positions {pos[0]}..{pos[-1]}); check the checkpoint and the "
+                                 "normalization")
+            r |= {f"{side}_logits": f.logits.numpy(), f"{side}_probs": f.probs.numpy(),
+                  f"{side}_pooled": f.pooled.numpy(), f"{side}_fmaps": f.fmaps.numpy().astype(np.float16)}
+        return r
+
+    def _maps(self, pos: int, adv: np.ndarray, label: int, adv_label: int, k: int, stride: int,
+              output: str, precision: str) -> np.ndarray:
+        benign = torch.from_numpy(self.ds.get_uint8([pos])[0]).float() / 255
+        maps = vulnerability.vulnerability_maps(self.model, benign, torch.from_numpy(adv), label, adv_label,
+                                                k=k, stride=stride, output=output, precision=precision)
+        return torch.stack(maps).numpy().astype(np.float32)
 
 
 def _attack(model, x, y, a, precision, bs, seed) -> torch.Tensor:

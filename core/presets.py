@@ -17,6 +17,10 @@ SHARED = ROOT.parent / "shared"
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
+# The cifar10-224 preset's model, made by `python -m core train --preset cifar10-224` (core/train.py)
+PROBE_CHECKPOINT = Path(__file__).resolve().parents[1] / "cache" / ".models" / \
+    "efficientnet_lite0-cifar10-probe.safetensors"
+PROBE_PER_CLASS = 100  # the experiment's images per class; the probe is fitted on later ones
 
 _DEMO_MODEL = ModelConfig(arch="resnet18_cifar", checkpoint=str(DEMO_CHECKPOINT), num_classes=10,
                           in_channels=1, width=32, mean=FMNIST_MEAN, std=FMNIST_STD)
@@ -40,6 +44,14 @@ PRESETS: dict[str, ExperimentConfig] = {
         model=ModelConfig(arch="resnet56_cifar", checkpoint=str(SHARED / "models/resnet56-4bfd9763.th"),
                           mean=IMAGENET_MEAN, std=IMAGENET_STD),
         data=DataConfig(source="cifar10", root=str(SHARED / "data/cifar10-test"))),
+    # 224-px scale on this machine (BENCHMARKS.md): the CIFAR-10 test images resized to 224 px (1,000:
+    # the first 100 per class) and ImageNet EfficientNet-Lite0 (1280 neurons, 7×7) with a CIFAR-10
+    # linear head fitted on other test images (`python -m core train --preset cifar10-224` first).
+    "cifar10-224": ExperimentConfig(
+        model=ModelConfig(arch="efficientnet_lite0", checkpoint=str(PROBE_CHECKPOINT),
+                          mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+        data=DataConfig(source="cifar10", root=str(SHARED / "data/cifar10-test"), image_size=224,
+                        per_class=PROBE_PER_CLASS)),
     # Paper §6.2: a Places365 validation ImageFolder, CSAILVision's wideresnet18 checkpoint
     # (wideresnet18_places365.pth.tar), and a class subset (set data.classes).
     "places365-wrn18": ExperimentConfig(

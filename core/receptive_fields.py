@@ -89,25 +89,70 @@ def upsample_maps(fmaps, size) -> torch.Tensor:
     return up.reshape(*lead, *size)
 
 
-def neuron_quantiles(fmaps, q: float = DEFAULT_QUANTILE, *, chunk: int = 64) -> np.ndarray:
-    """Per neuron j, the q-quantile of all raw values ``fmaps[:, j, :, :]`` over the dataset -> (n,) float32.
+def neuron_quantiles(fmaps, q: float = DEFAULT_QUANTILE, *, block_bytes: int = 64 << 20) -> np.ndarray:
+    """Per neuron j, the q-quantile of all raw values ``fmaps[:, j, :, :]`` over the dataset -> (n,) float32,
+    exactly ``np.quantile(values, q)`` (linear interpolation between order statistics k = ⌊q(M−1)⌋ and
+    k + 1 of the M = N·h·w values), without holding the values: a radix selection.
 
-    ``fmaps`` (N,n,h,w) may be a float16 memmap: ``chunk`` neurons at a time are read and cast to
-    float32 (N·chunk·h·w floats in memory), so N=8000, n=512, 4×4 maps never need the whole array.
+    ``fmaps``: an (N,n,h,w) array, memmap or tensor, or a zero-argument callable returning an iterator
+    of (rows,n,h,w) blocks in order (``Store.row_blocks``: read without mapping, so a multi-GB store
+    leaves the process's RSS alone). Floats are mapped to order-preserving unsigned keys; one pass per
+    key byte (2 for the store's float16, 4 for float32) counts, per neuron, the next byte of the keys
+    that share the already chosen high bytes of the wanted order statistic. Memory: one block plus
+    n×256 counters. Rows of ``block_bytes`` at a time when ``fmaps`` is an array.
     """
-    if fmaps.ndim != 4:
-        raise ValueError(f"fmaps must be (N,n,h,w), got shape {tuple(fmaps.shape)}")
     if not 0.0 <= q <= 1.0:
         raise ValueError(f"quantile q must be in [0, 1], got {q}")
-    n = fmaps.shape[1]
-    out = np.empty(n, dtype=np.float32)
-    for j in range(0, n, chunk):
-        block = fmaps[:, j:j + chunk]
-        block = block.numpy() if isinstance(block, torch.Tensor) else np.asarray(block)
-        block = block.astype(np.float32)  # (N,c,h,w)
-        values = np.moveaxis(block, 1, 0).reshape(block.shape[1], -1)  # (c, N·h·w)
-        out[j:j + chunk] = np.quantile(values, q, axis=1)
-    return out
+    if callable(fmaps):
+        blocks = fmaps
+    else:
+        arr = fmaps.numpy() if isinstance(fmaps, torch.Tensor) else fmaps
+        if arr.ndim != 4:
+            raise ValueError(f"fmaps must be (N,n,h,w), got shape {tuple(arr.shape)}")
+        rows = max(1, block_bytes // max(1, arr[:1].nbytes))
+        blocks = lambda: (arr[i:i + rows] for i in range(0, len(arr), rows))  # noqa: E731
+    first = next(iter(blocks()), None)
+    if first is None:
+        raise ValueError("neuron_quantiles needs at least one image's maps")
+    first = np.asarray(first)
+    dtype, n = first.dtype, first.shape[1]
+    if dtype not in (np.float16, np.float32):
+        dtype = np.dtype(np.float32)
+    bits = np.dtype(dtype).itemsize * 8
+    ukey = np.uint16 if bits == 16 else np.uint32
+    sign = ukey(1 << (bits - 1))
+
+    def keys(block):  # (rows,n,h,w) floats -> (n, rows·h·w) order-preserving unsigned keys
+        b = np.ascontiguousarray(np.asarray(block, dtype=dtype)).view(ukey)
+        k = np.where(b & sign, ~b, b | sign)
+        return np.moveaxis(k, 1, 0).reshape(n, -1)
+
+    total = sum(np.asarray(b).shape[0] * np.asarray(b)[0, 0].size for b in blocks())
+    h = q * (total - 1)
+    lo = int(np.floor(h))
+    ranks = np.array([lo, min(lo + 1, total - 1)], dtype=np.int64)  # the two order statistics
+    prefix = np.zeros((2, n), dtype=np.uint64)  # chosen high bytes of each statistic's key, per neuron
+    left = np.repeat(ranks[:, None], n, axis=1)  # rank still to find among keys sharing the prefix
+    rows_n = np.arange(n)[:, None]
+    for shift in range(bits - 8, -8, -8):
+        counts = np.zeros((2, n, 256), dtype=np.int64)
+        for block in blocks():
+            k = keys(block).astype(np.uint64)
+            digit = ((k >> np.uint64(shift)) & np.uint64(255)).astype(np.int64)
+            high = k >> np.uint64(shift + 8)
+            for t in range(2):
+                match = high == (prefix[t][:, None] >> np.uint64(shift + 8))
+                idx = (rows_n * 256 + digit)[match]
+                counts[t] += np.bincount(idx, minlength=n * 256).reshape(n, 256)
+        for t in range(2):
+            cum = np.cumsum(counts[t], axis=1)
+            d = (cum <= left[t][:, None]).sum(axis=1)  # first digit whose cumulative count passes the rank
+            below = np.where(d > 0, cum[np.arange(n), np.maximum(d - 1, 0)], 0)
+            left[t] -= below
+            prefix[t] |= d.astype(np.uint64) << np.uint64(shift)
+    key = prefix.astype(ukey)
+    values = np.where(key & sign, key ^ sign, ~key).view(dtype).astype(np.float64)  # undo the key map
+    return (values[0] + (h - lo) * (values[1] - values[0])).astype(np.float32)
 
 
 def thresholds(up_maps, mode: str, value: float | None, neuron_thresholds=None) -> torch.Tensor:

@@ -156,6 +156,20 @@ class Store:
             self._arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
         return self._arrays[name]
 
+    def row_blocks(self, name: str, block_bytes: int = 64 << 20):
+        """Consecutive row blocks of array ``name``, read with plain file reads rather than through the
+        memory map: a scan of a multi-GB array (e.g. every pair's maps) keeps one block resident, where
+        touching the map would leave the whole file counted in the process's RSS."""
+        arr = self.array(name)
+        row = arr[:1].nbytes if len(arr) else 1
+        rows = max(1, block_bytes // max(row, 1))
+        with open(self.path / f"{name}.npy", "rb") as f:
+            for lo in range(0, len(arr), rows):
+                m = min(rows, len(arr) - lo)
+                f.seek(arr.offset + lo * row)
+                yield np.fromfile(f, dtype=arr.dtype, count=m * row // arr.dtype.itemsize).reshape(
+                    m, *arr.shape[1:])
+
     @cached_property
     def class_stats(self) -> dict[str, np.ndarray]:
         with np.load(self.path / "class_stats.npz", allow_pickle=False) as z:

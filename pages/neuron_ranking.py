@@ -116,7 +116,7 @@ with st.expander("Band settings"):
 
 # -- measures and order ----------------------------------------------------------------------------------
 measures = analysis.neuron_measures(pair, interval=sel.interval, coverage=coverage)
-map_kw = {"stride": sel.stride, "precision": "auto"}
+map_kw = {"stride": analysis.map_stride(sel.stride), "precision": "auto"}
 rf_kw = nc.rf_kw(sel, analysis)
 iou = None
 if sel.neuron_sort in nc.IOU_SORTS or analysis.has_vulnerability_maps(pair, **map_kw):

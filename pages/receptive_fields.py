@@ -13,7 +13,6 @@ from core.ui import neuron_charts as nc
 from core.ui import services, session
 from core.ui.images import heatmap, rf_overlay, show
 from core.ui.palette import class_colors
-from core.ui.state import STRIDES
 
 session.require_app()  # first: a deep link must not run a page outside app.py
 
@@ -95,8 +94,9 @@ else:
 session.seed("receptive_fields_top", round(sel.top * 100))
 c_top.slider("Vulnerability maps: top %", 1, 100, step=1, key="receptive_fields_top", on_change=_on_top,
              help="The binarized map keeps this share of the pixels with the largest values (> 0).")
-session.seed("receptive_fields_stride", sel.stride if sel.stride in STRIDES else STRIDES[0])
-c_stride.selectbox("Map stride", STRIDES, key="receptive_fields_stride", on_change=_on_stride,
+stride = analysis.map_stride(sel.stride)
+session.seed("receptive_fields_stride", stride)
+c_stride.selectbox("Map stride", analysis.map_strides, key="receptive_fields_stride", on_change=_on_stride,
                    format_func=lambda s: "1 (exact)" if s == 1 else f"{s} (faster)")
 
 # -- the pair: images, RFs, probabilities, maps ----------------------------------------------------------
@@ -104,7 +104,7 @@ images = dict(zip(SIDES, store.pair_images(pair), strict=True))
 masks = {s: analysis.rf_masks_for(pair, s, [j], **rf_kw)[0].numpy() for s in SIDES}
 probs = {"benign": np.asarray(store.array("benign_probs")[pair]),
          "adversarial": np.asarray(store.array("adversarial_probs")[pair])}
-map_kw = {"stride": sel.stride, "precision": "auto"}
+map_kw = {"stride": stride, "precision": "auto"}
 with st.spinner(SPINNER) if not analysis.has_vulnerability_maps(pair, **map_kw) else nullcontext():
     vmaps = dict(zip(("bmap", "amap"), analysis.vulnerability_maps(pair, **map_kw), strict=True))
 binary = {w: vulnerability.binarize(m, sel.top) for w, m in vmaps.items()}

@@ -64,3 +64,45 @@ def cifar20_store(cifar20_config, tmp_path_factory):
     from core.store import Store
     cache = tmp_path_factory.mktemp("cache")
     return Store(prepare(cifar20_config, "cifar20", cache_dir=cache, show_bars=False))
+
+
+# -- 224 px: real photos (scikit-image's samples) and a real ImageNet model ---------------------------
+PHOTOS = {"chelsea": 285, "coffee": 967}  # ImageNet classes of the subjects: Egyptian cat, espresso
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory) -> Path:
+    """An ImageFolder of scikit-image's sample photos (300×451 and 400×600 RGB) under ImageNet's 1,000
+    class ids (folders c000…c999, so they sort into the model's class order; empty folders keep the
+    class list whole)."""
+    skimage_data = pytest.importorskip("skimage.data", reason="pip install scikit-image (test extra)")
+    from PIL import Image
+    root = tmp_path_factory.mktemp("photos")
+    for k in range(1000):
+        (root / f"c{k:03d}").mkdir()
+    for name, k in PHOTOS.items():
+        Image.fromarray(getattr(skimage_data, name)()).save(root / f"c{k:03d}" / f"{name}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def lite0_config(photo_folder):
+    """EfficientNet-Lite0 with its ImageNet weights on the photos at 224 px, one precomputed map."""
+    import warnings
+
+    from core.config import DataConfig, ExperimentConfig, ModelConfig, PrepareConfig
+    from core.models import imagenet_lite0_checkpoint
+    warnings.filterwarnings("ignore", message=".*class folder.*hold no images")
+    return ExperimentConfig(
+        model=ModelConfig(arch="efficientnet_lite0", checkpoint=str(imagenet_lite0_checkpoint()),
+                          num_classes=1000, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+        data=DataConfig(source="image_folder", root=str(photo_folder), image_size=224),
+        prepare=PrepareConfig(maps=1, tsne_perplexity=5))
+
+
+@pytest.fixture(scope="session")
+def photo_store_224(lite0_config, tmp_path_factory):
+    from core.pipeline import prepare
+    from core.store import Store
+    cache = tmp_path_factory.mktemp("cache224")
+    return Store(prepare(lite0_config, "photos224", cache_dir=cache, show_bars=False))

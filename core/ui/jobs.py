@@ -38,7 +38,8 @@ MAX_UPLOAD_BYTES = 512 * 2**20  # the page passes Streamlit's server.maxUploadSi
 STAGE_TEXT = {"load": "loading the dataset and the model", "clean": "predicting every image",
               "attack": "attacking the correctly classified images", "features":
               "recording the neurons' activations", "statistics": "per-class statistics",
-              "tsne": "laying out the t-SNE maps", "publish": "writing the experiment"}
+              "maps": "precomputing vulnerability maps", "tsne": "laying out the t-SNE maps",
+              "publish": "writing the experiment"}
 
 
 # -- jobs ----------------------------------------------------------------------------------------------

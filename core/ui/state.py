@@ -31,7 +31,6 @@ NEURON_SORTS = {"band_gap": "band gap (neuron perturbation)", "curve_difference"
                 "adversarial_increase": "direct substitution: adversarial probability rise"}
 SET_OPS = ("union", "intersection")
 COLOR_BY = ("true", "predicted")
-STRIDES = (1, 2, 4)
 
 
 @dataclass

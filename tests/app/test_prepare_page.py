@@ -137,7 +137,7 @@ def test_one_job_per_experiment_with_progress_and_errors(tmp_path):
             break
         time.sleep(0.01)
     assert (job.stage, job.done, job.total, job.fraction) == ("attack", 3, 12, 0.25)
-    assert job.describe() == "Step 3 of 7, attacking the correctly classified images: 3 of 12"
+    assert job.describe() == "Step 3 of 8, attacking the correctly classified images: 3 of 12"
     assert job in jobs.running(tmp_path)
     with pytest.raises(StoreError, match="already being prepared"):
         jobs.start(PRESETS["demo"], "busy", tmp_path, prepare_fn=slow)

@@ -20,7 +20,7 @@ from core.models import (
 from tests.helpers import lossless20 as load_lossless20
 from tests.helpers import resnet20, shared_model
 
-SIZES = {"resnet18_cifar": 32, "wrn18_places365": 224}
+SIZES = {"resnet18_cifar": 32, "wrn18_places365": 224, "efficientnet_lite0": 224}
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
@@ -30,7 +30,9 @@ def test_every_architecture_builds_and_is_discovered(arch):
     m = ExplainedModel(net, (0.5,), (0.25,), (3, size, size))
     assert m.num_classes == 7
     assert isinstance(m.head_module, nn.Linear)
-    assert m.feature_layer in {"layer3", "layer4"}
+    # the outermost module whose output is average-pooled into the head
+    assert m.feature_layer == ("_head_act" if arch == "efficientnet_lite0" else
+                               "layer3" if arch.endswith("_cifar") and arch != "resnet18_cifar" else "layer4")
     assert m.num_neurons == m.head_weight.shape[1]
 
 

@@ -84,14 +84,14 @@ def test_resize_image(real):
 
 
 def test_neuron_quantiles_match_np_quantile_per_neuron(real, tmp_path):
-    # a float16 memmap, as the store keeps benign_fmaps; chunk=7 leaves a partial last chunk
+    # a float16 memmap, as the store keeps benign_fmaps; blocks of 7 images leave a partial last block
     mm = np.lib.format.open_memmap(tmp_path / "fmaps.npy", mode="w+", dtype=np.float16,
                                    shape=tuple(real.fmaps.shape))
     mm[:] = real.fmaps.numpy()
     mm.flush()
     fmaps = np.load(tmp_path / "fmaps.npy", mmap_mode="r")
     for q in (0.9, 0.5, 0.995):
-        got = rf.neuron_quantiles(fmaps, q, chunk=7)
+        got = rf.neuron_quantiles(fmaps, q, block_bytes=7 * fmaps[0].nbytes)
         assert got.dtype == np.float32 and got.shape == (512,)
         ref = [np.quantile(fmaps[:, j, :, :].astype(np.float32).ravel(), q) for j in range(512)]
         np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7)
@@ -226,3 +226,19 @@ def test_iou_by_hand():
     assert rf.iou(E, E, empty=1.0).item() == 1.0
     assert rf.iou(E, A, empty=1.0).item() == 0.0
     assert rf.iou(np.stack([E, A]), np.stack([E, B]), empty=1.0).tolist() == pytest.approx([1.0, 2 / 6])
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_neuron_quantiles_exact_with_negatives_ties_and_blocks(dtype):
+    # signed values (the key map must order negatives before positives), many ties (float16 grid, ReLU
+    # zeros), extreme q, and maps streamed as blocks of uneven size
+    g = np.random.default_rng(0)
+    fm = (g.standard_normal((13, 6, 3, 5)) * 4).astype(dtype)
+    fm[:, 2] = np.maximum(fm[:, 2], 0)  # half zeros
+    fm[:, 3] = 1.5  # constant neuron
+    fm[0, 4, 0, 0] = -0.0
+    blocks = lambda: iter((fm[:5], fm[5:6], fm[6:]))  # noqa: E731
+    for q in (0.0, 0.1, 0.5, 0.9, 0.999, 1.0):
+        ref = [np.quantile(fm[:, j].astype(np.float32).ravel(), q) for j in range(6)]
+        np.testing.assert_allclose(rf.neuron_quantiles(fm, q), ref, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(rf.neuron_quantiles(blocks, q), ref, rtol=1e-6, atol=1e-7)
