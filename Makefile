@@ -12,7 +12,7 @@ BASE_URL ?=
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 APT_TEST := dataset-fashion-mnist chromium chromium-driver nginx
 
-.PHONY: run test install system-test-deps prepare-demo lint
+.PHONY: run test install system-test-deps prepare-demo lint screenshots
 
 install: $(STAMP)
 
@@ -43,3 +43,8 @@ test: install system-test-deps
 
 lint: install
 	$(PY) -m ruff check core tests pages app.py
+
+# README's screenshots: the browser walk's own (tests/browser/test_walk.py), copied into docs/
+screenshots: install system-test-deps
+	$(PY) -m pytest -q tests/browser/test_walk.py
+	cp test-output/browser/[0-7]-*.png docs/screenshots/
