@@ -31,6 +31,8 @@ The issue's target excludes the first computation of a pair's vulnerability maps
 gets its maps (the pages' stride, precision "auto") written to the store's disk cache before the walk.
 One uncounted warm-up walk (another cell) takes the process's first-render and model-load costs; it is
 reported as ``cold``.
+
+``scale``: vulnerability-map and PGD timings at 32 and 224 px on this machine's device (``bench_scale``).
 """
 from __future__ import annotations
 
@@ -388,3 +390,98 @@ def bench_app(experiment: str = "cifar10-resnet18", walks: int = 10, cache_dir=N
         "store_bytes_on_disk": sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file()),
     }
 
+
+
+def bench_scale(images_224: int = 16, images_32: int = 128, seed: int = 0) -> dict:
+    """``scale``: the issue-6 timings on this machine's device (a CUDA GPU when there is one, else the
+    CPU), each path as ``prepare`` and the app run it (precision "auto", batch sizes from
+    ``core.device``):
+
+    - the vulnerability map of a 32×32 pair with the 512-neuron CIFAR ResNet18 (../shared), stride 1;
+    - the map of a 224×224 pair with a WideResNet18 of the Places365 layout (512 neurons, 14×14; random
+      weights, as no Places365 checkpoint ships offline; the cost does not depend on the weights) at
+      stride 1 on a GPU (the target: ≤ 1 s) and, on a CPU, at the app's default stride 14 (256
+      substitutions; stride 1 is 50,176) with the stride-1 time extrapolated from its substitutions per
+      second (marked ``_estimated``);
+    - the 224-px fast map's top-20% agreement (IoU) with the fp32 map at the measured stride;
+    - PGD-7 throughput (images/s) at 32 px (ResNet18) and 224 px (WRN18), fp32-verified as in prepare.
+
+    The 224-px pair is a lossless CIFAR-10 test image upsampled to 224 px and its PGD-7 adversarial.
+    """
+    import torch.nn.functional as F
+
+    from core import device as devices
+    from core import vulnerability
+    from core.models import ARCHITECTURES, ExplainedModel, build_architecture, load_model
+    torch.manual_seed(seed)
+    dev = devices.resolve_device("auto")
+    prec = "bf16" if attacks.fast_bf16_available(dev) else "fp32"
+    cfg = preset("cifar10-resnet18")
+    x32, y32 = data.lossless_pngs(Path(cfg.data.root).parent / "cifar10-test-lossless-20")
+    r18 = load_model(cfg.model, (3, 32, 32)).to(dev)
+    _, mean, std = ARCHITECTURES["wrn18_places365"]
+    wrn = ExplainedModel(build_architecture("wrn18_places365", 365), mean, std, (3, 224, 224)).to(dev)
+    x224 = F.interpolate(x32, size=(224, 224), mode="bilinear", align_corners=False).clamp(0, 1)
+    report: dict = {"machine": _machine(), "device": str(dev), "precision": prec}
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    def timed(fn, repeat=1):
+        best, out = float("inf"), None
+        for _ in range(repeat):
+            sync()
+            t = time.perf_counter()
+            out = fn()
+            sync()
+            best = min(best, time.perf_counter() - t)
+        return out, best
+
+    def pair(model, x):
+        x = x.to(dev)
+        with torch.no_grad():
+            y = model(x).argmax(1)
+        adv = attacks.pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=7, precision="fp32")
+        with torch.no_grad():
+            ya = model(adv).argmax(1)
+        i = int(torch.nonzero(ya != y).flatten()[0]) if bool((ya != y).any()) else 0
+        yb, yad = int(y[i]), int(ya[i]) if int(ya[i]) != int(y[i]) else (int(y[i]) + 1) % model.num_classes
+        return x[i], adv[i], yb, yad
+
+    def vmap(model, p, stride, precision):
+        return vulnerability.vulnerability_maps(model, *p, stride=stride, precision=precision)
+
+    p32 = pair(r18, x32[:8])
+    vmap(r18, p32, 4, prec)  # warm-up (kernel selection)
+    _, t32 = timed(lambda: vmap(r18, p32, 1, "auto"), repeat=2)
+    report["map_32px_resnet18_stride1_s"] = round(t32, 3)
+
+    p224 = pair(wrn, x224[:2])
+    stride = 1 if dev.type == "cuda" else vulnerability.default_stride(224, 224)
+    vmap(wrn, p224, 56, prec)  # warm-up
+    fast, t224 = timed(lambda: vmap(wrn, p224, stride, "auto"))
+    subs = len(range(0, 224, stride)) ** 2
+    key = "map_224px_wrn18_stride1_s" if stride == 1 else f"map_224px_wrn18_stride{stride}_s"
+    report[key] = round(t224, 3)
+    report["map_224px_substitutions_per_s"] = round(subs / t224, 1)
+    if stride != 1:
+        report["map_224px_wrn18_stride1_s_estimated"] = round(224 * 224 / (subs / t224), 1)
+    exact, t224_32 = timed(lambda: vmap(wrn, p224, stride, "fp32"))
+    report[f"map_224px_fp32_stride{stride}_s"] = round(t224_32, 3)
+    report["map_224px_fast_vs_fp32_top20_iou"] = [round(_mask_iou(exact[j].numpy(), fast[j].numpy(), 0.2), 4)
+                                                   for j in range(2)]
+    report["map_224px_batch"] = devices.batch_size(wrn, (3, 224, 224), dev, precision=prec)
+    report["target_map_224px_stride1_gpu_s"] = 1.0
+
+    for name, model, x, n in (("32px_resnet18", r18, x32, images_32), ("224px_wrn18", wrn, x224, images_224)):
+        x = x.repeat(-(-n // len(x)), 1, 1, 1)[:n].to(dev)
+        with torch.no_grad():
+            y = model(x).argmax(1)
+        bs = devices.batch_size(model, tuple(x.shape[1:]), dev, backward=True, precision=prec)
+        fast_model = model.to(memory_format=torch.channels_last) if prec == "bf16" else model
+        attacks.pgd(fast_model, x[:bs], y[:bs], precision=prec, batch_size=bs)  # warm-up
+        _, t = timed(lambda m=fast_model, x=x, y=y, b=bs: attacks.pgd(m, x, y, precision=prec, batch_size=b))
+        report[f"pgd7_{name}_images_per_s"] = round(n / t, 2)
+        report[f"pgd7_{name}_batch"] = bs
+    return report

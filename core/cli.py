@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--preset", default="demo", choices=["demo", "cifar10-224"])
     tr.add_argument("--epochs", type=int, default=6)
     be = sub.add_parser("bench", help="benchmarks that print ratios measured in one run")
-    be.add_argument("what", choices=["attack", "analytics", "app"])
+    be.add_argument("what", choices=["attack", "analytics", "app", "scale"])
     be.add_argument("--images", type=int, default=8200, help="attack: how many CIFAR test images to attack")
     be.add_argument("--experiment", default="cifar10-resnet18",
                     help="analytics: the store to time per-pair analytics and fidelity on; app: the store "
@@ -138,6 +138,8 @@ def _run(args) -> int:
             report = bench.bench_attack(args.images)
         elif args.what == "analytics":
             report = bench.bench_analytics(args.experiment, args.pairs, args.fidelity_pairs, cache_dir=cache)
+        elif args.what == "scale":
+            report = bench.bench_scale()
         else:
             report = bench.bench_app(args.experiment, args.walks, cache_dir=cache)
         print(json.dumps(report, indent=1) if args.json else _table(report))

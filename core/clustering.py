@@ -17,7 +17,9 @@ hierarchy as a dendrogram. Dissimilarities (``DISTANCES``), for neurons i and j:
   (not upsampled, not thresholded) last-conv maps of the two images.
 
 Computation: the L2 distances use the Gram form d² = ‖f_i‖² + ‖f_j‖² − 2 f_i·f_j in float64 (one BLAS
-matrix product: ~27 ms in all for n=512, D=6144 on 2 CPU cores, where pdist takes ~0.4 s), negatives
+matrix product: ~27 ms in all for n=512, D=6144 on 2 CPU cores, where pdist takes ~0.4 s; for the RF
+distance the app forms the Gram matrix from the masks and the images' per-pixel squared norms,
+``rf_euclidean_matrix``, so a 224-px pair never holds its n·C·H·W RFs), negatives
 from rounding clamped to 0, the diagonal set to 0 and the matrix symmetrized. Rounding can leave a
 tiny positive d² for two identical non-zero rows; every pair whose d² is within the rounding bound
 (4·D·ε·(‖f_i‖²+‖f_j‖²)) is checked for exact equality and set to exactly 0 if equal, so identical RFs
@@ -73,27 +75,78 @@ def neuron_features(benign_rf, adversarial_rf) -> np.ndarray:
     return _concat_rows(benign_rf, adversarial_rf)
 
 
-def euclidean_matrix(features: np.ndarray) -> np.ndarray:
-    """Pairwise L2 distances between the rows of ``features`` (n,D) by the Gram form -> (n,n) float64."""
-    x = np.ascontiguousarray(features, dtype=np.float64)
-    gram = x @ x.T
-    sq = np.einsum("ij,ij->i", x, x)
+def _from_gram(gram: np.ndarray, sq: np.ndarray, terms: int, row_keys) -> np.ndarray:
+    """d = sqrt(max(‖f_i‖² + ‖f_j‖² − 2 f_i·f_j, 0)) from the Gram matrix and the squared norms -> (n,n).
+
+    Identical rows may keep a rounding residue: the pairs within the rounding bound of a sum of
+    ``terms`` products (usually very few rows) are grouped by ``row_keys(rows)`` (one exact byte
+    string per row, equal iff the rows' features are equal) and equal ones set to 0."""
     scale = sq[:, None] + sq[None, :]
     d2 = scale - 2.0 * gram
-    # Identical rows may keep a rounding residue: the pairs within the rounding bound (usually very few
-    # rows) are grouped by their exact bytes (+0.0 turns -0.0 into 0.0) and equal ones set to 0.
-    tol = 4.0 * x.shape[1] * np.finfo(np.float64).eps * scale
+    tol = 4.0 * terms * np.finfo(np.float64).eps * scale
     i, j = np.nonzero(np.triu((d2 <= tol) & (d2 != 0), 1))
     if len(i):
         rows, pos = np.unique(np.concatenate([i, j]), return_inverse=True)
-        keys = np.ascontiguousarray(x[rows] + 0.0).view(np.dtype((np.void, 8 * x.shape[1]))).ravel()
-        group = np.unique(keys, return_inverse=True)[1].ravel()[pos]
+        group = np.unique(row_keys(rows), return_inverse=True)[1].ravel()[pos]
         same = group[:len(i)] == group[len(i):]
         d2[i[same], j[same]] = d2[j[same], i[same]] = 0.0
     d = np.sqrt(np.maximum(d2, 0.0))
     d = 0.5 * (d + d.T)
     np.fill_diagonal(d, 0.0)
     return d
+
+
+def _void_rows(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    return a.view(np.dtype((np.void, a.dtype.itemsize * a.shape[1]))).ravel()
+
+
+def euclidean_matrix(features: np.ndarray) -> np.ndarray:
+    """Pairwise L2 distances between the rows of ``features`` (n,D) by the Gram form -> (n,n) float64."""
+    x = np.ascontiguousarray(features, dtype=np.float64)
+    # +0.0 turns -0.0 into 0.0, so equal values have equal bytes
+    return _from_gram(x @ x.T, np.einsum("ij,ij->i", x, x), x.shape[1],
+                      lambda rows: _void_rows(x[rows] + 0.0))
+
+
+def rf_euclidean_matrix(benign_image, adversarial_image, benign_masks, adversarial_masks, *,
+                        block: int = 2048) -> np.ndarray:
+    """The "l2" distance between RFs from the images and the masks, without forming the RFs -> (n,n).
+
+    With RF_i(x) = x ⊙ M_i (the step-4 masked image, the same mask on every channel) and
+    f_i = concat(vec(RF_i(benign)), vec(RF_i(adversarial))), exactly as ``neuron_features``::
+
+        f_i·f_j = Σ_s Σ_p w_s(p) M_{s,i}(p) M_{s,j}(p),   w_s(p) = Σ_c x_s(c, p)²,   ‖f_i‖² = f_i·f_i
+
+    so the Gram matrix is Σ_s (M_s ⊙ w_s) M_sᵀ over the H·W pixels (C times fewer terms than the RFs,
+    which at 224 px and 1,280 neurons would be 770 MB per image), summed in float64 over blocks of
+    ``block`` pixels (memory: two n·block float64 blocks at a time). Two neurons are exactly 0 apart
+    when their masks agree wherever the image is not black (w > 0) on both images, as their RFs are
+    then equal.
+    """
+    imgs = [np.asarray(_np(x), dtype=np.float64) for x in (benign_image, adversarial_image)]
+    masks = [_np(m).astype(bool, copy=False) for m in (benign_masks, adversarial_masks)]
+    n = len(masks[0])
+    if len(masks[1]) != n:
+        raise ValueError(f"benign and adversarial have {n} and {len(masks[1])} neurons")
+    gram, sq = np.zeros((n, n)), np.zeros(n)
+    lit = []  # per image: the masks where the RF can be non-zero (w > 0), bit-packed
+    for x, m in zip(imgs, masks, strict=True):
+        if x.ndim != 3 or m.shape[1:] != x.shape[1:]:
+            raise ValueError(f"image {x.shape} and masks {m.shape} disagree: give (C,H,W) and (n,H,W)")
+        w = np.einsum("chw,chw->hw", x, x).ravel()
+        m = m.reshape(n, -1)
+        packed = []
+        for lo in range(0, m.shape[1], block):
+            mb = m[:, lo:lo + block]
+            packed.append(np.packbits(mb & (w[lo:lo + block] > 0), axis=1))
+            mb = mb.astype(np.float64)
+            wm = mb * w[lo:lo + block]
+            gram += wm @ mb.T
+            sq += wm.sum(1)
+        lit.append(np.concatenate(packed, axis=1))
+    terms = sum(x.size for x in imgs)
+    return _from_gram(gram, sq, terms, lambda rows: _void_rows(np.concatenate([lt[rows] for lt in lit], 1)))
 
 
 def iou_distance_matrix(benign_masks, adversarial_masks) -> np.ndarray:
@@ -110,12 +163,19 @@ def iou_distance_matrix(benign_masks, adversarial_masks) -> np.ndarray:
 
 def distance_matrix(kind: str = DEFAULT_DISTANCE, *, benign_rf=None, adversarial_rf=None,
                     benign_masks=None, adversarial_masks=None, benign_fmaps=None,
-                    adversarial_fmaps=None) -> np.ndarray:
+                    adversarial_fmaps=None, benign_image=None, adversarial_image=None) -> np.ndarray:
     """(n,n) float64 symmetric dissimilarities, zero diagonal, of one image pair's n neurons.
 
-    "l2": needs ``benign_rf``/``adversarial_rf`` (n,C,S,S); "iou": ``benign_masks``/``adversarial_masks``
-    (n,S,S) bool; "activation": ``benign_fmaps``/``adversarial_fmaps`` (n,h,w) raw maps.
+    "l2": needs ``benign_rf``/``adversarial_rf`` (n,C,S,S), or the images ``benign_image``/
+    ``adversarial_image`` (C,S,S) with the masks (``rf_euclidean_matrix``: the same distances without
+    the RFs in memory); "iou": ``benign_masks``/``adversarial_masks`` (n,S,S) bool; "activation":
+    ``benign_fmaps``/``adversarial_fmaps`` (n,h,w) raw maps.
     """
+    if kind == "l2" and benign_rf is None and adversarial_rf is None and benign_image is not None:
+        if adversarial_image is None or benign_masks is None or adversarial_masks is None:
+            raise ValueError("the 'l2' distance from images needs benign_image, adversarial_image, "
+                             "benign_masks and adversarial_masks")
+        return rf_euclidean_matrix(benign_image, adversarial_image, benign_masks, adversarial_masks)
     needs = {"l2": ("benign_rf", "adversarial_rf"), "iou": ("benign_masks", "adversarial_masks"),
              "activation": ("benign_fmaps", "adversarial_fmaps")}
     if kind not in needs:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from core.config import AttackConfig, ConfigError, DataConfig, ExperimentConfig, ModelConfig
+from core.config import AttackConfig, ConfigError, DataConfig, ExperimentConfig, ModelConfig, PrepareConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -46,18 +46,22 @@ PRESETS: dict[str, ExperimentConfig] = {
         data=DataConfig(source="cifar10", root=str(SHARED / "data/cifar10-test"))),
     # 224-px scale on this machine (BENCHMARKS.md): the CIFAR-10 test images resized to 224 px (1,000:
     # the first 100 per class) and ImageNet EfficientNet-Lite0 (1280 neurons, 7×7) with a CIFAR-10
-    # linear head fitted on other test images (`python -m core train --preset cifar10-224` first).
+    # linear head fitted on other test images (`python -m core train --preset cifar10-224` first); the
+    # maps of 20 pairs (those of the most populated prediction-matrix cells) precomputed (paper §8).
     "cifar10-224": ExperimentConfig(
         model=ModelConfig(arch="efficientnet_lite0", checkpoint=str(PROBE_CHECKPOINT),
                           mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
         data=DataConfig(source="cifar10", root=str(SHARED / "data/cifar10-test"), image_size=224,
-                        per_class=PROBE_PER_CLASS)),
+                        per_class=PROBE_PER_CLASS),
+        prepare=PrepareConfig(maps=20)),
     # Paper §6.2: a Places365 validation ImageFolder, CSAILVision's wideresnet18 checkpoint
-    # (wideresnet18_places365.pth.tar), and a class subset (set data.classes).
+    # (wideresnet18_places365.pth.tar), and a class subset (set data.classes); like the paper (§8), the
+    # vulnerability maps of 266 pairs are precomputed (best on a GPU or with --ray).
     "places365-wrn18": ExperimentConfig(
         model=ModelConfig(arch="wrn18_places365", checkpoint="wideresnet18_places365.pth.tar",
                           num_classes=365, mean=IMAGENET_MEAN, std=IMAGENET_STD),
-        data=DataConfig(source="image_folder", root="places365_val", image_size=224, per_class=100)),
+        data=DataConfig(source="image_folder", root="places365_val", image_size=224, per_class=100),
+        prepare=PrepareConfig(maps=266)),
 }
 
 

@@ -89,6 +89,9 @@ def upsample_maps(fmaps, size) -> torch.Tensor:
     return up.reshape(*lead, *size)
 
 
+SELECT_ELEMENTS = 1 << 21  # values per step of neuron_quantiles' selection (~16 MB per uint64 temporary)
+
+
 def neuron_quantiles(fmaps, q: float = DEFAULT_QUANTILE, *, block_bytes: int = 64 << 20) -> np.ndarray:
     """Per neuron j, the q-quantile of all raw values ``fmaps[:, j, :, :]`` over the dataset -> (n,) float32,
     exactly ``np.quantile(values, q)`` (linear interpolation between order statistics k = ⌊q(M−1)⌋ and
@@ -98,8 +101,9 @@ def neuron_quantiles(fmaps, q: float = DEFAULT_QUANTILE, *, block_bytes: int = 6
     of (rows,n,h,w) blocks in order (``Store.row_blocks``: read without mapping, so a multi-GB store
     leaves the process's RSS alone). Floats are mapped to order-preserving unsigned keys; one pass per
     key byte (2 for the store's float16, 4 for float32) counts, per neuron, the next byte of the keys
-    that share the already chosen high bytes of the wanted order statistic. Memory: one block plus
-    n×256 counters. Rows of ``block_bytes`` at a time when ``fmaps`` is an array.
+    that share the already chosen high bytes of the wanted order statistic. Memory: one block, a few
+    uint64 temporaries of ``SELECT_ELEMENTS`` values (rows of a block are taken that many at a time),
+    and n×256 counters. Rows of ``block_bytes`` at a time when ``fmaps`` is an array.
     """
     if not 0.0 <= q <= 1.0:
         raise ValueError(f"quantile q must be in [0, 1], got {q}")
@@ -134,9 +138,10 @@ def neuron_quantiles(fmaps, q: float = DEFAULT_QUANTILE, *, block_bytes: int = 6
     prefix = np.zeros((2, n), dtype=np.uint64)  # chosen high bytes of each statistic's key, per neuron
     left = np.repeat(ranks[:, None], n, axis=1)  # rank still to find among keys sharing the prefix
     rows_n = np.arange(n)[:, None]
+    sub = max(1, SELECT_ELEMENTS // max(1, first[0].size))  # rows per pass: bounds the uint64 temporaries
     for shift in range(bits - 8, -8, -8):
         counts = np.zeros((2, n, 256), dtype=np.int64)
-        for block in blocks():
+        for block in (b[i:i + sub] for b in blocks() for i in range(0, len(b), sub)):
             k = keys(block).astype(np.uint64)
             digit = ((k >> np.uint64(shift)) & np.uint64(255)).astype(np.int64)
             high = k >> np.uint64(shift + 8)
@@ -186,15 +191,25 @@ def thresholds(up_maps, mode: str, value: float | None, neuron_thresholds=None) 
 
 
 def rf_masks(fmaps, size, *, mode: str = DEFAULT_MODE, value: float | None = None,
-             neuron_thresholds=None) -> torch.Tensor:
+             neuron_thresholds=None, block_bytes: int = 64 << 20) -> torch.Tensor:
     """Steps 2–3: (n,h,w) maps of one image -> bool masks (n,H,W); (N,n,h,w) -> (N,n,H,W).
 
     quantile/absolute: ``up > T`` (empty for a dead neuron); fraction: ``up >= value·max`` where the
     map's max on this image is > 0, else empty. ``value``: ignored for quantile, ``DEFAULT_FRACTION``
-    for fraction, required for absolute.
+    for fraction, required for absolute. One image's neurons are upsampled ``block_bytes`` of float32
+    at a time (each mask depends on its own map only), so 1,280 maps at 224 px never need 257 MB.
     """
     if mode not in THRESHOLD_MODES:
         raise ValueError(f"unknown threshold mode {mode!r}; valid modes: {', '.join(THRESHOLD_MODES)}")
+    h, w = _size(size)
+    per = max(1, block_bytes // (4 * h * w))
+    if np.ndim(fmaps) == 3 and len(fmaps) > per:
+        t = None if neuron_thresholds is None else _float(neuron_thresholds)
+        if t is not None and t.shape != (len(fmaps),):
+            raise ValueError(f"neuron_thresholds must be ({len(fmaps)},), got shape {tuple(t.shape)}")
+        return torch.cat([rf_masks(fmaps[lo:lo + per], (h, w), mode=mode, value=value,
+                                   neuron_thresholds=None if t is None else t[lo:lo + per])
+                          for lo in range(0, len(fmaps), per)])
     up = upsample_maps(fmaps, size)
     if up.ndim not in (3, 4):
         raise ValueError(f"fmaps must be (n,h,w) or (N,n,h,w), got shape {tuple(up.shape)}")

@@ -163,7 +163,8 @@ def walk(pg, base_url: str, store, *, cell_rank: int = 0, shots: str | None = ""
     _select(pg, "neuron_ranking_sort", "IoU with bMap (image perturbation)")
     pg.wait_for_selector(".st-key-neuron_ranking_chart .js-plotly-plot", timeout=TIMEOUT)
     _idle(pg)
-    _, order = an.iou_ranking(first, "bmap", top=defaults.top, stride=defaults.stride, precision="auto")
+    _, order = an.iou_ranking(first, "bmap", top=defaults.top, stride=an.map_stride(defaults.stride),
+                              precision="auto")
     top_neuron = int(order[0])
 
     # -- 5. click the top neuron (the first position of the chart) ------------------------------------

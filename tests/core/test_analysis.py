@@ -104,7 +104,9 @@ def test_linkage_options(store):
     rb, _ = an.rf(0, "benign")
     ra, _ = an.rf(0, "adversarial")
     ref = clustering.linkage(clustering.distance_matrix("l2", benign_rf=rb, adversarial_rf=ra))
-    np.testing.assert_array_equal(an.linkage(0), ref)
+    got = an.linkage(0)  # from masks and images (rf_euclidean_matrix): the same tree, rounding apart
+    np.testing.assert_array_equal(got[:, [0, 1, 3]], ref[:, [0, 1, 3]])
+    np.testing.assert_allclose(got[:, 2], ref[:, 2], rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="Euclidean"):
         an.linkage(0, distance="iou", method="ward")
 

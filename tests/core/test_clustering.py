@@ -109,6 +109,32 @@ def test_l2_all_neurons_equals_pdist_and_identical_rows_are_zero(pair):
     assert (d[np.ix_(pair.empty, pair.empty)] == 0).all()
 
 
+def test_rf_l2_from_masks_and_images_equals_the_rf_features(pair, lossless20):
+    # the app's path (Gram from masks and per-pixel squared norms, in pixel blocks) against pdist of
+    # the materialized RFs, on the real pair; block=100 leaves a partial last block
+    x, _ = load_lossless20(lossless20)
+    xb = x[0]
+    xa = (pair.a_rf * pair.a_m[:, None]).amax(0)  # any image works; make one with black pixels
+    xa[:, :4] = 0
+    b_rf, a_rf = xb[None] * pair.b_m[:, None], xa[None] * pair.a_m[:, None]
+    ref = squareform(pdist(cl.neuron_features(b_rf, a_rf)))
+    got = cl.rf_euclidean_matrix(xb, xa, pair.b_m, pair.a_m, block=100)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-9 * ref.max())
+    assert (got == got.T).all() and (np.diag(got) == 0).all()
+    np.testing.assert_allclose(cl.distance_matrix("l2", benign_image=xb, adversarial_image=xa,
+                                                  benign_masks=pair.b_m, adversarial_masks=pair.a_m),
+                               got, rtol=1e-12, atol=1e-12)
+    # exact zeros: copies of neuron 0's masks, and a copy that differs only on black pixels of xa
+    bm, am = pair.b_m.clone(), pair.a_m.clone()
+    bm[[5, 9]], am[[5, 9]] = bm[0].clone(), am[0].clone()
+    am[9, :4] = ~am[9, :4]
+    d = cl.rf_euclidean_matrix(xb, xa, bm, am)
+    assert d[0, 5] == d[5, 9] == d[0, 9] == 0 and d[0, 1] > 0
+    assert (d[np.ix_(pair.empty, pair.empty)] == 0).all()
+    with pytest.raises(ValueError, match="neurons"):
+        cl.rf_euclidean_matrix(xb, xa, pair.b_m[:3], pair.a_m)
+
+
 def test_distance_matrix_errors(pair):
     with pytest.raises(ValueError, match="valid distances: l2, iou, activation"):
         cl.distance_matrix("cosine", **kw(pair))

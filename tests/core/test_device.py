@@ -55,3 +55,16 @@ def test_gpu_batch_is_measured_from_free_memory():
     assert 1 <= bs <= device.GPU_MAX_BATCH and bs * bwd <= free
     x = torch.rand(bs, 3, 224, 224, device=dev, requires_grad=True)  # the chosen batch really fits
     m(x).sum().backward()
+
+
+def test_bench_scale_reports_this_device(cifar_root, models_dir):
+    # the issue-6 device benchmark, small: on a CPU the 224-px map runs at the app's stride and the
+    # stride-1 time is an extrapolation; on a GPU (the device machine) it is measured at stride 1
+    from core.bench import bench_scale
+    r = bench_scale(images_224=2, images_32=8)
+    assert r["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert r["map_32px_resnet18_stride1_s"] > 0 and r["map_224px_substitutions_per_s"] > 0
+    stride1 = r.get("map_224px_wrn18_stride1_s", r.get("map_224px_wrn18_stride1_s_estimated"))
+    assert stride1 and stride1 > 0
+    assert all(0.5 <= iou <= 1 for iou in r["map_224px_fast_vs_fp32_top20_iou"])
+    assert r["pgd7_32px_resnet18_images_per_s"] > 0 and r["pgd7_224px_wrn18_images_per_s"] > 0

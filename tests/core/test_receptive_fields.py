@@ -228,8 +228,11 @@ def test_iou_by_hand():
     assert rf.iou(np.stack([E, A]), np.stack([E, B]), empty=1.0).tolist() == pytest.approx([1.0, 2 / 6])
 
 
+@pytest.mark.parametrize("select", [None, 1, 150])
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
-def test_neuron_quantiles_exact_with_negatives_ties_and_blocks(dtype):
+def test_neuron_quantiles_exact_with_negatives_ties_and_blocks(dtype, select, monkeypatch):
+    if select is not None:  # the selection's own row steps: 1 row, or a few, of each block at a time
+        monkeypatch.setattr(rf, "SELECT_ELEMENTS", select)
     # signed values (the key map must order negatives before positives), many ties (float16 grid, ReLU
     # zeros), extreme q, and maps streamed as blocks of uneven size
     g = np.random.default_rng(0)
@@ -242,3 +245,14 @@ def test_neuron_quantiles_exact_with_negatives_ties_and_blocks(dtype):
         ref = [np.quantile(fm[:, j].astype(np.float32).ravel(), q) for j in range(6)]
         np.testing.assert_allclose(rf.neuron_quantiles(fm, q), ref, rtol=1e-6, atol=1e-7)
         np.testing.assert_allclose(rf.neuron_quantiles(blocks, q), ref, rtol=1e-6, atol=1e-7)
+
+
+def test_rf_masks_in_neuron_blocks_equal_one_pass(real):
+    # blocks of 5 neurons (one image's maps) give the very masks of one pass, in every threshold mode
+    fm = real.fmaps[0]
+    q = rf.neuron_quantiles(real.fmaps, 0.9)
+    for kw in ({"mode": "quantile", "neuron_thresholds": q}, {"mode": "fraction", "value": 0.5},
+               {"mode": "absolute", "value": 0.3}):
+        one = rf.rf_masks(fm, 32, **kw)
+        blocks = rf.rf_masks(fm, 32, block_bytes=5 * 4 * 32 * 32, **kw)
+        assert torch.equal(one, blocks) and one.shape == (512, 32, 32)
