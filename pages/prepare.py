@@ -23,7 +23,7 @@ CKPT_MODES = ("A file on the server", "Upload a file")
 FIELDS = ("prepare_preset", "prepare_source", "prepare_root", "prepare_image_size", "prepare_classes",
           "prepare_per_class", "prepare_arch", "prepare_ckpt_mode", "prepare_ckpt_path", "prepare_channels",
           "prepare_width", "prepare_mean", "prepare_std", "prepare_method", "prepare_eps", "prepare_alpha",
-          "prepare_steps", "prepare_early_stop", "prepare_random_start", "prepare_batch_size",
+          "prepare_steps", "prepare_early_stop", "prepare_random_start", "prepare_batch_size", "prepare_maps",
           "prepare_perplexity", "prepare_device", "prepare_id")
 SAVED = "prepare_saved"  # the form's values, kept while the user visits other pages
 JOB = "prepare_job"      # the experiment id this session started
@@ -50,7 +50,8 @@ def _preset_values(name: str) -> dict:
             "prepare_std": _numbers(std), "prepare_method": a.method, "prepare_eps": round(a.eps * 255, 2),
             "prepare_alpha": round(a.alpha * 255, 2), "prepare_steps": a.steps,
             "prepare_early_stop": a.early_stop, "prepare_random_start": a.random_start,
-            "prepare_batch_size": p.batch_size, "prepare_perplexity": float(p.tsne_perplexity),
+            "prepare_batch_size": p.batch_size, "prepare_maps": p.maps,
+            "prepare_perplexity": float(p.tsne_perplexity),
             "prepare_device": p.device, "prepare_id": jobs.suggest_id(ident, cache_dir())}
 
 
@@ -109,7 +110,7 @@ def _config_values(classes_all: list[str]) -> dict:
             "attack.eps": float(s["prepare_eps"]) / 255, "attack.alpha": float(s["prepare_alpha"]) / 255,
             "attack.steps": int(s["prepare_steps"]), "attack.early_stop": bool(s["prepare_early_stop"]),
             "attack.random_start": bool(s["prepare_random_start"]),
-            "prepare.batch_size": int(s["prepare_batch_size"]),
+            "prepare.batch_size": int(s["prepare_batch_size"]), "prepare.maps": int(s["prepare_maps"]),
             "prepare.tsne_perplexity": float(s["prepare_perplexity"]), "prepare.device": s["prepare_device"]}
 
 
@@ -277,7 +278,12 @@ with right:
     except StoreError as e:
         st.error(str(e))
     with st.expander("Run details"):
-        st.number_input("Batch size", min_value=1, step=16, key="prepare_batch_size")
+        st.number_input("Batch size (0 = chosen for the device and image size)", min_value=0, step=16,
+                        key="prepare_batch_size")
+        st.number_input("Precompute the vulnerability maps of this many pairs", min_value=0, step=10,
+                        key="prepare_maps", help="Those of the most populated prediction-matrix cells "
+                        "first (paper §8). They open at once in the app; other pairs are computed when "
+                        "first opened (seconds each at 32 px, more at 224 px).")
         st.number_input("t-SNE perplexity", min_value=2.0, step=5.0, key="prepare_perplexity")
         st.selectbox("Device", ("auto", "cpu", "cuda"), key="prepare_device")
     busy = jobs.get(ident, cache) if ident else None

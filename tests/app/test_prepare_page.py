@@ -99,7 +99,9 @@ def test_a_small_real_run_from_the_form(cache, cifar_root, models_dir):
     at.number_input(key="prepare_per_class").set_value(2)
     at.selectbox(key="prepare_arch").set_value("resnet20_cifar")
     at.text_input(key="prepare_ckpt_path").set_value(str(models_dir / RESNET20))
+    assert at.number_input(key="prepare_batch_size").value == 0  # auto, as the preset says
     at.number_input(key="prepare_batch_size").set_value(16)
+    at.number_input(key="prepare_maps").set_value(2)
     at.number_input(key="prepare_perplexity").set_value(10.0)
     at.text_input(key="prepare_id").set_value("small").run()
     assert not errors(at)
@@ -114,6 +116,7 @@ def test_a_small_real_run_from_the_form(cache, cifar_root, models_dir):
     assert cfg["model"]["arch"] == "resnet20_cifar" and cfg["data"]["per_class"] == 2
     assert cfg["attack"]["eps"] == pytest.approx(8 / 255) and cfg["attack"]["steps"] == 7
     assert store.counts["n_images"] == 20
+    assert len(store.manifest["vulnerability_maps"]["pairs"]) == min(2, len(store))
     at.run()
     assert not at.exception
     assert any("small" in s.value and "is ready" in s.value for s in at.success)
