@@ -110,6 +110,7 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
         raise PrepareError("[attack] eps = 0 leaves every image unchanged, so no attack can succeed and "
                            "there would be nothing to explain; set eps > 0 (e.g. 8/255 = 0.0314 for "
                            "CIFAR-10, 0.1 for Fashion-MNIST)")
+    _check_checkpoint(cfg)  # before the dataset scan, which can take minutes
     ctx = Context.build(cfg, log=log)
     ds, model, device, precision, shape = ctx.ds, ctx.model, ctx.device, ctx.precision, ctx.shape
     fingerprints = {"dataset": ds.fingerprint(), "model": model_fingerprint(cfg.model)}
@@ -325,6 +326,15 @@ def _chunked(w: StoreWriter, stage: str, total: int, chunk: int, run: Runner,
         w.mark(f"{stage}_done", int(sel[-1] + 1))
         bar.advance(len(sel))
     bar.close()
+
+
+def _check_checkpoint(cfg: ExperimentConfig) -> None:
+    from core.presets import PROBE_CHECKPOINT
+    ckpt = cfg.model.checkpoint
+    if ckpt and not Path(ckpt).expanduser().is_file():
+        hint = (" (the cifar10-224 preset's model: make it once with `python -m core train --preset "
+                "cifar10-224`, about 3 minutes)" if Path(ckpt).expanduser() == PROBE_CHECKPOINT else "")
+        raise ModelError(f"checkpoint {ckpt} does not exist (set [model] checkpoint to a weights file){hint}")
 
 
 def maps_order(labels: np.ndarray, adv_labels: np.ndarray) -> np.ndarray:

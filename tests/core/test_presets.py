@@ -23,6 +23,17 @@ def test_every_preset_validates_and_overrides_parse():
         preset("demo", ["data.nope=1"])
 
 
+def test_missing_probe_checkpoint_says_how_to_make_it(tmp_path, monkeypatch):
+    from core import presets
+    from core.models import ModelError
+    monkeypatch.setattr(presets, "PROBE_CHECKPOINT", tmp_path / "probe.safetensors")
+    cfg = preset("cifar10-224", [f'model.checkpoint="{tmp_path / "probe.safetensors"}"',
+                                 f'data.root="{tmp_path / "nowhere"}"'])
+    with pytest.raises(ModelError, match="train --preset cifar10-224"):
+        prepare(cfg, "c224", cache_dir=tmp_path, show_bars=False)
+    assert not any(tmp_path.glob("*c224*"))
+
+
 @pytest.mark.slow
 def test_cifar10_resnet18_preset_on_500_images(cifar_root, models_dir, tmp_path):
     cfg = preset("cifar10-resnet18", [f'data.root="{cifar_root}"', "data.per_class=50",
