@@ -98,6 +98,10 @@ def _shot(pg, prefix: str | None, name: str) -> None:
 
 
 def _click_point(pg, root: str, trace: str, ident: int) -> None:
+    # a rerun can leave the old chart beside its redraw for a moment (seen in CI): wait for one
+    _idle(pg)
+    pg.wait_for_function("r => document.querySelectorAll(r + ' .js-plotly-plot').length === 1", arg=root,
+                         timeout=TIMEOUT)
     pg.locator(f"{root} .js-plotly-plot").scroll_into_view_if_needed()
     x, y = pg.evaluate(POINT_JS, [root, trace, ident])
     pg.mouse.click(x, y)

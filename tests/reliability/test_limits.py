@@ -285,12 +285,13 @@ def test_lru_keeps_the_most_recent_items_within_its_budget():
 
 
 def test_analysis_memory_stays_within_its_byte_budget(store, monkeypatch):
-    one_rf = nbytes(_analysis(store).rf(0, "benign", mode="fraction", value=0.5))
-    budget = int(2.5 * one_rf)  # room for two images' RFs
+    one = nbytes(_analysis(store).rf_masks(0, "benign", mode="fraction", value=0.5))
+    budget = int(2.5 * one)  # room for two images' RF masks (what the cache keeps of the RFs)
     an = _analysis(store, memory_bytes=budget)
     for pair in range(N_PAIRS):
         for side in ("benign", "adversarial"):
-            an.rf(pair, side, mode="fraction", value=0.5)
+            an.rf_masks(pair, side, mode="fraction", value=0.5)
+            an.rf(pair, side, mode="fraction", value=0.5)  # built from the masks, not kept
             assert an._memory.bytes <= budget
     assert len(an._memory) == 2
     # the budget comes from the environment by default
