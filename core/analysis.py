@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import replace
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -193,7 +194,7 @@ class Analysis:
         if not 0.0 <= q <= 1.0:
             raise ValueError(f"quantile q must be in [0, 1], got {q}")
         return self._cached(f"rf-quantile-{q:.4f}.npy", lambda: receptive_fields.neuron_quantiles(
-            lambda: self.store.row_blocks("benign_fmaps"), q))
+            self.store.array("benign_fmaps"), q, blocks=lambda: self.store.row_blocks("benign_fmaps")))
 
     def _pair(self, pair) -> int:
         return _int("pair", pair, 0, self.num_pairs)
@@ -293,12 +294,19 @@ class Analysis:
         """The file of the maps ``prepare`` stored for this pair (``[prepare] maps``; manifest
         ``vulnerability_maps``) when they were made with these k, stride and output, and the asked
         precision, or any precision for "auto"; None otherwise (the app computes them live)."""
-        info = self.store.manifest.get("vulnerability_maps") or {}
-        if int(pair) not in {int(p) for p in info.get("pairs", ())} or (int(k), int(stride), output) != (
-                info.get("k"), info.get("stride"), info.get("output")) or \
-                requested not in ("auto", info.get("precision")):
+        pairs, settings, precision = self._precomputed_maps
+        if int(pair) not in pairs or (int(k), int(stride), output) != settings or \
+                requested not in ("auto", precision):
             return None
-        return vulnerability.map_file_name(pair, k, stride, output, info["precision"])
+        return vulnerability.map_file_name(pair, k, stride, output, precision)
+
+    @cached_property
+    def _precomputed_maps(self) -> tuple[frozenset, tuple, str | None]:
+        """(pair ids, (k, stride, output), precision) of the manifest's precomputed maps; asked on every
+        rerun of the map pages, so parsed once."""
+        info = self.store.manifest.get("vulnerability_maps") or {}
+        return (frozenset(int(p) for p in info.get("pairs", ())),
+                (info.get("k"), info.get("stride"), info.get("output")), info.get("precision"))
 
     def _precomputed(self, pair: int, k: int, stride: int, output: str, requested: str
                      ) -> np.ndarray | None:

@@ -83,15 +83,6 @@ def bench_attack(n_images: int = 8200, fp32_subset: int = 512, batch_size: int =
     fast = model.to(memory_format=torch.channels_last) if prec == "bf16" else model
     xf = x.contiguous(memory_format=torch.channels_last) if prec == "bf16" else x
 
-    def timed(fn):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return out, time.perf_counter() - t
-
     def predict(images):
         return extract(model, images.contiguous(), batch_size=256, fmaps=False).logits.argmax(1)
 
@@ -99,10 +90,10 @@ def bench_attack(n_images: int = 8200, fp32_subset: int = 512, batch_size: int =
         return (predict(adv) != y[idx].cpu()).numpy()
 
     attacks.pgd(fast, xf[:16], y[:16], precision=prec, **kw)  # warm-up (oneDNN kernel selection)
-    adv_fast, t_fast = timed(lambda: attacks.pgd(fast, xf, y, precision=prec, **kw))
-    adv_es, t_es = timed(lambda: attacks.pgd(fast, xf, y, precision=prec, early_stop=True, **kw))
+    adv_fast, t_fast = _timed(lambda: attacks.pgd(fast, xf, y, precision=prec, **kw))
+    adv_es, t_es = _timed(lambda: attacks.pgd(fast, xf, y, precision=prec, early_stop=True, **kw))
     sub = slice(0, min(fp32_subset, len(x)))
-    adv_32, t_32 = timed(lambda: attacks.pgd(model.to(memory_format=torch.contiguous_format),
+    adv_32, t_32 = _timed(lambda: attacks.pgd(model.to(memory_format=torch.contiguous_format),
                                              x[sub], y[sub], precision="fp32", **kw))
     clean = (predict(x) == y.cpu()).numpy()
     f_fast, f_es, f_32 = fooled(adv_fast), fooled(adv_es), fooled(adv_32, sub)
@@ -128,12 +119,19 @@ def bench_attack(n_images: int = 8200, fp32_subset: int = 512, batch_size: int =
     }
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():  # CUDA runs asynchronously: time the work, not its launch
+        torch.cuda.synchronize()
+
+
 def _timed(fn, *args, repeat: int = 1, **kwargs):
     """(fn(*args, **kwargs), best wall time of ``repeat`` runs)."""
     best, out = float("inf"), None
     for _ in range(repeat):
+        _sync()
         t = time.perf_counter()
         out = fn(*args, **kwargs)
+        _sync()
         best = min(best, time.perf_counter() - t)
     return out, best
 
@@ -424,20 +422,6 @@ def bench_scale(images_224: int = 16, images_32: int = 128, seed: int = 0) -> di
     x224 = F.interpolate(x32, size=(224, 224), mode="bilinear", align_corners=False).clamp(0, 1)
     report: dict = {"machine": _machine(), "device": str(dev), "precision": prec}
 
-    def sync():
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-
-    def timed(fn, repeat=1):
-        best, out = float("inf"), None
-        for _ in range(repeat):
-            sync()
-            t = time.perf_counter()
-            out = fn()
-            sync()
-            best = min(best, time.perf_counter() - t)
-        return out, best
-
     def pair(model, x):
         x = x.to(dev)
         with torch.no_grad():
@@ -446,28 +430,28 @@ def bench_scale(images_224: int = 16, images_32: int = 128, seed: int = 0) -> di
         with torch.no_grad():
             ya = model(adv).argmax(1)
         i = int(torch.nonzero(ya != y).flatten()[0]) if bool((ya != y).any()) else 0
-        yb, yad = int(y[i]), int(ya[i]) if int(ya[i]) != int(y[i]) else (int(y[i]) + 1) % model.num_classes
-        return x[i], adv[i], yb, yad
+        yb, yad = int(y[i]), int(ya[i])
+        return x[i], adv[i], yb, yad if yad != yb else (yb + 1) % model.num_classes  # timing only
 
     def vmap(model, p, stride, precision):
         return vulnerability.vulnerability_maps(model, *p, stride=stride, precision=precision)
 
     p32 = pair(r18, x32[:8])
     vmap(r18, p32, 4, prec)  # warm-up (kernel selection)
-    _, t32 = timed(lambda: vmap(r18, p32, 1, "auto"), repeat=2)
+    _, t32 = _timed(vmap, r18, p32, 1, "auto", repeat=2)
     report["map_32px_resnet18_stride1_s"] = round(t32, 3)
 
     p224 = pair(wrn, x224[:2])
     stride = 1 if dev.type == "cuda" else vulnerability.default_stride(224, 224)
     vmap(wrn, p224, 56, prec)  # warm-up
-    fast, t224 = timed(lambda: vmap(wrn, p224, stride, "auto"))
+    fast, t224 = _timed(vmap, wrn, p224, stride, "auto")
     subs = len(range(0, 224, stride)) ** 2
     key = "map_224px_wrn18_stride1_s" if stride == 1 else f"map_224px_wrn18_stride{stride}_s"
     report[key] = round(t224, 3)
     report["map_224px_substitutions_per_s"] = round(subs / t224, 1)
     if stride != 1:
         report["map_224px_wrn18_stride1_s_estimated"] = round(224 * 224 / (subs / t224), 1)
-    exact, t224_32 = timed(lambda: vmap(wrn, p224, stride, "fp32"))
+    exact, t224_32 = _timed(vmap, wrn, p224, stride, "fp32")
     report[f"map_224px_fp32_stride{stride}_s"] = round(t224_32, 3)
     report["map_224px_fast_vs_fp32_top20_iou"] = [round(_mask_iou(exact[j].numpy(), fast[j].numpy(), 0.2), 4)
                                                    for j in range(2)]
@@ -481,7 +465,7 @@ def bench_scale(images_224: int = 16, images_32: int = 128, seed: int = 0) -> di
         bs = devices.batch_size(model, tuple(x.shape[1:]), dev, backward=True, precision=prec)
         fast_model = model.to(memory_format=torch.channels_last) if prec == "bf16" else model
         attacks.pgd(fast_model, x[:bs], y[:bs], precision=prec, batch_size=bs)  # warm-up
-        _, t = timed(lambda m=fast_model, x=x, y=y, b=bs: attacks.pgd(m, x, y, precision=prec, batch_size=b))
+        _, t = _timed(attacks.pgd, fast_model, x, y, precision=prec, batch_size=bs)
         report[f"pgd7_{name}_images_per_s"] = round(n / t, 2)
         report[f"pgd7_{name}_batch"] = bs
     return report

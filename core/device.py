@@ -10,11 +10,14 @@ Batch sizes (``batch_size``):
   64–128), scaled down in proportion to the pixels of larger images (at least ``MIN_BATCH``), so a
   224-px map or attack keeps its activations to a few hundred MB instead of gigabytes.
 - **CUDA**: as many images as fit in ``FREE_FRACTION`` of the GPU's free memory, from the memory one
-  image costs, measured on the model itself (peak allocation of a 2-image and a 4-image pass, forward
-  and, for the attack, backward: ``per_image_bytes``), capped at ``GPU_MAX_BATCH``, rounded down to a
-  multiple of 8. ``batch_from_memory`` is that arithmetic, kept pure so it is tested on any machine.
+  image costs, measured on the model itself once per input shape and pass (peak allocation of a
+  2-image and a 4-image pass, forward and, for the attack, backward: ``per_image_bytes``), capped at
+  ``GPU_MAX_BATCH``, rounded down to a multiple of 8. ``batch_from_memory`` is that arithmetic, kept
+  pure so it is tested on any machine.
 """
 from __future__ import annotations
+
+import weakref
 
 import torch
 from torch import nn
@@ -23,6 +26,8 @@ CPU_BATCH = 128
 MIN_BATCH = 8
 GPU_MAX_BATCH = 2048
 FREE_FRACTION = 0.6  # of the free GPU memory: room for the allocator's fragmentation and other users
+# per model: {(input shape, backward, precision): bytes per image}, measured once (each app map asks)
+_MEASURED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class DeviceError(RuntimeError):
@@ -88,5 +93,8 @@ def batch_size(model: nn.Module, input_shape: tuple[int, ...], device: torch.dev
     if device.type != "cuda":
         return cpu_batch(tuple(input_shape[-2:]))
     free, _total = torch.cuda.mem_get_info(device)
-    return batch_from_memory(free, per_image_bytes(model, input_shape, device, backward=backward,
-                                                   precision=precision))
+    measured = _MEASURED.setdefault(model, {})
+    key = (tuple(input_shape), backward, precision, str(device))
+    if key not in measured:  # a model property: free memory is read on every call, this only once
+        measured[key] = per_image_bytes(model, input_shape, device, backward=backward, precision=precision)
+    return batch_from_memory(free, measured[key])

@@ -278,11 +278,17 @@ def build_architecture(arch: str, num_classes: int, in_channels: int = 3, width:
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights", "params")
 
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint's tensors without running code, and unwrap nesting and ``module.`` prefixes."""
+def check_checkpoint(path: str | Path, hint: str = "") -> Path:
+    """The checkpoint's path, or a ModelError saying it is missing (``hint``: how to make it)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ModelError(f"checkpoint {path} does not exist (set [model] checkpoint to a weights file)")
+        raise ModelError(f"checkpoint {path} does not exist (set [model] checkpoint to a weights file){hint}")
+    return path
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint's tensors without running code, and unwrap nesting and ``module.`` prefixes."""
+    path = check_checkpoint(path)
     if not path.name.lower().endswith(CHECKPOINT_SUFFIXES):
         raise ModelError(f"checkpoint {path.name}: unsupported file type; use one of "
                          f"{', '.join(CHECKPOINT_SUFFIXES)}")

@@ -43,7 +43,7 @@ from core import data as datasets
 from core import device as devices
 from core.config import ExperimentConfig
 from core.features import extract
-from core.models import ModelError, load_model, model_fingerprint
+from core.models import ModelError, check_checkpoint, load_model, model_fingerprint
 from core.neuron_measures import class_statistics
 from core.projection import tsne
 from core.store import (
@@ -331,10 +331,10 @@ def _chunked(w: StoreWriter, stage: str, total: int, chunk: int, run: Runner,
 def _check_checkpoint(cfg: ExperimentConfig) -> None:
     from core.presets import PROBE_CHECKPOINT
     ckpt = cfg.model.checkpoint
-    if ckpt and not Path(ckpt).expanduser().is_file():
-        hint = (" (the cifar10-224 preset's model: make it once with `python -m core train --preset "
-                "cifar10-224`, about 3 minutes)" if Path(ckpt).expanduser() == PROBE_CHECKPOINT else "")
-        raise ModelError(f"checkpoint {ckpt} does not exist (set [model] checkpoint to a weights file){hint}")
+    if ckpt:
+        check_checkpoint(ckpt, " (the cifar10-224 preset's model: make it once with `python -m core train "
+                         "--preset cifar10-224`, about 3 minutes)"
+                         if Path(ckpt).expanduser() == PROBE_CHECKPOINT else "")
 
 
 def maps_order(labels: np.ndarray, adv_labels: np.ndarray) -> np.ndarray:
@@ -365,8 +365,7 @@ class Context:
         return (self.ds.channels, *self.ds.image_size)
 
     @classmethod
-    def build(cls, cfg: ExperimentConfig, log: Callable[[str], None] = lambda s: None,
-              device: str | None = None) -> Context:
+    def build(cls, cfg: ExperimentConfig, log: Callable[[str], None] = lambda s: None) -> Context:
         ds = datasets.load_dataset(cfg.data, channels=cfg.model.in_channels)
         for note in ds.notes:  # what the scan left out, converted or resized
             log(f"note: {note}")
@@ -379,7 +378,7 @@ class Context:
                                "unreadable files; check [data] root, classes and per_class")
         shape = (ds.channels, *ds.image_size)
         try:
-            dev = devices.resolve_device(device or cfg.prepare.device)
+            dev = devices.resolve_device(cfg.prepare.device)
         except devices.DeviceError as e:
             raise PrepareError(str(e)) from None
         model = load_model(cfg.model, shape).to(dev)

@@ -18,8 +18,7 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
 # The cifar10-224 preset's model, made by `python -m core train --preset cifar10-224` (core/train.py)
-PROBE_CHECKPOINT = Path(__file__).resolve().parents[1] / "cache" / ".models" / \
-    "efficientnet_lite0-cifar10-probe.safetensors"
+PROBE_CHECKPOINT = ROOT / "cache" / ".models" / "efficientnet_lite0-cifar10-probe.safetensors"
 PROBE_PER_CLASS = 100  # the experiment's images per class; the probe is fitted on later ones
 
 _DEMO_MODEL = ModelConfig(arch="resnet18_cifar", checkpoint=str(DEMO_CHECKPOINT), num_classes=10,

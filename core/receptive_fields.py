@@ -92,34 +92,33 @@ def upsample_maps(fmaps, size) -> torch.Tensor:
 SELECT_ELEMENTS = 1 << 21  # values per step of neuron_quantiles' selection (~16 MB per uint64 temporary)
 
 
-def neuron_quantiles(fmaps, q: float = DEFAULT_QUANTILE, *, block_bytes: int = 64 << 20) -> np.ndarray:
+def neuron_quantiles(fmaps, q: float = DEFAULT_QUANTILE, *, blocks=None, block_bytes: int = 64 << 20
+                     ) -> np.ndarray:
     """Per neuron j, the q-quantile of all raw values ``fmaps[:, j, :, :]`` over the dataset -> (n,) float32,
     exactly ``np.quantile(values, q)`` (linear interpolation between order statistics k = ⌊q(M−1)⌋ and
     k + 1 of the M = N·h·w values), without holding the values: a radix selection.
 
-    ``fmaps``: an (N,n,h,w) array, memmap or tensor, or a zero-argument callable returning an iterator
-    of (rows,n,h,w) blocks in order (``Store.row_blocks``: read without mapping, so a multi-GB store
-    leaves the process's RSS alone). Floats are mapped to order-preserving unsigned keys; one pass per
-    key byte (2 for the store's float16, 4 for float32) counts, per neuron, the next byte of the keys
-    that share the already chosen high bytes of the wanted order statistic. Memory: one block, a few
+    ``fmaps``: an (N,n,h,w) array, memmap or tensor. ``blocks``: None (rows of ``block_bytes`` sliced
+    from ``fmaps``), or a zero-argument callable returning an iterator of ``fmaps``' (rows,n,h,w) row
+    blocks in order (``Store.row_blocks``: read without mapping, so a multi-GB store leaves the
+    process's RSS alone; ``fmaps`` then gives only the shape and dtype). Floats are mapped to
+    order-preserving unsigned keys; one pass per key byte (2 for the store's float16, 4 for float32)
+    counts, per neuron, the next byte of the keys that share the already chosen high bytes of the
+    wanted order statistic. Memory: one block, a few
     uint64 temporaries of ``SELECT_ELEMENTS`` values (rows of a block are taken that many at a time),
-    and n×256 counters. Rows of ``block_bytes`` at a time when ``fmaps`` is an array.
+    and n×256 counters.
     """
     if not 0.0 <= q <= 1.0:
         raise ValueError(f"quantile q must be in [0, 1], got {q}")
-    if callable(fmaps):
-        blocks = fmaps
-    else:
-        arr = fmaps.numpy() if isinstance(fmaps, torch.Tensor) else fmaps
-        if arr.ndim != 4:
-            raise ValueError(f"fmaps must be (N,n,h,w), got shape {tuple(arr.shape)}")
+    arr = fmaps.numpy() if isinstance(fmaps, torch.Tensor) else fmaps
+    if arr.ndim != 4:
+        raise ValueError(f"fmaps must be (N,n,h,w), got shape {tuple(arr.shape)}")
+    if len(arr) == 0:
+        raise ValueError("neuron_quantiles needs at least one image's maps")
+    if blocks is None:
         rows = max(1, block_bytes // max(1, arr[:1].nbytes))
         blocks = lambda: (arr[i:i + rows] for i in range(0, len(arr), rows))  # noqa: E731
-    first = next(iter(blocks()), None)
-    if first is None:
-        raise ValueError("neuron_quantiles needs at least one image's maps")
-    first = np.asarray(first)
-    dtype, n = first.dtype, first.shape[1]
+    dtype, n, per_row = np.dtype(arr.dtype), arr.shape[1], int(np.prod(arr.shape[1:]))
     if dtype not in (np.float16, np.float32):
         dtype = np.dtype(np.float32)
     bits = np.dtype(dtype).itemsize * 8
@@ -131,14 +130,14 @@ def neuron_quantiles(fmaps, q: float = DEFAULT_QUANTILE, *, block_bytes: int = 6
         k = np.where(b & sign, ~b, b | sign)
         return np.moveaxis(k, 1, 0).reshape(n, -1)
 
-    total = sum(np.asarray(b).shape[0] * np.asarray(b)[0, 0].size for b in blocks())
+    total = len(arr) * int(np.prod(arr.shape[2:]))  # values per neuron, from the shape: no extra pass
     h = q * (total - 1)
     lo = int(np.floor(h))
     ranks = np.array([lo, min(lo + 1, total - 1)], dtype=np.int64)  # the two order statistics
     prefix = np.zeros((2, n), dtype=np.uint64)  # chosen high bytes of each statistic's key, per neuron
     left = np.repeat(ranks[:, None], n, axis=1)  # rank still to find among keys sharing the prefix
     rows_n = np.arange(n)[:, None]
-    sub = max(1, SELECT_ELEMENTS // max(1, first[0].size))  # rows per pass: bounds the uint64 temporaries
+    sub = max(1, SELECT_ELEMENTS // max(1, per_row))  # rows per pass: bounds the uint64 temporaries
     for shift in range(bits - 8, -8, -8):
         counts = np.zeros((2, n, 256), dtype=np.int64)
         for block in (b[i:i + sub] for b in blocks() for i in range(0, len(b), sub)):

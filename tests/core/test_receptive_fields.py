@@ -244,7 +244,7 @@ def test_neuron_quantiles_exact_with_negatives_ties_and_blocks(dtype, select, mo
     for q in (0.0, 0.1, 0.5, 0.9, 0.999, 1.0):
         ref = [np.quantile(fm[:, j].astype(np.float32).ravel(), q) for j in range(6)]
         np.testing.assert_allclose(rf.neuron_quantiles(fm, q), ref, rtol=1e-6, atol=1e-7)
-        np.testing.assert_allclose(rf.neuron_quantiles(blocks, q), ref, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(rf.neuron_quantiles(fm, q, blocks=blocks), ref, rtol=1e-6, atol=1e-7)
 
 
 def test_rf_masks_in_neuron_blocks_equal_one_pass(real):
