@@ -7,11 +7,17 @@ import streamlit as st
 
 from core import data as datasets
 from core.config import ConfigError
-from core.models import ARCHITECTURES, CHECKPOINT_SUFFIXES
+from core.hosting import settings
+from core.models import ARCHITECTURES, CHECKPOINT_SUFFIXES, ModelError
 from core.presets import PRESETS
 from core.store import Store, StoreError, validate_id
 from core.ui import jobs, session
 from core.ui.stores import cache_dir, experiments
+try:  # TEMP until core/ui/text.py lands
+    from core.ui.text import plain  # every message may hold user or file text (paths, names)
+except ImportError:
+    def plain(t):
+        return str(t)
 
 session.require_app()  # first: a deep link must not run a page outside app.py
 
@@ -25,6 +31,7 @@ FIELDS = ("prepare_preset", "prepare_source", "prepare_root", "prepare_image_siz
           "prepare_width", "prepare_mean", "prepare_std", "prepare_method", "prepare_eps", "prepare_alpha",
           "prepare_steps", "prepare_early_stop", "prepare_random_start", "prepare_batch_size", "prepare_maps",
           "prepare_perplexity", "prepare_device", "prepare_id")
+limits = settings()
 SAVED = "prepare_saved"  # the form's values, kept while the user visits other pages
 JOB = "prepare_job"      # the experiment id this session started
 
@@ -121,10 +128,13 @@ def _live(experiment: str, cache: str) -> None:
     if job is None or job.finished:
         experiments.clear()
         st.rerun()
-    with st.status(f"Preparing **{experiment}**…", expanded=True, state="running"):
+    with st.status(f"Preparing {plain(experiment)}…", expanded=True, state="running"):
         st.progress(job.fraction, text=job.describe())
         st.caption(f"{job.elapsed():.0f} s so far. It runs on the server: you can explore other "
                    "experiments meanwhile, or come back to this page to see how far it got.")
+        st.button("Cancel", key="prepare_cancel", icon=":material/stop:", on_click=jobs.cancel, args=(job,),
+                  disabled=job.cancelled, help="Stops the job; what it finished is kept, so preparing the "
+                  "same id with the same settings later resumes where it stopped.")
 
 
 def _job_panel(experiment: str, cache: Path) -> None:
@@ -136,22 +146,22 @@ def _job_panel(experiment: str, cache: Path) -> None:
         _live(experiment, str(cache))
         return
     if job.error:
-        st.error(f"Preparing **{experiment}** failed: {job.error}")
+        st.error(f"Preparing {plain(experiment)} failed: {plain(job.error)}")
         st.caption("Nothing half-written was published. Fix the problem and press Prepare again with the "
                    "same experiment id: an interrupted run resumes where it stopped.")
     else:
         counts = Store(job.path).counts
         skipped = (f" {counts['n_skipped']:,} unreadable file(s) were skipped (see Messages)."
                    if counts.get("n_skipped") else "")
-        st.success(f"**{experiment}** is ready ({job.elapsed():.0f} s): {counts['n_success']:,} successful "
-                   f"attacks out of {counts['n_attacked']:,} correctly classified images "
+        st.success(f"{plain(experiment)} is ready ({job.elapsed():.0f} s): {counts['n_success']:,} "
+                   f"successful attacks out of {counts['n_attacked']:,} correctly classified images "
                    f"({counts['n_images']:,} images, clean accuracy {counts['clean_accuracy']:.1%})."
                    + skipped)
         st.button("Explore it", key="prepare_explore", type="primary", on_click=_explore, args=(experiment,),
                   icon=":material/arrow_forward:")
     if job.log:
         with st.expander("Messages"):
-            st.text("\n".join(job.log[-50:]))
+            st.text("\n".join(list(job.log)[-50:]))
     st.button("Dismiss", key="prepare_dismiss", on_click=lambda: st.session_state.pop(JOB, None))
 
 
@@ -170,7 +180,7 @@ if st.session_state.get(JOB):
 others = [j for j in jobs.running(cache) if j.experiment != st.session_state.get(JOB)]
 if others:
     st.caption("Also being prepared on this server: " + ", ".join(
-        f"{j.experiment} ({j.describe().lower()})" for j in others))
+        f"{plain(j.experiment)} ({j.describe().lower()})" for j in others))
 
 # the form's values survive a visit to another page (Streamlit drops the state of unrendered widgets)
 for key, value in st.session_state.get(SAVED, {}).items():
@@ -205,17 +215,19 @@ with left:
         st.info("Enter the folder that holds your images, one sub-folder per class.")
     else:
         try:
-            classes_all = jobs.dataset_classes(source, st.session_state.get("prepare_root"))
+            classes_all = jobs.dataset_classes(source, st.session_state.get("prepare_root"), cache)
         except datasets.DataError as e:
-            st.error(str(e))
+            st.error(plain(str(e)))
     if classes_all:
         st.session_state["prepare_classes"] = [c for c in st.session_state.get("prepare_classes", [])
                                                if c in classes_all]
         st.multiselect(f"Classes ({len(classes_all)} found; none chosen = all)", classes_all,
-                       key="prepare_classes", placeholder="All classes")
+                       key="prepare_classes", placeholder="All classes", format_func=plain)
     c1, c2 = st.columns(2)
-    c1.number_input("Images per class (0 = all)", min_value=0, step=10, key="prepare_per_class")
-    c2.number_input("Resize to (pixels, 0 = keep)", min_value=0, step=32, key="prepare_image_size",
+    c1.number_input("Images per class (0 = all)", min_value=0, max_value=limits.max_per_class, step=10,
+                    key="prepare_per_class")
+    c2.number_input("Resize to (pixels, 0 = keep)", min_value=0, max_value=limits.max_image_size, step=32,
+                    key="prepare_image_size",
                     help="Needed when your images differ in size; 224 for ImageNet-style models.")
 
     st.markdown("#### 2. Model")
@@ -226,21 +238,24 @@ with left:
         st.text_input("Checkpoint file (on the server)", key="prepare_ckpt_path",
                       placeholder="/models/my-model.pth")
         path = st.session_state["prepare_ckpt_path"].strip()
-        if path and not Path(path).expanduser().is_file():
-            st.error(f"the checkpoint file {path} does not exist on the server")
+        try:  # nothing is looked up outside the folders the server lets the app read
+            if path and not jobs.server_path(path, cache, "checkpoint file", ModelError).is_file():
+                st.error(plain(f"the checkpoint file {path!r} does not exist on the server"))
+        except ModelError as e:
+            st.error(plain(str(e)))
     else:
         st.file_uploader("Upload the checkpoint", key="prepare_upload", on_change=_on_upload,
                          type=sorted({s.rsplit(".", 1)[-1] for s in CHECKPOINT_SUFFIXES}),
                          help="Only plain weights are read (never code): a state dict or .safetensors. "
                               "It is kept on the server under the cache folder.")
         if st.session_state.get("prepare_upload_error"):
-            st.error(st.session_state["prepare_upload_error"])
+            st.error(plain(st.session_state["prepare_upload_error"]))
         elif st.session_state.get("prepare_upload_path"):
             st.caption("Checkpoint received and readable.")
     with st.expander("Model details"):
         st.radio("Input channels", (3, 1), key="prepare_channels", horizontal=True,
                  format_func=lambda c: "3 (colour)" if c == 3 else "1 (grayscale)")
-        st.number_input("Width (resnet18_cifar only; 64 = 512 neurons)", min_value=8, step=8,
+        st.number_input("Width (resnet18_cifar only; 64 = 512 neurons)", min_value=8, max_value=512, step=8,
                         key="prepare_width")
         st.text_input("Normalization mean", key="prepare_mean")
         st.text_input("Normalization std", key="prepare_std")
@@ -271,26 +286,28 @@ with right:
     try:
         validate_id(ident)
         if (cache / ident).exists():
-            st.error(f"an experiment named {ident!r} already exists; choose another id")
+            st.error(plain(f"an experiment named {ident!r} already exists; choose another id"))
         elif (cache / f".partial-{ident}").exists():
-            st.info(f"An interrupted prepare of {ident!r} was found: with the same settings it resumes "
-                    "where it stopped.")
+            st.info(plain(f"An interrupted prepare of {ident!r} was found: with the same settings it "
+                          "resumes where it stopped."))
     except StoreError as e:
-        st.error(str(e))
+        st.error(plain(str(e)))
     with st.expander("Run details"):
-        st.number_input("Batch size (0 = chosen for the device and image size)", min_value=0, step=16,
-                        key="prepare_batch_size")
-        st.number_input("Precompute the vulnerability maps of this many pairs", min_value=0, step=10,
+        st.number_input("Batch size (0 = chosen for the device and image size)", min_value=0,
+                        max_value=4096, step=16, key="prepare_batch_size")
+        st.number_input("Precompute the vulnerability maps of this many pairs", min_value=0,
+                        max_value=limits.max_images, step=10,
                         key="prepare_maps", help="Those of the most populated prediction-matrix cells "
                         "first (paper §8). They open at once in the app; other pairs are computed when "
                         "first opened (seconds each at 32 px, more at 224 px).")
-        st.number_input("t-SNE perplexity", min_value=2.0, step=5.0, key="prepare_perplexity")
+        st.number_input("t-SNE perplexity", min_value=2.0, max_value=500.0, step=5.0,
+                        key="prepare_perplexity")
         st.selectbox("Device", ("auto", "cpu", "cuda"), key="prepare_device")
     busy = jobs.get(ident, cache) if ident else None
     start = st.button("Prepare", key="prepare_start", type="primary", icon=":material/play_arrow:",
                       disabled=busy is not None and busy.running)
     if busy is not None and busy.running:
-        st.caption(f"{ident!r} is being prepared now.")
+        st.caption(plain(f"{ident!r} is being prepared now."))
 
 st.session_state[SAVED] = {k: st.session_state[k] for k in FIELDS if k in st.session_state}
 
@@ -299,15 +316,16 @@ if start:
         ident = validate_id(ident)
         if (cache / ident).exists():
             raise StoreError(f"an experiment named {ident!r} already exists; choose another id")
-        classes_all = jobs.dataset_classes(source, st.session_state.get("prepare_root"))
+        classes_all = jobs.dataset_classes(source, st.session_state.get("prepare_root"), cache)
         cfg = jobs.build_config(None if st.session_state["prepare_preset"] == CUSTOM
                                 else st.session_state["prepare_preset"], _config_values(classes_all))
+        jobs.check_server_paths(cfg, cache)
         with st.spinner("Checking the checkpoint…"):
             jobs.check_model(cfg)
         jobs.start(cfg, ident, cache)
     except jobs.USER_ERRORS as e:
         with right:
-            st.error(str(e))
+            st.error(plain(str(e)))
     else:
         st.session_state[JOB] = ident
         st.rerun()

@@ -1,179 +1,117 @@
-"""Preparing experiments from the app: background ``prepare`` jobs, and the prepare form's pure helpers.
-
-Jobs. ``start`` runs ``core.pipeline.prepare`` in a daemon thread of the Streamlit server and returns at
-once, so the page that started it, the user's other pages and other users' sessions keep working; the
-page polls the job's progress. The registry is process-wide (a module-level dict under a lock), keyed
-by (cache folder, experiment id): every session sees every job, and one id cannot be started twice in
-this server; ``prepare`` itself holds a file lock per id, so a second server or the CLI cannot write the
-same store at the same time either (its error says so). A crash or a server stop leaves only
-``cache/.partial-<id>/``, never a half store; starting the same id with the same settings again resumes.
-
-Form helpers (no Streamlit): the class names of a data source, a checked image folder, checkpoint uploads
-saved under a content-addressed name, a config built from a preset plus the form's values, and a model
-check that loads the checkpoint with the project's safe loader before any long run starts.
+"""The Prepare page's pure helpers (no Streamlit): the class names of a data source, the server folders
+the page may read, a checked image folder, checkpoint uploads saved under a content-addressed name, a config
+built from a preset plus the form's values, and a model check that loads the checkpoint with the project's
+safe loader before any long run starts. The jobs themselves run in processes of their own
+(``core.jobs``; re-exported here for the page).
 """
 from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import os
 import threading
-import time
-import traceback
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 
 from core import models
 from core.config import ConfigError, ExperimentConfig
 from core.data import CIFAR10_CLASSES, FASHION_MNIST_CLASSES, DataError
+from core.hosting import settings
+from core.jobs import USER_ERRORS, Job, cancel, get, running, start  # noqa: F401  (the page's API)
 from core.models import ARCHITECTURES, CHECKPOINT_SUFFIXES, ModelError
-from core.pipeline import STAGES, PrepareError
 from core.presets import PRESETS
-from core.store import StoreError, validate_id
 
-USER_ERRORS = (ConfigError, DataError, ModelError, StoreError, PrepareError)
 UPLOADS = ".uploads"  # under the cache folder; hidden names are never listed as experiments
 MAX_UPLOAD_BYTES = 512 * 2**20  # the page passes Streamlit's server.maxUploadSize instead
-STAGE_TEXT = {"load": "loading the dataset and the model", "clean": "predicting every image",
-              "attack": "attacking the correctly classified images", "features":
-              "recording the neurons' activations", "statistics": "per-class statistics",
-              "maps": "precomputing vulnerability maps", "tsne": "laying out the t-SNE maps",
-              "publish": "writing the experiment"}
-
-
-# -- jobs ----------------------------------------------------------------------------------------------
-@dataclass
-class Job:
-    """One prepare run. ``stage``/``done``/``total`` are the latest progress report (``done``/``total``
-    items of ``stage``); ``finished`` is set last, after ``path`` or ``error``."""
-    experiment: str
-    cache_dir: str
-    stage: str = "load"
-    done: int = 0
-    total: int = 0
-    error: str | None = None
-    path: str | None = None
-    finished: bool = False
-    started: float = field(default_factory=time.time)
-    ended: float | None = None
-    log: list[str] = field(default_factory=list)
-    thread: threading.Thread | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def running(self) -> bool:
-        return not self.finished
-
-    @property
-    def ok(self) -> bool:
-        return self.finished and self.error is None
-
-    @property
-    def fraction(self) -> float:
-        """Progress of the current stage in [0, 1]."""
-        return min(1.0, self.done / self.total) if self.total else 0.0
-
-    def describe(self) -> str:
-        step = STAGES.index(self.stage) + 1 if self.stage in STAGES else 0
-        what = STAGE_TEXT.get(self.stage, self.stage)
-        count = f": {self.done:,} of {self.total:,}" if self.total else ""
-        return f"Step {step} of {len(STAGES)}, {what}{count}"
-
-    def elapsed(self) -> float:
-        return (self.ended or time.time()) - self.started
-
-
-_JOBS: dict[tuple[str, str], Job] = {}
-_LOCK = threading.Lock()
-
-
-def _key(experiment_id: str, cache_dir) -> tuple[str, str]:
-    return str(Path(cache_dir).resolve()), experiment_id
-
-
-def get(experiment_id: str, cache_dir) -> Job | None:
-    with _LOCK:
-        return _JOBS.get(_key(experiment_id, cache_dir))
-
-
-def running(cache_dir) -> list[Job]:
-    """The jobs still running for this cache folder (any session's)."""
-    folder = str(Path(cache_dir).resolve())
-    with _LOCK:
-        return [j for (c, _), j in _JOBS.items() if c == folder and j.running]
-
-
-def start(cfg: ExperimentConfig, experiment_id: str, cache_dir, *,
-          prepare_fn: Callable | None = None) -> Job:
-    """Start preparing ``experiment_id`` in the background; a StoreError if the id is invalid, the
-    experiment exists already, or this server is preparing it now."""
-    validate_id(experiment_id)
-    if (Path(cache_dir) / experiment_id).exists():
-        raise StoreError(f"experiment {experiment_id!r} already exists; choose another id")
-    if prepare_fn is None:
-        from core.pipeline import prepare as prepare_fn
-    with _LOCK:
-        old = _JOBS.get(_key(experiment_id, cache_dir))
-        if old is not None and old.running:
-            raise StoreError(f"experiment {experiment_id!r} is already being prepared (started "
-                             f"{old.elapsed():.0f} s ago); wait for it to finish")
-        job = Job(experiment_id, str(cache_dir))
-        job.thread = threading.Thread(target=_run, args=(job, cfg, prepare_fn), daemon=True,
-                                      name=f"prepare-{experiment_id}")
-        _JOBS[_key(experiment_id, cache_dir)] = job
-        job.thread.start()
-    return job
-
-
-def _run(job: Job, cfg: ExperimentConfig, prepare_fn: Callable) -> None:
-    def progress(stage: str, done: int, total: int) -> None:
-        job.stage, job.done, job.total = stage, int(done), int(total)
-
-    try:
-        path = prepare_fn(cfg, job.experiment, cache_dir=job.cache_dir, progress=progress, show_bars=False,
-                          log=job.log.append)
-        job.path = str(path)
-    except USER_ERRORS as e:
-        job.error = str(e)
-    except Exception as e:  # anything else is a bug or the machine (memory, disk): still tell the user
-        job.error = f"unexpected {type(e).__name__}: {e}"
-        job.log.append(traceback.format_exc())
-    finally:
-        job.ended = time.time()
-        job.finished = True
 
 
 # -- form helpers ---------------------------------------------------------------------------------------
-def check_folder(root: str | Path | None) -> list[str]:
-    """The class names (sorted sub-folder names, as ``core.data.image_folder``) of an image folder,
-    or a DataError that says what is wrong with the path."""
+def readable_roots(cache_dir) -> list[Path]:
+    """The server folders the Prepare page may read: the cache's uploads, the folders of the presets' own
+    datasets and checkpoints (chosen by whoever installed the app), and the administrator's ``data_roots``
+    (``core.hosting``: nve-server.toml or NVE_DATA_ROOTS). Nothing else, existing or not."""
+    roots = {Path(cache_dir).resolve() / UPLOADS, *(Path(r) for r in settings().data_roots)}
+    for cfg in PRESETS.values():
+        if cfg.data.root and Path(cfg.data.root).is_absolute():
+            roots.add(Path(cfg.data.root).resolve())
+        if cfg.model.checkpoint and Path(cfg.model.checkpoint).is_absolute():
+            roots.add(Path(cfg.model.checkpoint).resolve().parent)
+    return sorted(roots)
+
+
+def server_path(text: str | Path, cache_dir, what: str, error: type[Exception] = DataError) -> Path:
+    """``text`` as a resolved path inside ``readable_roots``, or ``error``. Symlinks are resolved first (a
+    link inside an allowed folder that points out of it is refused), and the refusal reads the same
+    whether the path exists or not, so the page reveals nothing about the rest of the server."""
+    raw = str(text).strip()
+    roots = readable_roots(cache_dir)
+    refusal = error(f"the {what} {raw!r} is not in a folder this server lets the app read. Use a path under "
+                    f"{' or '.join(str(r) for r in roots)}, or ask the server's administrator to add its "
+                    "folder to data_roots (nve-server.toml or NVE_DATA_ROOTS)")
+    try:
+        path = Path(raw).expanduser()
+    except RuntimeError:  # "~nobody": no such home
+        path = Path(raw)
+    if not path.is_absolute():
+        raise error(f"the {what} {raw!r} must be an absolute path on the server, e.g. {roots[-1]}")
+    try:
+        resolved = path.resolve()
+    except (OSError, ValueError, RuntimeError):  # NUL bytes, symlink loops, unreadable parents
+        raise refusal from None
+    if not any(resolved == r or resolved.is_relative_to(r) for r in roots):
+        raise refusal
+    return resolved
+
+
+def check_folder(root: str | Path | None, cache_dir) -> list[str]:
+    """The class names (sorted sub-folder names, as ``core.data.image_folder``) of an image folder the
+    page may read, or a DataError that says what is wrong with the path."""
     if not root or not str(root).strip():
         raise DataError("enter the dataset folder: a folder holding one sub-folder of images per class")
-    path = Path(str(root).strip()).expanduser()
+    path = server_path(root, cache_dir, "dataset folder")
     if not path.exists():
-        raise DataError(f"the dataset folder {path} does not exist (the path is read on the server)")
+        raise DataError(f"the dataset folder {str(path)!r} does not exist (the path is read on the server)")
     if not path.is_dir():
-        raise DataError(f"{path} is a file, not a folder; enter the folder that holds the class folders")
+        raise DataError(f"{str(path)!r} is a file, not a folder; enter the folder that holds the class "
+                        "folders")
     if not os.access(path, os.R_OK | os.X_OK):
-        raise DataError(f"the dataset folder {path} cannot be read (permissions)")
-    classes = sorted(d.name for d in os.scandir(path) if d.is_dir() and not d.name.startswith("."))
+        raise DataError(f"the dataset folder {str(path)!r} cannot be read (permissions)")
+    limit = settings().max_scan_files
+    with os.scandir(path) as entries:  # a folder of millions of entries is refused, not listed
+        found = list(itertools.islice(entries, limit + 1))
+    if len(found) > limit:
+        raise DataError(f"the dataset folder {str(path)!r} holds more than {limit:,} entries; use a folder "
+                        "with one sub-folder per class")
+    classes = sorted(d.name for d in found if d.is_dir() and not d.name.startswith("."))
     if not classes:
-        raise DataError(f"{path} has no class folders: put the images in one sub-folder per class, "
+        raise DataError(f"{str(path)!r} has no class folders: put the images in one sub-folder per class, "
                         "e.g. cats/001.jpg, dogs/001.jpg")
     return classes
 
 
-def dataset_classes(source: str, root: str | None) -> list[str]:
+def dataset_classes(source: str, root: str | None, cache_dir) -> list[str]:
     """Every class name of a data source (the model's output order)."""
+    if source in ("demo", "fashion_mnist") and not (root and str(root).strip()):
+        return list(FASHION_MNIST_CLASSES)
     if source in ("demo", "fashion_mnist"):
+        server_path(root, cache_dir, "Fashion-MNIST folder")
         return list(FASHION_MNIST_CLASSES)
     if source == "cifar10":
-        if not root or not Path(str(root)).expanduser().is_dir():
+        if not root or not server_path(root, cache_dir, "CIFAR-10 folder").is_dir():
             raise DataError(f"the CIFAR-10 folder {root or '(empty)'} does not exist")
         return list(CIFAR10_CLASSES)
     if source == "image_folder":
-        return check_folder(root)
+        return check_folder(root, cache_dir)
     raise DataError(f"unknown data source {source!r}")
+
+
+def check_server_paths(cfg: ExperimentConfig, cache_dir) -> None:
+    """The page's job may read only allowed folders: its dataset folder and its checkpoint."""
+    if cfg.data.root:
+        server_path(cfg.data.root, cache_dir, "dataset folder")
+    if cfg.model.checkpoint:
+        server_path(cfg.model.checkpoint, cache_dir, "checkpoint file", ModelError)
 
 
 def checkpoint_suffix(filename: str) -> str:
@@ -187,9 +125,10 @@ def checkpoint_suffix(filename: str) -> str:
 
 def save_upload(data: bytes, filename: str, cache_dir, max_bytes: int = MAX_UPLOAD_BYTES) -> Path:
     """Keep an uploaded checkpoint as ``<cache>/.uploads/<sha256><suffix>`` (content-addressed, written
-    atomically) after checking its type (by the name's suffix: the name itself is never a path), its size
-    (1 byte to ``max_bytes``) and that it loads as plain weights (``core.models.load_state_dict``); a
-    file that does not is removed and its ModelError raised."""
+    atomically) once it has passed every check: its type (by the name's suffix: the name itself is never
+    a path), its size (1 byte to ``max_bytes``), and that it holds the plain weights of a CNN
+    (``core.models.load_state_dict``, with its size limits, then ``check_weights``). A file that fails is
+    never kept; its ModelError is raised."""
     suffix = checkpoint_suffix(filename)
     if not data:
         raise ModelError(f"{filename}: the uploaded file is empty; upload the checkpoint again")
@@ -199,16 +138,19 @@ def save_upload(data: bytes, filename: str, cache_dir, max_bytes: int = MAX_UPLO
                          "and give its path instead")
     folder = Path(cache_dir) / UPLOADS
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{hashlib.sha256(data).hexdigest()}{suffix}"
-    if not path.is_file():
-        tmp = folder / f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}"
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+    digest = hashlib.sha256(data).hexdigest()
+    path = folder / f"{digest}{suffix}"
+    if path.is_file():
+        return path
+    tmp = folder / f".tmp-{os.getpid()}-{threading.get_ident()}-{digest}{suffix}"
     try:
-        models.load_state_dict(path)
-    except ModelError:
-        path.unlink(missing_ok=True)
-        raise
+        tmp.write_bytes(data)
+        models.check_weights(models.load_state_dict(tmp), source=f"{filename}")
+        os.replace(tmp, path)
+    except ModelError as e:  # name the user's file, not the server's temporary path
+        raise ModelError(str(e).replace(str(tmp), filename).replace(tmp.name, filename)) from None
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -3,7 +3,7 @@ registry and form helpers behind it (core.ui.jobs)."""
 from __future__ import annotations
 
 import hashlib
-import threading
+import os
 import time
 from pathlib import Path
 
@@ -13,7 +13,8 @@ from streamlit.testing.v1 import AppTest
 
 from core.config import ConfigError
 from core.data import DataError
-from core.models import ModelError
+from core.models import ModelError, build_architecture
+from core.pipeline import PrepareError
 from core.presets import PRESETS
 from core.store import Store, StoreError
 from core.ui import jobs
@@ -26,6 +27,7 @@ RESNET20 = "resnet20-12fca82f.th"
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("NVE_CACHE", str(tmp_path))
+    monkeypatch.setenv("NVE_DATA_ROOTS", str(tmp_path))  # as an administrator lists a data folder
     return tmp_path
 
 
@@ -40,10 +42,7 @@ def errors(at) -> list[str]:
 
 
 def wait(job: jobs.Job, seconds: float = 120) -> None:
-    end = time.time() + seconds
-    while job.running and time.time() < end:
-        time.sleep(0.2)
-    assert job.finished, f"the job did not finish in {seconds} s (at {job.describe()})"
+    assert job.wait(seconds), f"the job did not finish in {seconds} s (at {job.describe()})"
 
 
 def test_form_renders_with_the_default_preset(cache):
@@ -67,11 +66,11 @@ def test_bad_id_and_missing_folder_are_explained(cache):
     at.selectbox(key="prepare_preset").set_value("custom").run()
     assert at.selectbox(key="prepare_source").value == "image_folder"
     at.text_input(key="prepare_root").set_value(str(cache / "nowhere")).run()
-    assert any("nowhere does not exist" in e for e in errors(at))
+    assert any("nowhere' does not exist" in e for e in errors(at))
     at.text_input(key="prepare_id").set_value("fine-id").run()
     at.button(key="prepare_start").click().run()
     assert not at.exception
-    assert any("nowhere does not exist" in e for e in errors(at))
+    assert any("nowhere' does not exist" in e for e in errors(at))
     assert jobs.get("fine-id", cache) is None  # nothing started
 
 
@@ -125,53 +124,74 @@ def test_a_small_real_run_from_the_form(cache, cifar_root, models_dir):
 
 
 # -- the job registry and form helpers -------------------------------------------------------------------
-def test_one_job_per_experiment_with_progress_and_errors(tmp_path):
-    gate = threading.Event()
-
-    def slow(cfg, experiment_id, *, cache_dir, progress, show_bars, log):
-        progress("attack", 3, 12)
-        log("hello")
-        gate.wait(10)
-        raise DataError("the images are gone")
-
-    job = jobs.start(PRESETS["demo"], "busy", tmp_path, prepare_fn=slow)
-    for _ in range(100):
-        if job.stage == "attack":
+def test_one_job_per_experiment_with_progress_and_errors(tmp_path, monkeypatch):
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("NVE_TEST_GATE", str(gate))
+    job = jobs.start(PRESETS["demo"], "busy", tmp_path, target="tests.job_targets:slow")
+    assert job.process.pid != os.getpid()  # the job runs in a process of its own
+    for _ in range(600):
+        if job.stage == "attack" and job.log:
             break
-        time.sleep(0.01)
+        time.sleep(0.05)
     assert (job.stage, job.done, job.total, job.fraction) == ("attack", 3, 12, 0.25)
     assert job.describe() == "Step 3 of 8, attacking the correctly classified images: 3 of 12"
     assert job in jobs.running(tmp_path)
     with pytest.raises(StoreError, match="already being prepared"):
-        jobs.start(PRESETS["demo"], "busy", tmp_path, prepare_fn=slow)
-    gate.set()
-    wait(job, 10)
-    assert job.error == "the images are gone" and job.log == ["hello"] and not job.ok
+        jobs.start(PRESETS["demo"], "busy", tmp_path, target="tests.job_targets:slow")
+    gate.touch()
+    assert job.wait(60)
+    assert job.error == "the images are gone" and list(job.log) == ["hello"] and not job.ok
     assert job not in jobs.running(tmp_path)
     with pytest.raises(StoreError, match="invalid experiment id"):
-        jobs.start(PRESETS["demo"], "a/b", tmp_path, prepare_fn=slow)
+        jobs.start(PRESETS["demo"], "a/b", tmp_path, target="tests.job_targets:slow")
     (tmp_path / "done").mkdir()
     with pytest.raises(StoreError, match="already exists"):
-        jobs.start(PRESETS["demo"], "done", tmp_path, prepare_fn=slow)
+        jobs.start(PRESETS["demo"], "done", tmp_path, target="tests.job_targets:slow")
 
 
-def test_unexpected_failures_are_reported_not_raised(tmp_path):
-    def broken(*args, **kwargs):
-        raise MemoryError("out of memory")
+@pytest.mark.parametrize("target, says", [
+    ("out_of_memory", "ran out of memory"),
+    ("bug", "unexpected error (KeyError)"),
+    ("killed", "killed, most likely because the server ran out of memory"),
+    ("bus_error", "bus error, most likely a full disk"),
+])
+def test_a_failing_job_is_reported_and_the_server_lives_on(tmp_path, target, says):
+    """A crash, an OOM kill or a SIGBUS ends the job's process only; the user reads one sentence (no
+    traceback, no server path) and learns that the work so far is kept."""
+    job = jobs.start(PRESETS["demo"], target.replace("_", "-"), tmp_path,
+                     target=f"tests.job_targets:{target}")
+    assert job.wait(60)
+    assert says in job.error and "Traceback" not in job.error and "/srv/secret" not in job.error
+    assert job.process.returncode != 0 and not job.ok
 
-    job = jobs.start(PRESETS["demo"], "oom", tmp_path, prepare_fn=broken)
-    wait(job, 10)
-    assert job.error == "unexpected MemoryError: out of memory"
+
+def test_cancel_and_the_job_limit(tmp_path, monkeypatch):
+    monkeypatch.setenv("NVE_MAX_JOBS", "1")
+    first = jobs.start(PRESETS["demo"], "first", tmp_path, target="tests.job_targets:hang")
+    with pytest.raises(PrepareError, match="at most 1 experiment.*'first'"):
+        jobs.start(PRESETS["demo"], "second", tmp_path, target="tests.job_targets:hang")
+    monkeypatch.setenv("NVE_MAX_JOBS", "2")
+    second = jobs.start(PRESETS["demo"], "second", tmp_path, target="tests.job_targets:hang")
+    for job in (first, second):
+        jobs.cancel(job)
+        assert job.wait(30)
+        assert job.error.startswith("cancelled") and job.process.returncode is not None
+    assert jobs.running() == []
 
 
 def test_uploads_are_content_addressed_and_loaded_safely(tmp_path):
     weights = tmp_path / "w.pt"
-    torch.save({"fc.weight": torch.ones(2, 3)}, weights)
+    torch.save(build_architecture("resnet20_cifar", 10).state_dict(), weights)
     data = weights.read_bytes()
     path = jobs.save_upload(data, "../../My Model.pt", tmp_path)  # the name is never a path
     assert path.parent == tmp_path / jobs.UPLOADS and path.suffix == ".pt"
     assert path.stem == hashlib.sha256(data).hexdigest()
     assert jobs.save_upload(data, "again.pt", tmp_path) == path
+    not_a_cnn = tmp_path / "mlp.pt"  # plain tensors, but no convolution: refused, never kept
+    torch.save({"fc.weight": torch.ones(2, 3), "fc.bias": torch.ones(2)}, not_a_cnn)
+    with pytest.raises(ModelError, match="mlp.pt has no convolution kernels") as refused:
+        jobs.save_upload(not_a_cnn.read_bytes(), "mlp.pt", tmp_path)
+    assert str(tmp_path) not in str(refused.value)  # the user's file name, not the server's path
     assert jobs.checkpoint_suffix("places.PTH.TAR") == ".pth.tar"
     with pytest.raises(ModelError, match="unsupported checkpoint type"):
         jobs.save_upload(data, "model.exe", tmp_path)
@@ -187,17 +207,18 @@ def test_uploads_are_content_addressed_and_loaded_safely(tmp_path):
     assert sorted(p.name for p in (tmp_path / jobs.UPLOADS).iterdir()) == [path.name]
 
 
-def test_form_helpers(tmp_path):
+def test_form_helpers(tmp_path, monkeypatch):
+    monkeypatch.setenv("NVE_DATA_ROOTS", str(tmp_path))
     (tmp_path / "imgs" / "dogs").mkdir(parents=True)
     (tmp_path / "imgs" / "cats").mkdir()
     (tmp_path / "imgs" / ".hidden").mkdir()
-    assert jobs.check_folder(tmp_path / "imgs") == ["cats", "dogs"]
-    assert jobs.dataset_classes("image_folder", str(tmp_path / "imgs")) == ["cats", "dogs"]
+    assert jobs.check_folder(tmp_path / "imgs", tmp_path) == ["cats", "dogs"]
+    assert jobs.dataset_classes("image_folder", str(tmp_path / "imgs"), tmp_path) == ["cats", "dogs"]
     for bad, why in (("", "enter the dataset folder"), (tmp_path / "no", "does not exist"),
                      (tmp_path / "empty", "no class folders")):
         (tmp_path / "empty").mkdir(exist_ok=True)
         with pytest.raises(DataError, match=why):
-            jobs.check_folder(bad)
+            jobs.check_folder(bad, tmp_path)
     cfg = jobs.build_config("cifar10-resnet56", {"data.per_class": 2, "attack.eps": 4 / 255})
     assert cfg.data.per_class == 2 and cfg.attack.eps == 4 / 255
     assert cfg.model.arch == PRESETS["cifar10-resnet56"].model.arch
@@ -210,3 +231,29 @@ def test_form_helpers(tmp_path):
     (tmp_path / "demo").mkdir()
     assert jobs.suggest_id("demo", tmp_path) == "demo-2"
     assert jobs.suggest_id("my run/1", tmp_path) == "my-run-1"
+
+
+def test_the_page_reads_only_allowed_folders(tmp_path, monkeypatch):
+    """Outside the allowed folders every path is refused with the same words, whether it exists or not,
+    so the page tells nothing about the rest of the server; a symlink out of an allowed folder too."""
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    (allowed / "cats").mkdir(parents=True)
+    (outside / "dogs").mkdir(parents=True)
+    (allowed / "escape").symlink_to(outside)
+    monkeypatch.setenv("NVE_DATA_ROOTS", str(allowed))
+    cache = tmp_path / "cache"
+    assert jobs.check_folder(allowed, cache) == ["cats", "escape"]
+    said = set()
+    for path in (outside, tmp_path / "nowhere", "/etc", "/proc/self", allowed / "escape", "/etc/../etc"):
+        with pytest.raises(DataError, match="not in a folder this server lets the app read") as e:
+            jobs.check_folder(path, cache)
+        said.add(str(e.value).replace(repr(str(path)), "PATH"))
+    assert len(said) == 1, said
+    with pytest.raises(DataError, match="absolute path"):
+        jobs.check_folder("allowed", cache)
+    with pytest.raises(ModelError, match="not in a folder"):
+        jobs.check_server_paths(jobs.build_config("demo", {"model.checkpoint": str(outside / "m.pt")}),
+                                cache)
+    jobs.check_server_paths(PRESETS["cifar10-resnet56"], cache)  # the presets' own folders are allowed
+    upload = cache / jobs.UPLOADS / "x.pt"
+    assert jobs.server_path(upload, cache, "checkpoint file") == upload.resolve()

@@ -263,6 +263,7 @@ def app_cache(tmp_path_factory):
     cache = tmp_path_factory.mktemp("app-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NVE_CACHE", str(cache))
+        mp.setenv("NVE_DATA_ROOTS", str(tmp_path_factory.getbasetemp()))  # the admin's data folder
         yield cache
 
 

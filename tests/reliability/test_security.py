@@ -99,6 +99,7 @@ def test_code_carrying_checkpoints_are_refused_everywhere(tmp_path, monkeypatch)
     assert not target.exists() and list_stores(cache) == []
     # app: the prepare page's checkpoint check refuses it when Prepare is pressed; nothing starts
     monkeypatch.setenv("NVE_CACHE", str(cache))
+    monkeypatch.setenv("NVE_DATA_ROOTS", str(tmp_path))  # the admin's data folder: the page may read it
     import streamlit as st
     st.cache_data.clear()
     at = AppTest.from_file(APP, default_timeout=120)
@@ -196,6 +197,7 @@ def test_experiment_ids_cannot_leave_the_cache(tmp_path, capsys, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.toml", "my config.toml"]  # nothing created
     # app: the prepare page explains and starts nothing; a link with a bad id is explained too
     monkeypatch.setenv("NVE_CACHE", str(cache))
+    monkeypatch.setenv("NVE_DATA_ROOTS", str(tmp_path))  # the admin's data folder: the page may read it
     import streamlit as st
     st.cache_data.clear()
     at = AppTest.from_file(APP, default_timeout=120)
