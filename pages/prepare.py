@@ -13,11 +13,7 @@ from core.presets import PRESETS
 from core.store import Store, StoreError, validate_id
 from core.ui import jobs, session
 from core.ui.stores import cache_dir, experiments
-try:  # TEMP until core/ui/text.py lands
-    from core.ui.text import plain  # every message may hold user or file text (paths, names)
-except ImportError:
-    def plain(t):
-        return str(t)
+from core.ui.text import one_line, plain  # every message may hold user or file text (paths, names)
 
 session.require_app()  # first: a deep link must not run a page outside app.py
 
@@ -222,7 +218,7 @@ with left:
         st.session_state["prepare_classes"] = [c for c in st.session_state.get("prepare_classes", [])
                                                if c in classes_all]
         st.multiselect(f"Classes ({len(classes_all)} found; none chosen = all)", classes_all,
-                       key="prepare_classes", placeholder="All classes", format_func=plain)
+                       key="prepare_classes", placeholder="All classes", format_func=one_line)
     c1, c2 = st.columns(2)
     c1.number_input("Images per class (0 = all)", min_value=0, max_value=limits.max_per_class, step=10,
                     key="prepare_per_class")
