@@ -43,6 +43,7 @@ class Settings:
     max_image_pixels: int = 50_000_000  # one decoded image (a "decompression bomb" PNG is refused)
     max_checkpoint_bytes: int = 2 << 30  # a checkpoint's tensors, once decompressed
     max_checkpoint_tensors: int = 20_000
+    max_checkpoint_pickle_bytes: int = 4 << 20  # a checkpoint's pickled structure (data.pkl)
     max_scan_files: int = 1_000_000     # directory entries one dataset scan may visit
     # -- the Prepare page's jobs --
     max_jobs: int = 1                   # prepare jobs running at once on this server (each a process)

@@ -24,10 +24,17 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
+import math
+import os
 import pickle
+import pickletools
 import re
+import stat
+import tarfile
 import threading
 import warnings
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,6 +45,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from core.config import ModelConfig
+from core.hosting import settings
 
 
 class ModelError(ValueError):
@@ -276,64 +284,407 @@ def build_architecture(arch: str, num_classes: int, in_channels: int = 3, width:
 # Checkpoints
 # ---------------------------------------------------------------------------------------------
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "weights", "params")
+# Bounds that are not (yet) server settings; see docs/security.md "Checkpoints".
+_MAX_NESTING = 16             # how deep a state dict may sit under _NESTED_KEYS
+_INFLATION_FREE = 4 << 20     # compressed zip entries may inflate this much whatever their ratio ...
+_MAX_INFLATION = 10           # ... and beyond it at most 10× their compressed size (weights: ~1.1×)
+_ZIP_EXTRA_ENTRIES = 64       # zip entries besides the tensor records (data.pkl, version, byteorder, ...)
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_WEIGHT_NAMES = ("weight", "bias", "running_mean", "running_var")
+# torch's refusal text advises running the file's code (weights_only=False); no sentence of such advice is
+# ever shown, whatever the torch version prints.
+_ADVICE = re.compile(r"weights.?only|please|re-?run|trust|torch\.load|documentation|file an issue|"
+                     r"safe_globals|alternatively|two options|can still be loaded|load failed|https?://|"
+                     r"allowlist", re.I)
+_SAFETENSORS_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+                       "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1,
+                       "C64": 8, "C128": 16}
 
 
-def check_checkpoint(path: str | Path, hint: str = "") -> Path:
-    """The checkpoint's path, or a ModelError saying it is missing (``hint``: how to make it)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise ModelError(f"checkpoint {path} does not exist (set [model] checkpoint to a weights file){hint}")
+class _TooBig(Exception):
+    """A bounded read asked for more than its budget."""
+
+
+class _BoundedReader:
+    """A read-only view of a binary file that raises :class:`_TooBig` before reading past ``budget`` bytes
+    (so a pickle that declares a 2 GiB string is refused without allocating it)."""
+
+    def __init__(self, f, budget: int):
+        self.f, self.left = f, budget
+
+    def _take(self, n: int) -> None:
+        if n > self.left:
+            raise _TooBig
+        self.left -= n
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            raise _TooBig
+        self._take(n)
+        data = self.f.read(n)
+        self.left += n - len(data)
+        return data
+
+    def readline(self) -> bytes:
+        line = self.f.readline(self.left + 1)
+        self._take(len(line))
+        return line
+
+
+def _shown(path) -> str:
+    """A path as text that can always be printed (undecodable bytes of a file name as ``\\xNN``)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _limits() -> tuple[int, int, int]:
+    """(max tensor bytes, max tensors, max pickle bytes) from the server settings."""
+    s = settings()
+    return s.max_checkpoint_bytes, s.max_checkpoint_tensors, s.max_checkpoint_pickle_bytes
+
+
+def _raise_hint(field: str) -> str:
+    return (f"; a server administrator can raise the limit with NVE_{field.upper()} or {field} in "
+            "nve-server.toml")
+
+
+def check_checkpoint(path: str | bytes | os.PathLike, hint: str = "") -> Path:
+    """The checkpoint's path, or a ModelError saying why it is not a readable file (missing, a folder, a
+    broken link, unreadable); ``hint``: how to make a missing one."""
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    path = Path(path)
+    try:
+        path = path.expanduser()
+    except RuntimeError:  # "~someone" with no such user: keep the name as given
+        pass
+    shown = _shown(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        what = "is a link to a file that does not exist" if path.is_symlink() else "does not exist"
+        raise ModelError(f"checkpoint {shown} {what} (set [model] checkpoint to a weights file){hint}"
+                         ) from None
+    except PermissionError:
+        raise ModelError(f"checkpoint {shown} cannot be read: permission denied; make it readable by "
+                         "the server, or choose another file") from None
+    except (OSError, ValueError) as e:  # a name too long, a link loop, a NUL byte, a file as a folder
+        why = e.strerror if isinstance(e, OSError) and e.strerror else "not a valid path"
+        raise ModelError(f"checkpoint {shown} cannot be opened ({why}); set [model] checkpoint to a weights "
+                         "file") from None
+    if stat.S_ISDIR(mode):
+        raise ModelError(f"checkpoint {shown} is a folder, not a file; set [model] checkpoint to the weights "
+                         "file (.pt, .pth, .th or .safetensors) inside it")
+    if not stat.S_ISREG(mode):
+        raise ModelError(f"checkpoint {shown} is not a regular file (a device, pipe or socket); set [model] "
+                         "checkpoint to a weights file")
     return path
 
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint's tensors without running code, and unwrap nesting and ``module.`` prefixes."""
+def load_state_dict(path: str | bytes | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a checkpoint's tensors without running code, and unwrap nesting and ``module.`` prefixes.
+
+    The file's own description of its contents is checked against the server's limits *before* anything
+    is allocated (``core.hosting.settings()``: ``max_checkpoint_bytes``, ``max_checkpoint_tensors``):
+    a zip checkpoint's central directory (total uncompressed size, tensor records, the size of its
+    pickle, and how much compressed entries inflate), a legacy (non-zip) file's size and pickle, a
+    safetensors file's JSON header. Every failure is a :class:`ModelError` that says what is wrong.
+    """
     path = check_checkpoint(path)
+    shown = _shown(path)
     if not path.name.lower().endswith(CHECKPOINT_SUFFIXES):
-        raise ModelError(f"checkpoint {path.name}: unsupported file type; use one of "
+        raise ModelError(f"checkpoint {_shown(path.name)}: unsupported file type; use one of "
                          f"{', '.join(CHECKPOINT_SUFFIXES)}")
-    if path.name.lower().endswith(".safetensors"):
-        from safetensors.torch import load_file
-        try:
-            obj = load_file(str(path))
-        except Exception as e:  # SafetensorError, OSError, ...: a bad file must never crash the caller
-            raise ModelError(f"checkpoint {path} is not a valid safetensors file: {e}") from None
-    else:
-        try:
-            with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says it all
-                warnings.simplefilter("ignore", UserWarning)
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch.load fails on bad files in many ways; none may escape as a crash
-            text = str(e)
-            found = re.search(r"WeightsUnpickler error:\s*(.+?)(?: Please use |\n|$)", text)
-            detail = found.group(1) if found else \
-                re.sub(r"\x1b\[[0-9;]*m", "", text.strip().splitlines()[0]) if text.strip() else \
-                "empty file" if path.stat().st_size == 0 else type(e).__name__
-            if isinstance(e, pickle.UnpicklingError):  # the safe unpickler met something it won't build
-                # (torch's own message advises weights_only=False, i.e. running the code: never repeated)
-                raise ModelError(
-                    f"refused to load {path}: it is not a plain-weights checkpoint (it holds Python objects "
-                    "other than tensors, possibly code, or is no PyTorch file at all), and only plain "
-                    "weights are loaded for safety. Re-save it as a state dict "
-                    f"(torch.save(model.state_dict(), ...)) or as .safetensors. Detail: {detail}") from None
-            raise ModelError(f"checkpoint {path} could not be read: it is truncated, corrupt or not a "
-                             f"PyTorch checkpoint ({detail}); save it again, or as .safetensors") from None
+    try:
+        f = open(path, "rb")  # one handle for the checks and the load: they see the same file
+    except OSError as e:
+        raise ModelError(f"checkpoint {shown} cannot be opened ({e.strerror or type(e).__name__})") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise ModelError(f"checkpoint {shown} is empty (0 bytes): it was not saved completely; save or "
+                             "copy it again")
+        if path.name.lower().endswith(".safetensors"):
+            obj = _load_safetensors(f, path, shown, size)
+        else:
+            obj = _load_torch(f, shown, size)
     state = _find_state_dict(obj)
+    del obj
     if state is None:
-        raise ModelError(f"checkpoint {path} holds no tensors: expected a state dict, possibly nested "
-                         f"under one of {_NESTED_KEYS}")
+        raise ModelError(f"checkpoint {shown} holds no tensors: expected a state dict, possibly nested "
+                         f"(at most {_MAX_NESTING} levels deep) under one of {_NESTED_KEYS}")
+    _check_loaded(state, shown)
     return _strip_prefixes(state)
 
 
+def check_cnn_checkpoint(path: str | bytes | os.PathLike,
+                         source: str | None = None) -> dict[str, torch.Tensor]:
+    """A checkpoint's state dict, loaded with every limit of :func:`load_state_dict`, that holds the
+    weights of a CNN (:func:`check_weights`: floating-point values, convolution kernels and a linear
+    head); otherwise a ModelError. ``source`` names the file in messages (e.g. an upload's own name)."""
+    state = load_state_dict(path)
+    check_weights(state, source or f"checkpoint {_shown(path)}")
+    return state
+
+
+def _not_torch(shown: str, why: str) -> ModelError:
+    return ModelError(f"checkpoint {shown} could not be read: it is not a PyTorch checkpoint ({why}); "
+                      "use the file written by torch.save, or a .safetensors file")
+
+
+def _load_torch(f, shown: str, size: int):
+    """torch.load(weights_only=True) of an open file, after the limit checks of its format."""
+    head = f.read(8)
+    f.seek(0)
+    if head.startswith(b"PK\x03\x04"):  # torch's own test for its zip format
+        _check_zip(f, shown)
+    elif len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # a pickle: torch's legacy format
+        if tarfile.is_tarfile(f):  # torch would unpack it to disk first (PyTorch < 0.1.10's format)
+            raise _not_torch(shown, "a tar archive: PyTorch's pre-2017 format, which is not supported; "
+                                    "load it with an old PyTorch and save model.state_dict() again")
+        f.seek(0)
+        _check_legacy(f, shown, size)
+    else:
+        what = ("it is text" if all(32 <= b < 127 or b in b"\t\r\n" for b in head)
+                else "it starts neither like a zip archive nor like a pickle")
+        raise _not_torch(shown, what)
+    f.seek(0)
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": the error says it all
+            warnings.simplefilter("ignore")
+            return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch.load fails on bad files in many ways; none may escape as a crash
+        raise _load_error(e, shown) from None
+
+
+def _load_error(e: Exception, shown: str) -> ModelError:
+    """The ModelError for a failed torch.load: our own words, and only the facts of torch's message."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    if isinstance(e, pickle.UnpicklingError):  # the safe unpickler met something it will not build
+        found = re.search(r"GLOBAL\s+([\w.]+)", text)
+        if found:
+            detail = f"Unsupported global {found.group(1)}" + (" (its module is blocked)" if "blocked" in text
+                                                               else "")
+        else:
+            detail = _sanitized(text) or "an object other than tensors"
+        return ModelError(
+            f"refused to load {shown}: it is not a plain-weights checkpoint (it holds Python objects other "
+            "than tensors, possibly code, or is no PyTorch file at all), and only plain weights are loaded "
+            "for safety. Re-save it as a state dict (torch.save(model.state_dict(), ...)) or as "
+            f".safetensors. Detail: {detail}")
+    if isinstance(e, MemoryError):
+        return ModelError(f"checkpoint {shown} needs more memory than the server has free; use a smaller "
+                          "checkpoint or try again later")
+    if isinstance(e, EOFError):
+        detail = "the file ends early: it is truncated"
+    elif isinstance(e, RuntimeError | OSError) and ("PytorchStreamReader" in text or "magic number" in text):
+        detail = _sanitized(text)
+    elif "wrong byte size" in text or "unexpected EOF" in text:  # legacy storages vs the data in the file
+        detail = "its tensors' sizes do not match the data in the file"
+    else:  # an IndexError, KeyError, ... deep in the unpickler says nothing useful to a user
+        detail = "its contents are not what torch.save writes"
+    return ModelError(f"checkpoint {shown} could not be read: it is truncated, corrupt or not a PyTorch "
+                      f"checkpoint ({detail}); save it again, or as .safetensors")
+
+
+def _sanitized(text: str) -> str:
+    """The factual sentences of an error text, without any advice (see ``_ADVICE``), at most 200 chars."""
+    sentences = [s.strip(" \t:") for s in re.split(r"(?<=[.!?])\s+|\n+", text)]
+    kept = " ".join(s for s in sentences if s and not _ADVICE.search(s))
+    kept = kept.replace("WeightsUnpickler error", "").strip(" :")
+    return "" if "weights_only" in kept.lower() else kept[:200]
+
+
+def _limit_error(shown: str, what: str, field: str, limit: int, unit=_size) -> ModelError:
+    return ModelError(f"checkpoint {shown} is refused: {what}, more than this server's limit of "
+                      f"{unit(limit)} ({field}){_raise_hint(field)}")
+
+
+def _check_zip(f, shown: str) -> None:
+    """Limits of a zip checkpoint from its central directory, before torch reads (and inflates) any of it."""
+    max_bytes, max_tensors, max_pickle = _limits()
+    max_entries = max_tensors + _ZIP_EXTRA_ENTRIES
+    try:
+        end = zipfile._EndRecData(f)  # the end record alone: the directory's size before it is parsed
+    except OSError:
+        end = None
+    if end is None:
+        raise _not_torch(shown, "a zip archive without its end record: the file is truncated or damaged")
+    if (end[zipfile._ECD_ENTRIES_TOTAL] > max_entries
+            or end[zipfile._ECD_SIZE] > max_pickle + max_entries * 512):
+        raise _limit_error(shown, f"its zip archive lists {end[zipfile._ECD_ENTRIES_TOTAL]} entries",
+                               "max_checkpoint_tensors", max_tensors, str)
+    f.seek(0)
+    try:
+        infos = zipfile.ZipFile(f).infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError):
+        raise _not_torch(shown, "a damaged zip archive: the file is truncated or was not written by "
+                                "torch.save") from None
+    names = [i.filename for i in infos]
+    if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+        raise ModelError(f"refused to load {shown}: it is a TorchScript archive (torch.jit.save), which "
+                         "holds code, and only plain weights are loaded for safety; save "
+                         "model.state_dict() with torch.save, or as .safetensors")
+    pickles = [i for i in infos if i.filename == "data.pkl" or i.filename.endswith("/data.pkl")]
+    if not pickles:
+        raise _not_torch(shown, "a zip archive without the data.pkl that torch.save writes")
+    records = [i for i in infos if "/data/" in i.filename or i.filename.startswith("data/")]
+    if len(records) > max_tensors or len(infos) > max_entries:
+        raise _limit_error(shown, f"it holds {len(records)} tensor records", "max_checkpoint_tensors",
+                               max_tensors, str)
+    if (big := max(i.file_size for i in pickles)) > max_pickle:
+        raise _limit_error(shown, f"its pickled part (data.pkl) is {_size(big)}, so it holds much more "
+                               "than weights (save only model.state_dict())", "max_checkpoint_pickle_bytes",
+                               max_pickle)
+    total = sum(i.file_size for i in infos)
+    if total > max_bytes:
+        raise _limit_error(shown, f"its contents take {_size(total)} once decompressed",
+                               "max_checkpoint_bytes", max_bytes)
+    for i in infos:
+        if i.flag_bits & 0x1:
+            raise _not_torch(shown, f"entry {i.filename!r} is encrypted")
+        if i.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise _not_torch(shown, f"entry {i.filename!r} uses zip compression method {i.compress_type}, "
+                                    "which PyTorch cannot read; save it again with torch.save")
+    # torch.save stores entries uncompressed. A re-zipped (deflated) checkpoint is accepted while it
+    # inflates like weights do; zeros inflate ~1000× (a 1 MB "zip bomb" becomes a 1 GiB tensor).
+    packed = [i for i in infos if i.compress_type == zipfile.ZIP_DEFLATED]
+    inflated, stored = sum(i.file_size for i in packed), sum(i.compress_size for i in packed)
+    if inflated > _INFLATION_FREE and inflated > _MAX_INFLATION * stored:
+        raise ModelError(f"checkpoint {shown} is refused: its compressed entries inflate from "
+                         f"{_size(stored)} to {_size(inflated)} ({inflated / max(stored, 1):.0f}×; weights "
+                         "compress at most about 1.1×, so this is a decompression bomb or mostly zeros); "
+                         "save the checkpoint again with torch.save, which does not compress")
+
+
+def _check_legacy(f, shown: str, size: int) -> None:
+    """Limits of a legacy (non-zip) torch file: its size, and its pickles (magic number, protocol, system
+    info, the object, the storage keys) scanned without being run, bounded in bytes and tensor records."""
+    max_bytes, max_tensors, max_pickle = _limits()
+    if size > max_bytes:
+        raise _limit_error(shown, f"the file is {_size(size)}", "max_checkpoint_bytes", max_bytes)
+    reader, records = _BoundedReader(f, max_pickle), 0
+    try:
+        for _ in range(5):
+            for op, _arg, _pos in pickletools.genops(reader):
+                records += op.name in ("BINPERSID", "PERSID")
+    except _TooBig:
+        raise _limit_error(shown, "its pickled part is larger, so it holds much more than weights (save "
+                           "only model.state_dict())", "max_checkpoint_pickle_bytes", max_pickle) from None
+    except Exception:  # a malformed or short pickle: torch.load below says what is wrong with it
+        pass
+    if records > max_tensors:
+        raise _limit_error(shown, f"it holds {records} tensor records", "max_checkpoint_tensors",
+                               max_tensors, str)
+
+
+def _load_safetensors(f, path: Path, shown: str, size: int) -> dict[str, torch.Tensor]:
+    """Check a safetensors file's header (its 8-byte length, then JSON naming each tensor's dtype, shape
+    and byte range) against the limits, then load it."""
+    max_bytes, max_tensors, max_header = _limits()
+    bad = f"checkpoint {shown} is not a valid safetensors file"
+    head = f.read(8)
+    if len(head) < 8:
+        raise ModelError(f"{bad}: it is shorter than the 8 bytes of its header length; save it again")
+    n = int.from_bytes(head, "little")
+    if n > max_header:
+        raise _limit_error(shown, f"its safetensors header declares {_size(n)}",
+                           "max_checkpoint_pickle_bytes", max_header)
+    if 8 + n > size:
+        raise ModelError(f"{bad}: its header needs {_size(n)} but the file has {_size(size - 8)} after the "
+                         "length; the file is truncated or damaged")
+    try:
+        header = json.loads(f.read(n).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ModelError(f"{bad}: its header is not JSON; the file is damaged") from None
+    if not isinstance(header, dict):
+        raise ModelError(f"{bad}: its header is not a JSON object")
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
+    if len(entries) > max_tensors:
+        raise _limit_error(shown, f"it holds {len(entries)} tensors", "max_checkpoint_tensors", max_tensors,
+                               str)
+    total, data_size = 0, size - 8 - n
+    for name, e in entries.items():
+        ok = (isinstance(e, dict) and e.get("dtype") in _SAFETENSORS_DTYPES
+              and isinstance(e.get("shape"), list) and isinstance(e.get("data_offsets"), list)
+              and len(e["data_offsets"]) == 2
+              and all(type(d) is int and d >= 0 for d in e["shape"] + e["data_offsets"]))
+        if not ok:
+            raise ModelError(f"{bad}: the header entry of tensor {str(name)[:80]!r} has no valid dtype, "
+                             f"shape and data_offsets (supported dtypes: {', '.join(_SAFETENSORS_DTYPES)})")
+        nbytes = _SAFETENSORS_DTYPES[e["dtype"]] * math.prod(e["shape"])
+        begin, end = e["data_offsets"]
+        if end - begin != nbytes or end > data_size:
+            raise ModelError(f"{bad}: tensor {str(name)[:80]!r} does not fit its byte range in the file; the "
+                             "file is truncated or damaged")
+        total += nbytes
+    if total > max_bytes:
+        raise _limit_error(shown, f"its tensors take {_size(total)}", "max_checkpoint_bytes", max_bytes)
+    from safetensors.torch import load_file
+    try:
+        return load_file(str(path))
+    except Exception as e:  # SafetensorError, OSError, ...: a bad file must never crash the caller
+        raise ModelError(f"{bad}: {_sanitized(str(e)) or type(e).__name__}") from None
+
+
 def _find_state_dict(obj) -> dict[str, torch.Tensor] | None:
-    if isinstance(obj, dict):
-        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-        if tensors and len(tensors) >= len(obj) / 2:
+    """The first dict (depth first through ``_NESTED_KEYS``, at most ``_MAX_NESTING`` levels) whose values
+    are mostly tensors: its tensors. Iterative, and each dict visited once, so neither deep nesting nor
+    a dict shared between many keys costs more than the pickle's own size."""
+    stack, seen = [(obj, 0)], set()
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, dict) or id(node) in seen:
+            continue
+        seen.add(id(node))
+        tensors = {k: v for k, v in node.items() if isinstance(v, torch.Tensor)}
+        if tensors and len(tensors) >= len(node) / 2:
             return tensors
-        for key in _NESTED_KEYS:
-            if key in obj and (found := _find_state_dict(obj[key])) is not None:
-                return found
+        if depth < _MAX_NESTING:
+            stack.extend((node[k], depth + 1) for k in reversed(_NESTED_KEYS) if k in node)
     return None
+
+
+def _check_loaded(state: dict, shown: str) -> None:
+    """What a loaded state dict must be whatever the model: named tensors, within the limits, dense and
+    holding data (quantized, sparse and meta tensors cannot be loaded into a float model)."""
+    max_bytes, max_tensors, _ = _limits()
+    if len(state) > max_tensors:
+        raise _limit_error(shown, f"it holds {len(state)} tensors", "max_checkpoint_tensors", max_tensors,
+                           str)
+    odd = [repr(k)[:40] for k in state if not isinstance(k, str)]
+    if odd:
+        raise ModelError(f"checkpoint {shown} names tensors with non-text keys ({', '.join(odd[:5])}): it is "
+                         "not a state dict; save model.state_dict()")
+    _refuse_unusable(state, f"checkpoint {shown}")
+    storages = {}
+    for v in state.values():
+        storages[(v.untyped_storage().data_ptr(), v.untyped_storage().nbytes())] = None
+    total = sum(n for _p, n in storages)
+    if total > max_bytes:
+        raise _limit_error(shown, f"its tensors take {_size(total)}", "max_checkpoint_bytes", max_bytes)
+
+
+def _refuse_unusable(state: dict[str, torch.Tensor], source: str) -> None:
+    quantized = [k for k, v in state.items() if v.is_quantized]
+    if quantized:
+        raise ModelError(f"{source} holds quantized tensors ({', '.join(quantized[:5])}): a quantized model "
+                         "cannot be explained as it is; use the float checkpoint it was quantized from")
+    odd = [f"{k} ({v.layout})" for k, v in state.items() if v.layout != torch.strided]
+    if odd:
+        raise ModelError(f"{source} holds sparse tensors ({', '.join(odd[:5])}); save dense weights "
+                         "(tensor.to_dense())")
+    empty = [k for k, v in state.items() if v.is_meta]
+    if empty:
+        raise ModelError(f"{source} holds tensors without data (meta tensors: {', '.join(empty[:5])}); save "
+                         "the weights of a real model")
 
 
 def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -345,14 +696,36 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def check_weights(state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
-    """What any usable checkpoint needs whatever the architecture: finite values, convolution kernels
-    (4-D weights) and a linear head (a 2-D weight); a ModelError that says which is missing."""
+    """What any usable checkpoint needs whatever the architecture: dense floating-point weights with
+    finite values, convolution kernels (4-D weights) and a linear head (a 2-D weight); a ModelError
+    that says which is missing.
+
+    Weights (``weight``, ``bias``, ``running_mean``, ``running_var``, and any 2-D or 4-D tensor) must be
+    floating point: float32 as is; float16, bfloat16 and float8 convert exactly to the model's float32,
+    float64 rounds to it (values beyond float32's range are refused). Integer, bool and complex weights
+    are refused, never coerced: an int8 tensor is usually a quantized model's storage without its scale.
+    Other tensors (``num_batches_tracked``) may be integers.
+    """
     def show(items):
         return ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+    _refuse_unusable(state, source)
+    not_float = [f"{k} ({str(v.dtype).removeprefix('torch.')})" for k, v in state.items()
+                 if not v.is_floating_point()
+                 and (k.rsplit(".", 1)[-1] in _WEIGHT_NAMES or v.dim() in (2, 4) or v.is_complex())]
+    if not_float:
+        raise ModelError(f"{source} holds weights that are not floating-point numbers: {show(not_float)}. "
+                         "They cannot be converted to the model's float32 without changing it (integers "
+                         "are usually a quantized model's storage without its scale); use the checkpoint of "
+                         "the float model (torch.save(model.float().state_dict(), ...))")
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise ModelError(f"{source} holds NaN or infinite values in {show(bad)}: the weights are broken "
                          "(e.g. a diverged training run); use a checkpoint saved before that happened")
+    huge = [k for k, v in state.items() if v.dtype == torch.float64 and v.numel()
+            and float(v.abs().max()) > torch.finfo(torch.float32).max]
+    if huge:
+        raise ModelError(f"{source} holds float64 values beyond float32's range in {show(huge)}: they would "
+                         "become infinite in the model; the weights are broken")
     if not any(v.dim() == 4 for v in state.values()):
         raise ModelError(f"{source} has no convolution kernels (no 4-D weights), so it is not a CNN: the "
                          "method explains the neurons of a CNN's last convolutional layer; use the "
@@ -374,6 +747,15 @@ def load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: str = "
     unexpected = sorted(set(state) - set(own))
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in state and state[k].shape != own[k].shape]
+    # copy_ would coerce silently (a float step counter, an int buffer); floats convert as check_weights says
+    kinds = [f"{k}: checkpoint {str(state[k].dtype).removeprefix('torch.')} vs model "
+             f"{str(own[k].dtype).removeprefix('torch.')}" for k in own if k in state
+             and (state[k].is_floating_point(), state[k].is_complex(), state[k].dtype == torch.bool)
+             != (own[k].is_floating_point(), own[k].is_complex(), own[k].dtype == torch.bool)]
+    if kinds and not (missing or unexpected or shapes):
+        raise ModelError(f"{source} does not match the architecture (dtype mismatches: "
+                         f"{', '.join(kinds[:12])}): these tensors would be converted silently; save the "
+                         "model's own state dict")
     if missing or unexpected or shapes:
         def show(items):
             return ", ".join(items[:12]) + (f", ... ({len(items)} in all)" if len(items) > 12 else "")

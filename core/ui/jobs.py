@@ -127,7 +127,7 @@ def save_upload(data: bytes, filename: str, cache_dir, max_bytes: int = MAX_UPLO
     """Keep an uploaded checkpoint as ``<cache>/.uploads/<sha256><suffix>`` (content-addressed, written
     atomically) once it has passed every check: its type (by the name's suffix: the name itself is never
     a path), its size (1 byte to ``max_bytes``), and that it holds the plain weights of a CNN
-    (``core.models.load_state_dict``, with its size limits, then ``check_weights``). A file that fails is
+    (``core.models.check_cnn_checkpoint``, with its size limits). A file that fails is
     never kept; its ModelError is raised."""
     suffix = checkpoint_suffix(filename)
     if not data:
@@ -145,7 +145,7 @@ def save_upload(data: bytes, filename: str, cache_dir, max_bytes: int = MAX_UPLO
     tmp = folder / f".tmp-{os.getpid()}-{threading.get_ident()}-{digest}{suffix}"
     try:
         tmp.write_bytes(data)
-        models.check_weights(models.load_state_dict(tmp), source=f"{filename}")
+        models.check_cnn_checkpoint(tmp, source=filename)
         os.replace(tmp, path)
     except ModelError as e:  # name the user's file, not the server's temporary path
         raise ModelError(str(e).replace(str(tmp), filename).replace(tmp.name, filename)) from None

@@ -13,6 +13,7 @@ from core.models import (
     ExplainedModel,
     ModelError,
     build_architecture,
+    check_cnn_checkpoint,
     load_model,
     load_state_dict,
     load_weights,
@@ -143,6 +144,25 @@ def test_bad_files(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 20)
     with pytest.raises(ModelError, match="safetensors"):
         load_state_dict(tmp_path / "bad.safetensors")
+    (tmp_path / "dir.pt").mkdir()
+    with pytest.raises(ModelError, match="is a folder, not a file"):
+        load_state_dict(tmp_path / "dir.pt")
+    (tmp_path / "text.pt").write_text("epoch 3, lr 0.1\n")
+    with pytest.raises(ModelError, match="not a PyTorch checkpoint"):
+        load_state_dict(tmp_path / "text.pt")
+
+
+def test_check_cnn_checkpoint_loads_cnn_weights_and_refuses_others(tmp_path):
+    state = build_architecture("resnet20_cifar", 10).state_dict()
+    torch.save({"state_dict": state}, tmp_path / "cnn.pt")
+    assert check_cnn_checkpoint(tmp_path / "cnn.pt").keys() == state.keys()
+    torch.save({"fc.weight": torch.zeros(3, 4)}, tmp_path / "mlp.pt")
+    with pytest.raises(ModelError, match="upload.pt has no convolution kernels"):
+        check_cnn_checkpoint(tmp_path / "mlp.pt", source="upload.pt")
+    state["conv1.weight"] = state["conv1.weight"].to(torch.int8)
+    torch.save(state, tmp_path / "int8.pt")
+    with pytest.raises(ModelError, match=r"conv1.weight \(int8\)"):
+        check_cnn_checkpoint(tmp_path / "int8.pt")
 
 
 def test_model_without_conv_or_head_gets_clear_error():
