@@ -19,8 +19,15 @@ from core.store import DEFAULT_CACHE, StoreError, list_stores, open_store, summa
 USER_ERRORS = (ConfigError, DataError, ModelError, StoreError, PrepareError)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors (no usage block): ``error: ...``, exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m core", description=__doc__.splitlines()[0])
+    p = _Parser(prog="python -m core", description=__doc__.splitlines()[0])
     p.add_argument("--cache", default=str(DEFAULT_CACHE), help="folder of experiment stores")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -31,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--out", help="experiment id (default: the preset or config file name)")
     pr.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a config value, e.g. --set data.per_class=50 (repeatable)")
+    pr.add_argument("--cache", default=argparse.SUPPRESS, help="folder of experiment stores (may also "
+                    "come before the command)")
     pr.add_argument("--force", action="store_true", help="replace an existing experiment")
     pr.add_argument("--if-missing", action="store_true",
                     help="do nothing when the experiment already exists (used by `make run`)")
@@ -96,7 +105,13 @@ def _run(args) -> int:
                     apply_override(d, item)
                 cfg = ExperimentConfig.from_dict(d)
             name = Path(args.config).stem
-        ident = validate_id(name if args.out is None else args.out)  # before any path is built from it
+        try:
+            ident = validate_id(name if args.out is None else args.out)  # before any path is built from it
+        except StoreError as e:
+            if args.out is not None:
+                raise
+            raise StoreError(f"{e}; the id comes from the config file's name: choose one with --out ID") \
+                from None
         if args.if_missing and (cache / ident / "manifest.json").is_file():
             print(f"experiment {ident!r} is ready in {cache}")
             return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+from core import config as _config
 from core.config import AttackConfig, ConfigError, DataConfig, ExperimentConfig, ModelConfig, PrepareConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +68,7 @@ PRESETS: dict[str, ExperimentConfig] = {
 def preset(name: str, overrides: list[str] | None = None) -> ExperimentConfig:
     """A copy of preset ``name`` with ``section.key=value`` overrides applied (values parsed as TOML)."""
     if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown preset {_config.show(name)}; presets: {', '.join(PRESETS)}")
     d = copy.deepcopy(PRESETS[name]).to_dict()
     for item in overrides or []:
         apply_override(d, item)
@@ -75,13 +76,24 @@ def preset(name: str, overrides: list[str] | None = None) -> ExperimentConfig:
 
 
 def apply_override(d: dict, item: str) -> None:
-    import tomllib
+    """Set ``section.key=value`` in the config dict ``d``. The value is parsed as a TOML value
+    (``50``, ``0.1``, ``true``, ``"text"``, ``["cat", "dog"]``); anything that is not one is kept as a bare
+    string (a path such as ``/data/my images``). The key and value are checked later, by
+    ``ExperimentConfig.from_dict``; a malformed override is a ConfigError naming it."""
+    if not isinstance(item, str):
+        raise ConfigError(f"override {_config.show(item)}: use section.key=value, e.g. data.per_class=50")
     key, sep, raw = item.partition("=")
-    section, dot, field = key.strip().partition(".")
-    if not sep or not dot or section not in d:
-        raise ConfigError(f"override {item!r}: use section.key=value, e.g. data.per_class=50")
-    try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
+    section, dot, name = key.strip().partition(".")
+    if not sep or not dot or not name.strip():
+        raise ConfigError(f"override {_config.show(item)}: use section.key=value, e.g. data.per_class=50")
+    if section not in d:
+        raise ConfigError(f"override {_config.show(item)}: unknown table {_config.show(section)}; use one of "
+                          f"{', '.join(_config.SECTIONS)} (e.g. data.per_class=50)")
+    ok, value = _config.toml_value(raw.strip())
+    if not ok:
         value = raw.strip()  # a bare string such as a path
-    d[section][field] = value
+    if d[section] is None:
+        d[section] = {}
+    if not isinstance(d[section], dict):
+        raise ConfigError(f"override {_config.show(item)}: [{section}] is not a table")
+    d[section][name.strip()] = value
