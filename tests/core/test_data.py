@@ -339,6 +339,22 @@ def test_class_restriction_at_scan_time(tmp_path, cifar_root):
     assert only.labels.tolist() == [1, 1, 1] and only.indices.tolist() == [3, 4, 5]
 
 
+def test_per_class_stops_decoding_like_select(tmp_path, cifar_root):
+    root = _tree(tmp_path, cifar_root, {"cat": 4, "dog": 3})
+    (root / "cat" / "0000b.jpg").write_bytes(b"garbage")  # 2nd in cat: skipped, the next one taken
+    (root / "dog" / "zz.jpg").write_bytes(b"garbage")  # after dog's first 2: never read
+    with pytest.warns(DataWarning, match="skipped 1 unreadable"):
+        early = data.image_folder(root, per_class=2)
+    with pytest.warns(DataWarning, match="skipped 2 unreadable"):
+        full = data.select(data.image_folder(root), per_class=2)
+    assert early.indices.tolist() == full.indices.tolist() == [0, 2, 5, 6]
+    assert early.labels.tolist() == full.labels.tolist() and early.fingerprint() == full.fingerprint()
+    assert early.skipped == [(str(root / "cat" / "0000b.jpg"), early.skipped[0][1])]
+    cfg = DataConfig(source="image_folder", root=str(root), per_class=2)
+    with pytest.warns(DataWarning, match="skipped 1 unreadable"):
+        assert data.load_dataset(cfg).fingerprint() == full.fingerprint()
+
+
 def test_large_folders_decode_on_demand(tmp_path, cifar_root, monkeypatch):
     root = _tree(tmp_path, cifar_root, {"cat": 3, "dog": 2})
     in_memory = data.image_folder(root)
