@@ -1,8 +1,14 @@
 """Neuron Vulnerability Explorer — the Streamlit entry point: navigation and the sidebar (experiment
-picker, the current selection, links to the next step). Pages hold the views."""
+picker, the current selection, links to the next step). Pages hold the views.
+
+No traceback reaches a user: an unexpected error in the sidebar or a page is logged in full on the server
+with a short error id, and the user sees one sentence with that id (``.streamlit/config.toml`` also sets
+``client.showErrorDetails = "none"`` for anything that escapes, e.g. a widget callback)."""
+import uuid
 from pathlib import Path
 
 import streamlit as st
+from streamlit.logger import get_logger
 
 from core.ui import auth, services, session, sidebar
 
@@ -21,12 +27,29 @@ PAGES = {
     "clustering": st.Page("pages/clustering.py", title="Clustering", icon=":material/account_tree:"),
     "prepare": st.Page("pages/prepare.py", title="Prepare an experiment", icon=":material/add_circle:"),
 }
+log = get_logger("nve.app")  # the server's log (stderr), as Streamlit's own messages
+
+
+def guarded(step, where: str) -> None:
+    """Run ``step``; an unexpected error is logged with its traceback and an error id, and the user gets
+    one plain sentence with the id. ``st.stop``, ``st.rerun`` and ``st.switch_page`` raise Streamlit's
+    ``ScriptControlException``, a ``BaseException``: it is not caught here and keeps working."""
+    try:
+        step()
+    except Exception:
+        error_id = uuid.uuid4().hex[:8]
+        log.exception("error %s in %s", error_id, where)
+        st.error(f"Something went wrong here and this view stopped (error {error_id}). Reload the page or "
+                 "change the selection; if it happens again, give the server's administrator this error "
+                 "id (the details are in the server log).")
+
+
 page = st.navigation({"Explore": [PAGES[k] for k in ("experiments", "image_space", "neuron_ranking",
                                                      "receptive_fields", "clustering")],
                       "Set up": [PAGES["prepare"]]})
-sidebar.render(PAGES)
+guarded(lambda: sidebar.render(PAGES), "the sidebar")
 try:
-    page.run()
+    guarded(page.run, f"page {page.url_path or 'experiments'}")
 finally:  # also after a page's st.stop(): the URL always mirrors the selection
     session.sync_url()
     services.freeze_heap()  # once per process: keeps full garbage collections short

@@ -1,6 +1,8 @@
 """Clustering: the Neuron Cluster View (paper §5.2.2, Fig. 2-e, §6.1.4). The dendrogram of every neuron
 clustered by its RFs on the selected pair; click nodes to select subtrees, and see the union or the
-intersection of the selected neurons' RFs on the benign and the adversarial image."""
+intersection of the selected neurons' RFs on the benign and the adversarial image.
+Class names and ids are user text: Markdown gets them through ``text.plain``; no HTML on this page (the
+class colour is the border of each image)."""
 from functools import partial
 
 import numpy as np
@@ -8,11 +10,13 @@ import streamlit as st
 
 from core import clustering
 from core import receptive_fields as rf
+from core.store import StoreError
 from core.ui import dendrogram, services, session
 from core.ui import neuron_charts as nc
-from core.ui.images import rf_overlay
+from core.ui.images import bordered, rf_overlay
 from core.ui.palette import class_colors
 from core.ui.state import SET_OPS
+from core.ui.text import plain, quoted
 
 session.require_app()  # first: a deep link must not run a page outside app.py
 
@@ -48,10 +52,14 @@ if sel.pair is None:
     st.page_link("pages/image_space.py", label="Go to Image space", icon=":material/grid_view:")
     st.stop()
 
-analysis = services.analysis(sel.experiment)
+try:
+    analysis = services.analysis(sel.experiment)
+except StoreError as e:  # removed or damaged since the sidebar listed it
+    st.error(plain(e))
+    st.stop()
 store = analysis.store
 if not 0 <= sel.pair < analysis.num_pairs:
-    st.warning(f"Pair #{sel.pair} is not in experiment {sel.experiment!r} (it has {analysis.num_pairs} "
+    st.warning(f"Pair #{sel.pair} is not in experiment {quoted(sel.experiment)} (it has {analysis.num_pairs} "
                "pairs); pick a pair in Image space.")
     st.page_link("pages/image_space.py", label="Go to Image space", icon=":material/grid_view:")
     st.stop()
@@ -98,10 +106,11 @@ neuron = sel.neuron if sel.neuron is not None and 0 <= sel.neuron < n else None
 # -- the dendrogram ----------------------------------------------------------------------------------
 what = {"l2": "L2 distance between RFs", "iou": "1 − IoU of RF masks",
         "activation": "L2 distance between activation maps"}[sel.distance]
-st.caption(f"Pair #{sel.pair}: {classes[benign_class]} → {classes[adv_class]} · {n} neurons · {sel.method} "
+st.caption(f"Pair #{sel.pair}: {plain(classes[benign_class])} → {plain(classes[adv_class])} · {n} neurons · "
+           f"{sel.method} "
            f"linkage of the {what} (benign and adversarial image together) · click a node to select its "
            "subtree, a leaf for one neuron; click again to deselect; drag to zoom, double-click to reset.")
-fig = dendrogram.figure(Z, n_clusters=sel.n_clusters, selected=valid, neuron=neuron)
+fig = dendrogram.figure(Z, n_clusters=min(max(1, sel.n_clusters), k_max), selected=valid, neuron=neuron)
 st.plotly_chart(fig, on_select=partial(_on_chart, num_nodes), selection_mode=("points",), key=CHART,
                 width="stretch", config={"displaylogo": False})
 
@@ -136,10 +145,9 @@ for col, side, image, label, prob in (
         (cols[1], "adversarial", adv_img, adv_class, float(row["adv_prob"]))):
     masks = analysis.rf_masks_for(sel.pair, side, members, **nc.rf_kw(sel, analysis))
     mask = op(masks).numpy()
-    col.image(rf_overlay(image, mask), width="stretch")
-    col.markdown(f"**{side.capitalize()}**: <span style='color:{colors[label]}'>■</span> "
-                 f"{classes[label]} ({prob:.0%}) · covers {mask.mean():.0%} of the image",
-                 unsafe_allow_html=True)
+    col.image(bordered(rf_overlay(image, mask), colors[label]), width="stretch")  # border: class colour
+    col.markdown(f"**{side.capitalize()}**: {plain(classes[label])} ({prob:.0%}) · covers {mask.mean():.0%} "
+                 "of the image")
 with cols[2]:
     sizes = [f"node {v} ({len(clustering.subtree(Z, v))} neurons)" if v >= n else f"neuron {v}"
              for v in valid]

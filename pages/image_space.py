@@ -10,6 +10,8 @@ The matrix is an Altair chart handed to ``st.vega_lite_chart`` as its cached dic
 An experiment with more than ``image_space.SUBSET_ABOVE`` classes (Places365: 365) is explored in a
 class subset, as in paper §6.2.2: the matrix shows its benign rows × adversarial columns, the grid its
 pairs, the scatterplots colour them and grey the rest. The default is the paper's top-10 rule.
+Class names are user text (folder names): Markdown gets them through ``text.plain``, HTML through
+``text.html_text`` (core.ui.overview_charts), option lists as plain text.
 """
 from dataclasses import replace
 from functools import partial
@@ -22,6 +24,7 @@ from core.ui import overview_charts, services, session
 from core.ui.images import show
 from core.ui.palette import class_colors
 from core.ui.state import COLOR_BY
+from core.ui.text import one_line, plain
 
 session.require_app()  # first: a deep link must not run a page outside app.py
 
@@ -125,7 +128,7 @@ try:
     store = services.store(sel.experiment)
     pairs = store.pairs
 except StoreError as e:
-    st.error(str(e))
+    st.error(plain(e))
     st.stop()
 classes = store.classes
 stamp = str(store.manifest.get("created", ""))
@@ -145,7 +148,7 @@ if len(classes) > image_space.SUBSET_ABOVE:
                f"{image_space.TOP_CLASSES} true classes with the most successful attacks, and the "
                f"{image_space.TOP_CLASSES} adversarial labels most frequent among their pairs.")
     pick = st.columns([2.6, 2.6, 1.2], vertical_alignment="bottom")
-    names = dict(enumerate(classes))
+    names = {i: one_line(c) for i, c in enumerate(classes)}  # options are plain text
     for col, side, ids, label in ((pick[0], "benign", subset[0], "Benign (true) classes: matrix rows"),
                                   (pick[1], "adversarial", subset[1],
                                    "Adversarial classes: matrix columns")):
@@ -168,7 +171,8 @@ if cell is not None and not all(0 <= c < len(classes) for c in cell):  # a stale
     st.warning(f"Cell {cell} does not exist in this experiment: it is ignored.")
     cell = None
 if subset is not None and not image_space.cell_in_subset(cell, *subset):
-    st.warning(f"Cell {classes[cell[0]]} → {classes[cell[1]]} is outside the class subset: it is ignored.")
+    st.warning(f"Cell {plain(classes[cell[0]])} → {plain(classes[cell[1]])} is outside the class subset: "
+               "it is ignored.")
     cell = None
 narrowed = cell is not None or sel.lasso is not None
 shown = image_space.select(pairs, cell, sel.lasso, *(subset or (None, None)))
@@ -178,6 +182,7 @@ controls = st.columns([1.6, 3.2, 1], vertical_alignment="center")
 st.session_state["image_space_color_by"] = sel.color_by
 controls[0].radio("Colour points by", COLOR_BY, format_func=COLOR_NAMES.get, horizontal=True,
                   key="image_space_color_by", on_change=_on_color_by)
+# HTML for the colour swatches; the names in it are escaped (overview_charts.legend)
 controls[1].markdown(overview_charts.legend([classes[c] for c in key_classes],
                                             [colors[c] for c in key_classes]), unsafe_allow_html=True)
 controls[2].button("Clear", key="image_space_clear", on_click=_clear, disabled=not narrowed,
@@ -203,7 +208,7 @@ charts[2].vega_lite_chart(spec=matrix_spec, key=matrix_key, on_select=partial(_o
 # -- Image grid --------------------------------------------------------------------------------------
 what = []
 if cell is not None:
-    what.append(f"cell {classes[cell[0]]} → {classes[cell[1]]}")
+    what.append(f"cell {plain(classes[cell[0]])} → {plain(classes[cell[1]])}")
 if sel.lasso is not None:
     what.append(f"{len(sel.lasso)} points lassoed")
 if narrowed:
@@ -247,12 +252,11 @@ for start in range(0, len(page_ids), PER_ROW):
             left, right = st.columns(2, gap="small")
             for side, img, lab, prob in ((left, benign, b_lab, r["benign_prob"]),
                                          (right, adversarial, a_lab, r["adv_prob"])):
-                side.markdown(overview_charts.probability_bar(prob, colors[lab], classes[lab]),
-                              unsafe_allow_html=True)
+                side.html(overview_charts.probability_bar(prob, colors[lab], classes[lab]))
                 side.image(show(img, colors[lab], size=IMAGE_SIZE), width="stretch")
             st.caption(("✓ selected · " if chosen else "")
-                       + f"#{pair} · L2 {r['l2']:.3f} · {classes[b_lab]} {r['benign_prob']:.1%} → "
-                       f"{classes[a_lab]} {r['adv_prob']:.1%}")
+                       + f"#{pair} · L2 {r['l2']:.3f} · {plain(classes[b_lab])} {r['benign_prob']:.1%} → "
+                       f"{plain(classes[a_lab])} {r['adv_prob']:.1%}")
             st.button(f"Select pair #{pair}", key=f"image_space_pick_{pair}", on_click=_pick, args=(pair,),
                       type="primary" if chosen else "secondary", width="stretch")
 if sel.pair is not None:

@@ -1,6 +1,8 @@
 """Neuron ranking: the Neuron Vulnerability View (paper Fig. 4) of the selected pair. The neurons sorted by
 a vulnerability measure, their activation×weight curves and class bands, regions A/B/C; a click (or a
-typed id, or a row of the top-10 table) selects a neuron for the Receptive fields and Clustering pages."""
+typed id, or a row of the top-10 table) selects a neuron for the Receptive fields and Clustering pages.
+Class names and ids are user text: Markdown gets them through ``text.plain``, the chart through its
+builder."""
 from contextlib import nullcontext
 from functools import partial
 
@@ -8,10 +10,12 @@ import streamlit as st
 
 from core import analysis as analysis_mod
 from core import neuron_measures
+from core.store import StoreError
 from core.ui import neuron_charts as nc
 from core.ui import services, session
 from core.ui.palette import class_colors
 from core.ui.state import NEURON_SORTS
+from core.ui.text import plain, quoted
 
 session.require_app()  # first: a deep link must not run a page outside app.py
 
@@ -63,10 +67,14 @@ if sel.pair is None:
     st.page_link("pages/image_space.py", label="Go to Image space", icon=":material/grid_view:")
     st.stop()
 
-analysis = services.analysis(sel.experiment)
+try:
+    analysis = services.analysis(sel.experiment)
+except StoreError as e:  # removed or damaged since the sidebar listed it
+    st.error(plain(e))
+    st.stop()
 store = analysis.store
 if not 0 <= sel.pair < analysis.num_pairs:
-    st.warning(f"Pair #{sel.pair} is not in experiment {sel.experiment!r} "
+    st.warning(f"Pair #{sel.pair} is not in experiment {quoted(sel.experiment)} "
                f"(it has {analysis.num_pairs} pairs). Pick another pair in Image space.")
     st.page_link("pages/image_space.py", label="Go to Image space", icon=":material/grid_view:")
     st.stop()
@@ -75,10 +83,11 @@ pair = sel.pair
 classes = store.classes
 colors = class_colors(len(classes))
 bc, ac = analysis.classes_of(pair)
+b_name, a_name = plain(classes[bc]), plain(classes[ac])  # for Markdown; the chart takes the raw names
 row = store.pairs.iloc[pair]
-st.markdown(f"**Pair #{pair}**: **{classes[bc]}** → **{classes[ac]}** · "
-            f"P({classes[bc]}) {row['benign_prob']:.1%} → {row['benign_prob_adv']:.1%} · "
-            f"P({classes[ac]}) {row['adv_prob_benign']:.1%} → {row['adv_prob']:.1%}")
+st.markdown(f"**Pair #{pair}**: **{b_name}** → **{a_name}** · "
+            f"P({b_name}) {row['benign_prob']:.1%} → {row['benign_prob_adv']:.1%} · "
+            f"P({a_name}) {row['adv_prob_benign']:.1%} → {row['adv_prob']:.1%}")
 
 # -- controls --------------------------------------------------------------------------------------------
 stats = store.class_stats
@@ -94,11 +103,12 @@ c_sort, c_zoom, c_id = st.columns([2.2, 1, 1])
 session.seed("neuron_ranking_sort", sel.neuron_sort)
 c_sort.selectbox("Sort neurons by", list(NEURON_SORTS), format_func=NEURON_SORTS.get,
                  key="neuron_ranking_sort", on_change=_on_sort)
-session.seed("neuron_ranking_zoom", int(sel.zoom))
+session.seed("neuron_ranking_zoom", min(int(sel.zoom), analysis.num_neurons))  # the widget's bounds
 c_zoom.number_input("Show the top N (0: all)", min_value=0, max_value=analysis.num_neurons, step=5,
                     key="neuron_ranking_zoom", on_change=_on_zoom,
                     help="Horizontal zoom; drag on the chart to zoom further, double-click to reset.")
-session.seed("neuron_ranking_neuron", sel.neuron)
+session.seed("neuron_ranking_neuron",
+             sel.neuron if sel.neuron is not None and 0 <= sel.neuron < analysis.num_neurons else None)
 c_id.number_input("Or type a neuron id", min_value=0, max_value=analysis.num_neurons - 1, step=1,
                   key="neuron_ranking_neuron", on_change=_on_neuron_id, placeholder="neuron id")
 with st.expander("Band settings"):
@@ -155,12 +165,12 @@ with right:
         where = "" if sel.zoom == 0 or pos < sel.zoom else f" (outside the top {sel.zoom} shown)"
         st.markdown(f"**Neuron {j}**: rank {pos + 1} of {analysis.num_neurons}{where}, region "
                     f"{nc.REGION_LABELS[nc.regions(measures['band_gap'][[j]])[0]]}")
-        st.markdown(f"- act×weight: {measures['benign_axw'][j]:.4g} ({classes[bc]}) → "
-                    f"{measures['adversarial_axw'][j]:.4g} ({classes[ac]})\n"
+        st.markdown(f"- act×weight: {measures['benign_axw'][j]:.4g} ({b_name}) → "
+                    f"{measures['adversarial_axw'][j]:.4g} ({a_name})\n"
                     f"- band gap {measures['band_gap'][j]:.4g} · curve difference "
                     f"{measures['curve_difference'][j]:.4g}\n"
-                    f"- substituted alone: P({classes[bc]}) drops {measures['benign_decrease'][j]:.3g}, "
-                    f"P({classes[ac]}) rises {measures['adversarial_increase'][j]:.3g}" +
+                    f"- substituted alone: P({b_name}) drops {measures['benign_decrease'][j]:.3g}, "
+                    f"P({a_name}) rises {measures['adversarial_increase'][j]:.3g}" +
                     (f"\n- IoU of its RFs with bMap {iou['bmap'][j]:.3f}, aMap {iou['amap'][j]:.3f}"
                      if iou else ""))
         st.page_link("pages/receptive_fields.py", label=f"See neuron {j}'s receptive fields",

@@ -1,7 +1,8 @@
 """Receptive fields: the Receptive Field View (paper §5.2–5.3, Fig. 2-d, Fig. 5). The selected neuron's RF on
 the benign and on the adversarial image beside each image's class probabilities, the two vulnerability
 maps (bMap, aMap) binarized at a top-% and their IoU with the RFs, the RF threshold, the context images
-of the current selection, and the union/intersection of the RFs of the clusters picked on Clustering."""
+of the current selection, and the union/intersection of the RFs of the clusters picked on Clustering.
+Class names are user text: Markdown gets them through ``text.plain``, the charts through their builders."""
 from contextlib import nullcontext
 
 import numpy as np
@@ -9,10 +10,12 @@ import streamlit as st
 
 from core import clustering, context, image_space, vulnerability
 from core import receptive_fields as rf
+from core.store import StoreError
 from core.ui import neuron_charts as nc
 from core.ui import services, session
 from core.ui.images import heatmap, rf_overlay, show
 from core.ui.palette import class_colors
+from core.ui.text import plain
 
 session.require_app()  # first: a deep link must not run a page outside app.py
 
@@ -48,7 +51,11 @@ def _on_set_op() -> None:
 sel = session.require_experiment()
 
 st.header("Receptive fields")
-analysis = services.analysis(sel.experiment)
+try:
+    analysis = services.analysis(sel.experiment)
+except StoreError as e:  # removed or damaged since the sidebar listed it
+    st.error(plain(e))
+    st.stop()
 store = analysis.store
 if sel.pair is None or not 0 <= sel.pair < analysis.num_pairs:
     st.info("Pick a pair in Image space first: click a prediction-matrix cell, then a pair of the grid.")
@@ -63,7 +70,7 @@ pair, j = sel.pair, sel.neuron
 classes = store.classes
 colors = class_colors(len(classes))
 bc, ac = analysis.classes_of(pair)
-st.markdown(f"**Neuron {j}** on **pair #{pair}**: {classes[bc]} → {classes[ac]}")
+st.markdown(f"**Neuron {j}** on **pair #{pair}**: {plain(classes[bc])} → {plain(classes[ac])}")
 
 # -- controls --------------------------------------------------------------------------------------------
 
@@ -91,7 +98,7 @@ else:
     c_value.slider("q (quantile)" if sel.rf_mode == "quantile" else "fraction of the max",
                    spec["min_value"], spec["max_value"], step=spec["step"], key=value_key,
                    on_change=_on_value, args=(value_key,))
-session.seed("receptive_fields_top", round(sel.top * 100))
+session.seed("receptive_fields_top", min(100, max(1, round(sel.top * 100))))  # the slider's bounds
 c_top.slider("Vulnerability maps: top %", 1, 100, step=1, key="receptive_fields_top", on_change=_on_top,
              help="The binarized map keeps this share of the pixels with the largest values (> 0).")
 stride = analysis.map_stride(sel.stride)
@@ -110,13 +117,14 @@ with st.spinner(SPINNER) if not analysis.has_vulnerability_maps(pair, **map_kw) 
 binary = {w: vulnerability.binarize(m, sel.top) for w, m in vmaps.items()}
 matched = {"benign": "bmap", "adversarial": "amap"}
 predicted = {"benign": bc, "adversarial": ac}
-map_text = {"bmap": f"bMap: where the perturbation lowers P({classes[bc]})",
-            "amap": f"aMap: where the perturbation raises P({classes[ac]})"}
+map_text = {"bmap": f"bMap: where the perturbation lowers P({plain(classes[bc])})",
+            "amap": f"aMap: where the perturbation raises P({plain(classes[ac])})"}
 
 for side, col in zip(SIDES, st.columns(2, gap="medium"), strict=True):
     with col:
         k = predicted[side]
-        st.markdown(f"**{side.capitalize()} image** · predicted **{classes[k]}** ({probs[side][k]:.1%})")
+        st.markdown(f"**{side.capitalize()} image** · predicted **{plain(classes[k])}** "
+                    f"({probs[side][k]:.1%})")
         i1, i2, i3 = st.columns([1, 1, 1.5])
         i1.image(show(images[side], colors[k]), caption=f"pair #{pair}", width="stretch")
         i2.image(rf_overlay(images[side], masks[side]), width="stretch",

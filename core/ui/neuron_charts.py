@@ -8,6 +8,9 @@ by its band-gap region (A: gap > 0, the attack excites the neuron; B: gap = 0; C
 in band-gap order the regions are contiguous and are also shaded over the plot with their labels.
 Every neuron point (both curves and the strip) carries its id as ``customdata[0]``, so a click maps
 back to a neuron (``neuron_from_selection``).
+
+Class names are user text (folder names): the figures put them into trace names, hover templates and
+category labels through ``text.plotly_text`` (plotly reads HTML and ``%{...}`` there).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import plotly.graph_objects as go
 
 from core import neuron_measures, receptive_fields
 from core.ui.palette import rgb
+from core.ui.text import plotly_text
 
 REGIONS = ("A", "B", "C")
 REGION_LABELS = {"A": "A: excited", "B": "B: unaffected", "C": "C: inhibited", "?": "no band"}
@@ -189,6 +193,7 @@ def ranking_figure(measures: dict, order, *, classes: tuple[str, str], colors: t
     Two rows sharing x: the curves and bands (x/y), and the region strip (x2/y2).
     """
     order = np.asarray(order, dtype=np.int64)
+    classes = (plotly_text(classes[0]), plotly_text(classes[1]))
     n = len(order)
     x = list(range(n))
     gap = np.asarray(measures["band_gap"], dtype=np.float64)
@@ -286,7 +291,7 @@ def probability_figure(probs, classes, colors, k: int = 5, height: int = 170) ->
     """The top-``k`` classes of a probability vector as horizontal bars in the class colours."""
     p = np.asarray(probs, dtype=np.float64)
     top = top_classes(p, k)[::-1]  # plotly draws the first bar at the bottom
-    fig = go.Figure(go.Bar(x=p[top], y=[classes[i] for i in top], orientation="h",
+    fig = go.Figure(go.Bar(x=p[top], y=[plotly_text(classes[i]) for i in top], orientation="h",
                            marker_color=[colors[i] for i in top], text=[f"{v:.1%}" for v in p[top]],
                            textposition="auto", hovertemplate="%{y}: %{x:.2%}<extra></extra>"))
     fig.update_xaxes(range=[0, 1], tickformat=".0%", fixedrange=True)

@@ -19,14 +19,19 @@ Pure functions (no Streamlit import), so unit tests call them directly:
 - ``clicked_cell``: a Vega-Lite chart event (``st.vega_lite_chart`` / ``st.altair_chart``) -> the cell
   to select, toggling the current one off.
 - ``probability_bar`` / ``legend``: small HTML pieces (the bar above each grid image, the palette key).
+
+Class names are user text (folder names): they go into plotly strings through ``text.plotly_text`` and
+into HTML through ``text.html_text``; Vega-Lite shows data values as text, so the matrix takes them as
+they are.
 """
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
+
+from core.ui.text import html_text, plotly_text
 
 SIDES = {"benign": ("tsne_benign_x", "tsne_benign_y"), "adversarial": ("tsne_adv_x", "tsne_adv_y")}
 MATRIX_PARAM = "cell"          # the click selection
@@ -59,7 +64,7 @@ def scatter_figure(pairs: pd.DataFrame, classes: list[str], colors: list[str], s
     group = color_labels(pairs, side, color_by)
     ids = pairs["pair"].to_numpy(np.int64)
     x, y = pairs[x_col].to_numpy(), pairs[y_col].to_numpy()
-    names = np.asarray(classes, dtype=object)
+    names = np.asarray([plotly_text(c) for c in classes], dtype=object)  # plotly reads HTML in text
     hover = ("true: " + names[pairs["label"].to_numpy(np.int64)]
              + "<br>adversarial: " + names[pairs["adv_label"].to_numpy(np.int64)])
     chosen = None
@@ -68,7 +73,7 @@ def scatter_figure(pairs: pd.DataFrame, classes: list[str], colors: list[str], s
         chosen[np.isin(ids, np.asarray(list(highlight), dtype=np.int64))] = True
     inside = np.ones(len(pairs), dtype=bool) if subset is None else np.asarray(subset, dtype=bool)
     traces = [] if inside.all() else [(OTHER_NAME, OTHER_COLOR, 3, np.flatnonzero(~inside))]
-    traces += [(classes[c], colors[c], 4, np.flatnonzero(inside & (group == c)))
+    traces += [(names[c], colors[c], 4, np.flatnonzero(inside & (group == c)))
                for c in np.unique(group[inside])]
     fig = go.Figure()
     for name, color, size, rows in traces:
@@ -239,7 +244,7 @@ def clicked_cell(event, current: tuple[int, int] | None = None, matrix: np.ndarr
 def probability_bar(prob: float, color: str, label: str) -> str:
     """A thin bar whose filled length is ``prob`` (in the class colour), with the label on hover."""
     pct = 100.0 * min(max(float(prob), 0.0), 1.0)
-    tip = html.escape(f"{label}: {pct:.1f}%")
+    tip = html_text(f"{label}: {pct:.1f}%")
     return (f'<div title="{tip}" style="height:7px;background:#e6e6e6;border-radius:2px;'
             f'margin:0 0 2px 0;overflow:hidden"><div style="height:7px;width:{pct:.1f}%;'
             f'background:{color}"></div></div>')
@@ -249,5 +254,5 @@ def legend(classes: list[str], colors: list[str]) -> str:
     """The palette key as one wrapping line of coloured swatches and class names."""
     items = [f'<span style="white-space:nowrap;margin-right:10px"><span style="display:inline-block;'
              f'width:10px;height:10px;border-radius:2px;background:{c};margin-right:3px"></span>'
-             f'{html.escape(n)}</span>' for n, c in zip(classes, colors, strict=True)]
+             f'{html_text(n)}</span>' for n, c in zip(classes, colors, strict=True)]
     return f'<div style="font-size:12px;line-height:1.6">{"".join(items)}</div>'

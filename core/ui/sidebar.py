@@ -1,4 +1,7 @@
-"""The sidebar: experiment picker, an always-current summary of the selection, the next step."""
+"""The sidebar: experiment picker, an always-current summary of the selection, the next step.
+
+Class names and experiment ids are user text (a link can carry any id): shown through ``text.plain``.
+A link to an experiment that is not here opens the first one and says so above the page."""
 from __future__ import annotations
 
 import streamlit as st
@@ -6,18 +9,48 @@ import streamlit as st
 from core.store import StoreError
 from core.ui import services, session
 from core.ui.stores import cache_dir, experiments
+from core.ui.text import plain, quoted
 
 NEXT = ":material/arrow_forward:"
+MISSING = "nve_missing_experiment"  # session key: (id a link asked for, id shown instead or None, selection)
 
 
 def _pick_experiment() -> None:
     session.put(session.get().with_experiment(st.session_state["sidebar_experiment"]))
 
 
+def _replace_missing(sel, usable: list[str]):
+    """A selection whose experiment is here: a link's unknown id is replaced by the first experiment
+    (or none), and remembered so the page can say so."""
+    if sel.experiment is None or sel.experiment in usable:
+        return sel
+    asked = sel.experiment
+    sel = session.put(sel.with_experiment(usable[0] if usable else None))
+    st.session_state[MISSING] = (asked, sel.experiment, sel)
+    return sel
+
+
+def _say_missing(sel) -> None:
+    """Say which experiment the link asked for (above the page), until the user changes the selection."""
+    missing = st.session_state.get(MISSING)
+    if not missing:
+        return
+    asked, instead, landed = missing
+    if sel != landed:  # the user has moved on
+        del st.session_state[MISSING]
+    elif instead is None:
+        st.warning(f"Experiment {quoted(asked)} is not here, and there is no experiment yet: prepare one.")
+    else:
+        st.warning(f"Experiment {quoted(asked)} is not here; showing {quoted(instead)}. Pick another one in "
+                   "the sidebar.")
+
+
 def render(pages: dict) -> None:
     sel = session.get()
     infos = experiments(str(cache_dir()))
     usable = [i.id for i in infos if i.manifest]
+    sel = _replace_missing(sel, usable)
+    _say_missing(sel)
     with st.sidebar:
         broken = len(infos) - len(usable)
         if broken:
@@ -25,16 +58,16 @@ def render(pages: dict) -> None:
         if not usable:
             st.caption("No experiment yet: prepare one.")
             return
-        if sel.experiment not in usable:  # first visit, or a link to an experiment that is gone
+        if sel.experiment is None:  # first visit
             sel = session.put(sel.with_experiment(usable[0]))
         session.seed("sidebar_experiment", sel.experiment)  # follows changes made on other pages
         st.selectbox("Experiment", usable, key="sidebar_experiment", on_change=_pick_experiment)
         try:
             store = services.store(sel.experiment)
         except StoreError as e:
-            st.error(str(e))
+            st.error(plain(e))
             return
-        classes = store.classes
+        classes = [plain(c) for c in store.classes]  # shown in Markdown below
         st.markdown("**Selection**")
         lines = []
         if sel.cell is not None and all(0 <= c < len(classes) for c in sel.cell):  # links can be stale

@@ -106,6 +106,17 @@ _CHOICES = {"color_by": COLOR_BY, "grid_sort": tuple(SORTS), "neuron_sort": tupl
 _LISTS = ("clusters", "benign_classes", "adversarial_classes")
 _DEFAULT = Selection()
 MAX_LASSO_IN_URL = 500  # longer selections are not put in the link (URLs get too long to share)
+# Bounds of what a link may ask for; anything outside is ignored (the default is kept). Ids (pairs,
+# neurons, classes, dendrogram nodes) are indices into int32-sized arrays; the pages check them against
+# the store. The other bounds are the widgets' (a value a widget refuses would stop the page).
+MAX_ID = 2**31 - 1
+INT_RANGES = {"grid_page": (0, 10**6), "pair": (0, MAX_ID), "neuron": (0, MAX_ID), "zoom": (0, MAX_ID),
+              "n_clusters": (1, 1000), "stride": (1, 64)}
+FLOAT_RANGES = {"top": (0.01, 1.0), "coverage": (1e-6, 1.0), "rf_value": (0.0, 1e6)}
+RF_RELATIVE_MAX = 1.0      # quantile q and fraction of the max lie in [0, 1]
+MAX_LIST = {"lasso": 100_000, "clusters": 1000, "benign_classes": 10_000, "adversarial_classes": 10_000}
+MAX_VALUE_CHARS = 1_000_000  # a longer value is not even parsed
+MAX_EXPERIMENT_CHARS = 64    # store ids are at most 64 characters (core.store); longer ones are cut
 
 
 def to_query(sel: Selection) -> dict[str, str]:
@@ -130,46 +141,75 @@ def to_query(sel: Selection) -> dict[str, str]:
 
 
 def _first(v):
-    return v[-1] if isinstance(v, list | tuple) else v
+    """The value of a parameter given several times: the last (Streamlit's ``to_dict`` does the same)."""
+    if isinstance(v, list | tuple):
+        if not v:
+            raise ValueError("no value")
+        return v[-1]
+    return v
 
 
-def _int_list(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x.strip() != "")
+def _id(text: str) -> int:
+    v = int(text)
+    if not 0 <= v <= MAX_ID:
+        raise ValueError(f"id {v} out of range")
+    return v
+
+
+def _id_list(text: str, key: str) -> tuple[int, ...]:
+    """Comma-separated ids; any bad one (or too many) makes the whole list ignored."""
+    parts = [x for x in text.split(",") if x.strip() != ""]
+    if len(parts) > MAX_LIST[key]:
+        raise ValueError(f"more than {MAX_LIST[key]} ids")
+    return tuple(_id(x) for x in parts)
+
+
+def _in_range(v, key: str, ranges: dict):
+    lo, hi = ranges[key]
+    if not lo <= v <= hi:
+        raise ValueError(f"{key}={v} outside [{lo}, {hi}]")
+    return v
 
 
 def from_query(query: Mapping) -> Selection:
-    """A Selection from a query string; a malformed or unknown value is ignored (default kept), so a
-    hand-edited or stale link never breaks the app. Ranges are checked by the pages against the store."""
+    """A Selection from a query string; a malformed, unknown or out-of-range value is ignored (default
+    kept), so a hand-edited, stale or hostile link never breaks the app. Ids are checked by the pages
+    against the store."""
     sel = Selection()
     values: dict = {}
     for key, raw in query.items():
-        text = str(_first(raw))
         try:
+            text = str(_first(raw))
+            if len(text) > MAX_VALUE_CHARS:
+                continue
             if key == "exp":
-                values["experiment"] = text
+                if text.strip():
+                    values["experiment"] = text if len(text) <= MAX_EXPERIMENT_CHARS else \
+                        text[:MAX_EXPERIMENT_CHARS] + "…"  # cannot be an id; the sidebar says it is not here
             elif key == "cell":
                 a, b = text.split("-")
-                values["cell"] = (int(a), int(b))
+                values["cell"] = (_id(a), _id(b))
             elif key == "lasso":
-                values["lasso"] = tuple(sorted(set(_int_list(text))))
+                values["lasso"] = tuple(sorted(set(_id_list(text, key))))
             elif key == "clusters":
-                values["clusters"] = _int_list(text)
+                values["clusters"] = tuple(dict.fromkeys(_id_list(text, key)))  # unique, in click order
             elif key in ("benign_classes", "adversarial_classes"):
                 # "" is a list the user emptied; the page checks ids against the store's classes
-                ids = _int_list(text)
-                if all(i >= 0 for i in ids):
-                    values[key] = tuple(sorted(set(ids)))
+                values[key] = tuple(sorted(set(_id_list(text, key))))
             elif key in _INTS:
-                if int(text) >= (1 if key in ("stride", "n_clusters") else 0):
-                    values[key] = int(text)
+                values[key] = _in_range(int(text), key, INT_RANGES)
             elif key in _FLOATS:
                 v = float(text)
-                if math.isfinite(v) and (key == "rf_value" or 0 < v <= 1):
-                    values[key] = v
+                if math.isfinite(v):
+                    values[key] = _in_range(v, key, FLOAT_RANGES)
             elif key in _CHOICES and text in _CHOICES[key]:
                 values[key] = text
-        except ValueError:
+        except (ValueError, TypeError):
             continue
+    # a quantile or a fraction of the max lies in [0, 1]; the absolute mode takes any value >= 0
+    mode = values.get("rf_mode", sel.rf_mode)
+    if mode != "absolute" and values.get("rf_value", 0.0) > RF_RELATIVE_MAX:
+        del values["rf_value"]
     return replace(sel, **values)
 
 
