@@ -4,6 +4,7 @@ import streamlit as st
 from core.store import summary_row
 from core.ui import session
 from core.ui.stores import cache_dir, experiments
+from core.ui.text import plain
 
 session.require_app()  # first: a deep link must not run a page outside app.py
 
@@ -11,7 +12,7 @@ st.title("Experiments")
 cache = str(cache_dir())
 infos = experiments(cache)
 if not infos:
-    st.info(f"No experiments in `{cache}` yet. Prepare one with "
+    st.info(f"No experiments in {plain(cache)} yet. Prepare one with "
             "`python -m core prepare --preset demo` (or `make run`, which does it for you).")
     st.stop()
 
@@ -19,7 +20,7 @@ ok = [i for i in infos if i.manifest]
 st.dataframe([summary_row(i.manifest) for i in ok], hide_index=True, use_container_width=True)
 for info in infos:
     if info.error:
-        st.warning(f"**{info.id}** cannot be opened: {info.error}")
+        st.warning(f"**{plain(info.id)}** cannot be opened: {plain(info.error)}")
 if ok:
     chosen = st.selectbox("Details of", [i.id for i in ok])
     manifest = next(i.manifest for i in ok if i.id == chosen)
@@ -30,6 +31,6 @@ if ok:
     cols[2].metric("Attacked", c["n_attacked"])
     cols[3].metric("Attack success", f"{c['attack_success_rate']:.1%}")
     cols[4].metric("Pairs to explore", c["n_success"])
-    st.caption(f"Classes: {', '.join(manifest['classes'])}")
+    st.caption("Classes: " + ", ".join(plain(c) for c in manifest["classes"]))
     with st.expander("Manifest"):
         st.json(manifest)

@@ -125,7 +125,7 @@ def _live(experiment: str, cache: str) -> None:
         experiments.clear()
         st.rerun()
     with st.status(f"Preparing {plain(experiment)}…", expanded=True, state="running"):
-        st.progress(job.fraction, text=job.describe())
+        st.progress(job.fraction, text=plain(job.describe()))
         st.caption(f"{job.elapsed():.0f} s so far. It runs on the server: you can explore other "
                    "experiments meanwhile, or come back to this page to see how far it got.")
         st.button("Cancel", key="prepare_cancel", icon=":material/stop:", on_click=jobs.cancel, args=(job,),
