@@ -1,4 +1,5 @@
 """Small loaders shared by tests (real images from ../shared, real checkpoints)."""
+import re
 from pathlib import Path
 
 import torch
@@ -25,3 +26,9 @@ def resnet20(models_dir: Path):
     cfg = PRESETS["cifar10-resnet56"].model
     return load_model(ModelConfig(**{**cfg.__dict__, "arch": "resnet20_cifar",
                                      "checkpoint": str(models_dir / "resnet20-12fca82f.th")}), (3, 32, 32))
+
+
+def displayed(markdown: str) -> str:
+    """What a user reads of Markdown made safe by ``core.ui.text.plain``: the text without its backslash
+    escapes and invisible word joiners (AppTest returns an element's Markdown source)."""
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown).replace("\u2060", "")

@@ -1,12 +1,13 @@
 """The sidebar: experiment picker, an always-current summary of the selection, the next step.
 
 Class names and experiment ids are user text (a link can carry any id): shown through ``text.plain``.
-A link to an experiment that is not here opens the first one and says so above the page."""
+A link to an experiment that is not here (or cannot be opened) opens the first one and says why above
+the page."""
 from __future__ import annotations
 
 import streamlit as st
 
-from core.store import StoreError
+from core.store import StoreError, validate_id
 from core.ui import services, session
 from core.ui.stores import cache_dir, experiments
 from core.ui.text import plain, quoted
@@ -19,37 +20,44 @@ def _pick_experiment() -> None:
     session.put(session.get().with_experiment(st.session_state["sidebar_experiment"]))
 
 
-def _replace_missing(sel, usable: list[str]):
-    """A selection whose experiment is here: a link's unknown id is replaced by the first experiment
-    (or none), and remembered so the page can say so."""
+def _replace_missing(sel, infos) -> object:
+    """A selection whose experiment is here: a link's unknown, invalid or damaged experiment is replaced
+    by the first usable one (or none), and remembered with the reason so the page can say so."""
+    usable = [i.id for i in infos if i.manifest]
     if sel.experiment is None or sel.experiment in usable:
         return sel
     asked = sel.experiment
+    try:
+        validate_id(asked)
+        why = next((f"cannot be opened: {i.error}" for i in infos if i.id == asked), "is not here")
+    except StoreError as e:
+        why = f"cannot be opened: {e}"
     sel = session.put(sel.with_experiment(usable[0] if usable else None))
-    st.session_state[MISSING] = (asked, sel.experiment, sel)
+    st.session_state[MISSING] = (asked, why, sel.experiment, sel)
     return sel
 
 
 def _say_missing(sel) -> None:
-    """Say which experiment the link asked for (above the page), until the user changes the selection."""
+    """Say what became of the experiment the link asked for (above the page), until the user changes
+    the selection."""
     missing = st.session_state.get(MISSING)
     if not missing:
         return
-    asked, instead, landed = missing
+    asked, why, instead, landed = missing
     if sel != landed:  # the user has moved on
         del st.session_state[MISSING]
-    elif instead is None:
-        st.warning(f"Experiment {quoted(asked)} is not here, and there is no experiment yet: prepare one.")
-    else:
-        st.warning(f"Experiment {quoted(asked)} is not here; showing {quoted(instead)}. Pick another one in "
-                   "the sidebar.")
+        return
+    say = st.warning if why == "is not here" else st.error
+    then = (f"showing {quoted(instead)}. Pick another one in the sidebar." if instead is not None
+            else "there is no experiment to show yet: prepare one.")
+    say(f"Experiment {quoted(asked)} {plain(why)}; {then}")
 
 
 def render(pages: dict) -> None:
     sel = session.get()
     infos = experiments(str(cache_dir()))
     usable = [i.id for i in infos if i.manifest]
-    sel = _replace_missing(sel, usable)
+    sel = _replace_missing(sel, infos)
     _say_missing(sel)
     with st.sidebar:
         broken = len(infos) - len(usable)

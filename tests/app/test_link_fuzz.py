@@ -18,6 +18,7 @@ from core import image_space
 from core.ui import dendrogram
 from core.ui import neuron_charts as nc
 from core.ui.state import KEY, Selection
+from tests.helpers import displayed
 
 pytestmark = pytest.mark.reliability
 
@@ -82,15 +83,23 @@ def test_hostile_links_never_break_a_page(cifar20_store, monkeypatch, page):
 
 
 def test_a_link_to_an_unknown_experiment_says_so(cifar20_store, monkeypatch):
-    at = _open(cifar20_store, monkeypatch, "pages/image_space.py", {"exp": "gone<img src=x>", "pair": "0"})
+    at = _open(cifar20_store, monkeypatch, "pages/image_space.py", {"exp": "gone", "pair": "0"})
     assert not at.exception
     said = [w.value for w in at.warning if "is not here" in w.value]
     assert len(said) == 1
-    shown = re.sub(r"\\(.)", r"\1", said[0]).replace("\u2060", "")  # what Markdown shows
-    assert shown.startswith("Experiment 'gone<img src=x>' is not here; showing 'cifar20'")
-    assert not re.search(r"(?<!\\)[<>=']", said[0])  # every character Markdown could read is escaped
+    assert displayed(said[0]) == ("Experiment 'gone' is not here; showing 'cifar20'. Pick another one in "
+                                  "the sidebar.")
     assert at.session_state[KEY].experiment == "cifar20" and at.session_state[KEY].pair is None
     assert at.header[0].value == "Image space"
+    # a hostile id: not a valid id, said as such, shown literally
+    at = _open(cifar20_store, monkeypatch, "pages/image_space.py", {"exp": "gone<img src=x>", "pair": "0"})
+    assert not at.exception
+    said = [e.value for e in at.error if "invalid experiment id" in e.value]
+    assert len(said) == 1
+    assert displayed(said[0]).startswith("Experiment 'gone<img src=x>' cannot be opened: invalid experiment "
+                                         "id 'gone<img src=x>'")
+    assert displayed(said[0]).endswith("showing 'cifar20'. Pick another one in the sidebar.")
+    assert not re.search(r"(?<!\\)[<>=']", said[0])  # every character Markdown could read is escaped
 
 
 def test_a_link_to_an_unknown_experiment_without_any_experiment(tmp_path, monkeypatch):
@@ -99,7 +108,7 @@ def test_a_link_to_an_unknown_experiment_without_any_experiment(tmp_path, monkey
     at.query_params["exp"] = "gone"
     at.run()
     assert not at.exception
-    assert any("'gone' is not here, and there is no experiment yet" in w.value.replace("\\", "")
+    assert any("'gone' is not here; there is no experiment to show yet" in displayed(w.value)
                for w in at.warning)
 
 

@@ -18,6 +18,7 @@ from core.pipeline import PrepareError
 from core.presets import PRESETS
 from core.store import Store, StoreError
 from core.ui import jobs
+from tests.helpers import displayed
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 RESNET20 = "resnet20-12fca82f.th"
@@ -38,7 +39,7 @@ def page() -> AppTest:
 
 
 def errors(at) -> list[str]:
-    return [e.value for e in at.error]
+    return [displayed(e.value) for e in at.error]
 
 
 def wait(job: jobs.Job, seconds: float = 120) -> None:
@@ -118,7 +119,7 @@ def test_a_small_real_run_from_the_form(cache, cifar_root, models_dir):
     assert len(store.manifest["vulnerability_maps"]["pairs"]) == min(2, len(store))
     at.run()
     assert not at.exception
-    assert any("small" in s.value and "is ready" in s.value for s in at.success)
+    assert any("small" in displayed(s.value) and "is ready" in displayed(s.value) for s in at.success)
     at.button(key="prepare_explore").click().run()
     assert at.session_state["nve_selection"].experiment == "small"
 

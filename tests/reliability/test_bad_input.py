@@ -44,6 +44,7 @@ from core.models import load_state_dict
 from core.presets import DEMO_CHECKPOINT, PRESETS
 from core.store import Store, StoreError, list_stores, open_store
 from core.ui import jobs
+from tests.helpers import displayed
 
 # the scan's notes are DataWarnings too (for library users); here they are checked in the logs
 pytestmark = [pytest.mark.reliability, pytest.mark.filterwarnings("ignore::core.data.DataWarning")]
@@ -311,7 +312,8 @@ def test_bad_input_is_explained_in_cli_and_app(name, tmp_path, capsys, app_cache
     job = jobs.get(ident, app_cache)
     if job is not None:  # the page shows a failed job's error in its panel
         at = prepare_page(ident)
-        assert any(shown in e.value and ident in e.value for e in at.error), [e.value for e in at.error]
+        said = [displayed(e.value) for e in at.error]
+        assert any(shown in e and ident in e for e in said), said
 
 
 def test_checkpoint_problems_show_on_the_form(tmp_path, app_cache):
@@ -327,10 +329,11 @@ def test_checkpoint_problems_show_on_the_form(tmp_path, app_cache):
     at.text_input(key="prepare_root").set_value(cfg["data"]["root"])
     at.text_input(key="prepare_ckpt_path").set_value(cfg["model"]["checkpoint"])
     at.text_input(key="prepare_id").set_value("mlp-form").run()
-    assert not [e.value for e in at.error]
+    assert not [displayed(e.value) for e in at.error]
     at.button(key="prepare_start").click().run()
     assert not at.exception
-    assert any("no convolution kernels" in e.value and "mlp.safetensors" in e.value for e in at.error)
+    said = [displayed(e.value) for e in at.error]
+    assert any("no convolution kernels" in e and "mlp.safetensors" in e for e in said), said
     assert jobs.get("mlp-form", app_cache) is None
 
 
@@ -403,7 +406,8 @@ def test_tolerated_oddities_are_converted_and_reported(tmp_path, capsys, app_cac
         assert note in log, f"{note!r} not in the job's messages:\n{log}"
     _check_tolerated_store(Store(job.path), root, expected)
     at = prepare_page("odd")
-    assert any("is ready" in s.value and "3 unreadable file(s) were skipped" in s.value for s in at.success)
+    said = [displayed(s.value) for s in at.success]
+    assert any("is ready" in s and "3 unreadable file(s) were skipped" in s for s in said), said
     assert any("converted 2 image(s)" in t.value for t in at.text)
 
 
@@ -440,12 +444,13 @@ def test_store_of_another_schema_is_explained(tmp_path, capsys, monkeypatch):
     at = AppTest.from_file(APP, default_timeout=120).run()
     assert not at.exception
     for ident, parts in why.items():
-        assert any(ident in w.value and all(p in w.value for p in parts) for w in at.warning), \
-            [w.value for w in at.warning]
+        said = [displayed(w.value) for w in at.warning]
+        assert any(ident in w and all(p in w for p in parts) for w in said), said
     assert not at.sidebar.selectbox  # nothing usable to pick
     link = AppTest.from_file(APP, default_timeout=120)
     link.query_params["exp"] = "old"
     link.switch_page("pages/image_space.py")
     link.run()
     assert not link.exception
-    assert any(all(p in e.value for p in why["old"]) for e in link.error), [e.value for e in link.error]
+    said = [displayed(e.value) for e in link.error]
+    assert any(all(p in e for p in why["old"]) for e in said), said

@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 from core.presets import preset
 from core.store import Store
 from core.ui import jobs
+from tests.helpers import displayed
 
 pytestmark = pytest.mark.reliability
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
@@ -40,7 +41,7 @@ def test_cancel_from_the_page_then_resume(cache):
     assert job.error.startswith("cancelled") and not (cache / "cancelled").exists()
     assert (cache / ".partial-cancelled").is_dir()  # the finished work is kept
     at.run()
-    assert any("cancelled" in e.value for e in at.error), [e.value for e in at.error]
+    assert any("cancelled" in displayed(e.value) for e in at.error), [displayed(e.value) for e in at.error]
 
     again = jobs.start(cfg, "cancelled", cache)
     assert again.wait(300), again.describe()

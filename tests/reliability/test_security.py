@@ -26,6 +26,7 @@ from core.models import ModelError, load_state_dict
 from core.presets import DEMO_CHECKPOINT
 from core.store import StoreError, list_stores, open_store, validate_id
 from core.ui import jobs
+from tests.helpers import displayed
 from tests.reliability.test_bad_input import cli, config, error_line, write_toml
 
 pytestmark = pytest.mark.reliability
@@ -110,8 +111,8 @@ def test_code_carrying_checkpoints_are_refused_everywhere(tmp_path, monkeypatch)
         at.text_input(key="prepare_id").set_value(f"evil-{i}").run()
         at.button(key="prepare_start").click().run()
         assert not at.exception
-        assert any("refused to load" in e.value and path.name in e.value for e in at.error), \
-            [e.value for e in at.error]
+        said = [displayed(e.value) for e in at.error]
+        assert any("refused to load" in e and path.name in e for e in said), said
         assert jobs.get(f"evil-{i}", cache) is None
     # app: the same files uploaded are refused and not kept
     for path in evil:
@@ -208,7 +209,8 @@ def test_experiment_ids_cannot_leave_the_cache(tmp_path, capsys, monkeypatch):
         if len(ident) > 64:  # the field takes at most 64 characters (Streamlit cuts longer values)
             assert at.text_input(key="prepare_id").value == ident[:64]
             continue
-        assert any("invalid experiment id" in e.value for e in at.error), (ident, [e.value for e in at.error])
+        said = [displayed(e.value) for e in at.error]
+        assert any("invalid experiment id" in e for e in said), (ident, said)
         at.button(key="prepare_start").click().run()
         assert not at.exception and jobs.running(cache) == []
     assert not cache.exists() or list(cache.iterdir()) == []
@@ -217,7 +219,8 @@ def test_experiment_ids_cannot_leave_the_cache(tmp_path, capsys, monkeypatch):
     link.switch_page("pages/image_space.py")
     link.run()
     assert not link.exception
-    assert any("invalid experiment id" in e.value for e in link.error), [e.value for e in link.error]
+    said = [displayed(e.value) for e in link.error]
+    assert any("invalid experiment id" in e for e in said), said
 
 
 def test_no_secrets_in_logs_or_manifests(tmp_path):
