@@ -23,7 +23,7 @@ from core.models import ARCHITECTURES, CHECKPOINT_SUFFIXES, ModelError
 from core.presets import PRESETS
 
 UPLOADS = ".uploads"  # under the cache folder; hidden names are never listed as experiments
-MAX_UPLOAD_BYTES = 512 * 2**20  # the page passes Streamlit's server.maxUploadSize instead
+MAX_UPLOAD_BYTES = 256 * 2**20  # the page passes Streamlit's server.maxUploadSize instead
 
 
 # -- form helpers ---------------------------------------------------------------------------------------

@@ -180,7 +180,8 @@ def test_a_hostile_experiment_id_in_a_link_is_text(page, url, case):
     page.goto(f"{url}/image_space?{urllib.parse.urlencode({'exp': PLAIN_ID})}")
     page.wait_for_selector("[data-testid=stVegaLiteChart] svg path[aria-label]", timeout=TIMEOUT)
     text = _check(page, "5-unknown-experiment")
-    assert f"Experiment '{PLAIN_ID}' is not here; showing 'hostile'" in text
+    assert f"Experiment '{PLAIN_ID}' cannot be opened: invalid experiment id '{PLAIN_ID}'" in text
+    assert "showing 'hostile'" in text
 
 
 def test_experiments_page_shows_names_as_text(page, url, case):
