@@ -87,13 +87,12 @@ def test_walk_through_nginx(browser, proxy, demo_store):
 
 
 def test_checkpoint_upload_through_nginx(browser, proxy, demo_store):
-    """A 2 MB checkpoint (over nginx's 1 MB default body limit) uploads through the proxy with the
-    page's XSRF token, and the app reads it."""
-    import torch
-    from safetensors.torch import save
+    """A real CNN checkpoint (the demo model's, over nginx's 1 MB default body limit) uploads through the
+    proxy with the page's XSRF token, and the app reads it."""
+    from core.presets import PRESETS
 
     url, _ = proxy
-    data = save({"weight": torch.arange(524_288, dtype=torch.float32)})
+    data = Path(PRESETS["demo"].model.checkpoint).read_bytes()
     assert len(data) > 2 * 1024 * 1024
     ckpt = Path(os.environ.get("TMPDIR", "/tmp")) / f"nve-proxy-{os.getpid()}.safetensors"
     ckpt.write_bytes(data)
