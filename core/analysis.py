@@ -42,7 +42,9 @@ maps) are saved under ``<store>/derived/`` (``vmap-p<pair>-k<k>-s<stride>-<outpu
 (2,H,W) float32, bMap then aMap; ``rf-quantile-<q>.npy``), each written to a temporary name and
 renamed, so concurrent sessions and crashes never leave a partial file. File names are built only from
 validated integers and fixed choices, never from user text. If the store is read-only, results are
-kept in memory instead.
+kept in memory instead. A file read back is trusted only if it has the expected shape and dtype and
+finite values (a damaged, foreign or NaN file would give a traceback or a meaningless ranking): otherwise
+it is recomputed and replaced, atomically; precomputed maps that fail the same test are computed live.
 """
 from __future__ import annotations
 
@@ -80,6 +82,13 @@ def _frozen(value):
         for v in value:
             _frozen(v)
     return value
+
+
+def _valid(array, shape: tuple[int, ...], dtype=np.float32) -> bool:
+    """Whether a cached array read back from disk can be used: an ndarray of this shape and dtype, all
+    finite."""
+    return (isinstance(array, np.ndarray) and array.shape == tuple(shape) and array.dtype == np.dtype(dtype)
+            and bool(np.isfinite(array).all()))
 
 
 def _choice(name: str, value, choices) -> str:
@@ -148,13 +157,16 @@ class Analysis:
     def _recall(self, key):
         return self._memory.get(key)
 
-    def _load_derived(self, name: str) -> np.ndarray | None:
+    def _load_derived(self, name: str, shape: tuple[int, ...]) -> np.ndarray | None:
+        """The cached float32 array ``derived/name`` if it is one of ``shape``, all finite; else None: a
+        damaged, foreign or NaN file is recomputed and replaced (``_cached``)."""
         path = self.derived / name
         if path.is_file():
             try:
-                return np.load(path, allow_pickle=False)
-            except (OSError, ValueError):
-                return None  # a damaged file is recomputed and replaced
+                array = np.load(path, allow_pickle=False)
+            except (OSError, ValueError, EOFError):
+                return None
+            return array if _valid(array, shape) else None
         return None
 
     def _save_derived(self, name: str, array: np.ndarray) -> None:
@@ -164,9 +176,11 @@ class Analysis:
         except OSError:
             pass  # a read-only store: the in-memory copy still serves this process
 
-    def _cached(self, name: str, compute, gate: limits.ComputeGate | None = None) -> np.ndarray:
-        """From memory, else from ``derived/``, else computed (through ``gate``, keyed by the store and
-        ``name``, when given), saved and remembered."""
+    def _cached(self, name: str, compute, shape: tuple[int, ...],
+                gate: limits.ComputeGate | None = None) -> np.ndarray:
+        """From memory, else from ``derived/`` (if a valid float32 array of ``shape``), else computed
+        (through ``gate``, keyed by the store and ``name``, when given), saved (when valid) and
+        remembered."""
         hit = self._recall(name)
         if hit is not None:
             return hit
@@ -174,14 +188,15 @@ class Analysis:
         def load_or_compute():
             found = self._recall(name)  # a flight that ended just before this one may have left it
             if found is None:
-                found = self._load_derived(name)
+                found = self._load_derived(name, shape)
             if found is None:
                 found = np.asarray(compute())
-                self._save_derived(name, found)
+                if _valid(found, shape):  # never persist what would be refused when read back
+                    self._save_derived(name, found)
             return self._remember(name, found)
         if gate is None:
             return load_or_compute()
-        hit = self._load_derived(name)  # the common case, a file read: never waits for a slot
+        hit = self._load_derived(name, shape)  # the common case, a file read: never waits for a slot
         if hit is not None:
             return self._remember(name, hit)
         key = (str(self.store.path.resolve()), self.store.manifest.get("created"), name)
@@ -194,7 +209,8 @@ class Analysis:
         if not 0.0 <= q <= 1.0:
             raise ValueError(f"quantile q must be in [0, 1], got {q}")
         return self._cached(f"rf-quantile-{q:.4f}.npy", lambda: receptive_fields.neuron_quantiles(
-            self.store.array("benign_fmaps"), q, blocks=lambda: self.store.row_blocks("benign_fmaps")))
+            self.store.array("benign_fmaps"), q, blocks=lambda: self.store.row_blocks("benign_fmaps")),
+            (self.num_neurons,))
 
     def _pair(self, pair) -> int:
         return _int("pair", pair, 0, self.num_pairs)
@@ -287,7 +303,7 @@ class Analysis:
                                                     int(row["adv_label"]), k=k, stride=stride,
                                                     output=output, precision=precision)
             return torch.stack(maps).numpy().astype(np.float32)
-        out = self._cached(name, compute, limits.MAP_JOBS)
+        out = self._cached(name, compute, (2, *self.image_shape[1:]), limits.MAP_JOBS)
         return out[0], out[1]
 
     def _precomputed_name(self, pair: int, k: int, stride: int, output: str, requested: str) -> str | None:
@@ -317,8 +333,10 @@ class Analysis:
         if hit is None:
             try:
                 hit = np.load(self.store.path / "vulnerability_maps" / name, allow_pickle=False)
-            except (OSError, ValueError):
+            except (OSError, ValueError, EOFError):
                 return None  # a lost or damaged file: compute live
+            if not _valid(hit, (2, *self.image_shape[1:])):
+                return None  # wrong shape or dtype, NaN: compute live (into derived/)
             hit = self._remember(("precomputed", name), hit)
         return hit
 
@@ -328,7 +346,8 @@ class Analysis:
         name, k, _ = self._map_name(pair, k, stride, output, precision)
         if self._precomputed_name(pair, k, stride, output, precision) is not None:
             return True
-        return self._recall(name) is not None or (self.derived / name).is_file()
+        return (self._recall(name) is not None
+                or self._load_derived(name, (2, *self.image_shape[1:])) is not None)
 
     def iou_ranking(self, pair: int, which: str = "bmap", *, top: float = vulnerability.DEFAULT_TOP,
                     rf_side: str = "matched", mode: str = receptive_fields.DEFAULT_MODE,

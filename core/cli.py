@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--ray-cpus-per-worker", type=int, default=1)
 
     sub.add_parser("list", help="list experiments in the cache")
+    ck = sub.add_parser("check", help="check an experiment store's integrity (exit 0 sound, 1 damaged)")
+    ck.add_argument("id", nargs="?", help="the experiment to check")
+    ck.add_argument("--all", action="store_true", help="check every experiment in the cache")
     sub.add_parser("presets", help="list the named configs")
     info = sub.add_parser("info", help="show an experiment's manifest")
     info.add_argument("id")
@@ -128,7 +131,13 @@ def _run(args) -> int:
         if not stores:
             print(f"no experiments in {cache}; try `python -m core prepare --preset demo`")
         for s in stores:
-            print(f"{s.id:24s} {_summary(s.manifest) if s.manifest else 'unusable: ' + s.error}")
+            try:
+                shown = _summary(s.manifest) if s.manifest else "unusable: " + s.error
+            except Exception:  # noqa: BLE001 -- one odd manifest must not hide the other stores
+                shown = f"unusable: `python -m core check {s.id}` says what is wrong"
+            print(f"{s.id:24s} {shown}")
+    elif args.command == "check":
+        return _check(args, cache)
     elif args.command == "presets":
         for name, cfg in PRESETS.items():
             print(f"{name:18s} {cfg.model.arch} on {cfg.data.source} "
@@ -159,6 +168,48 @@ def _run(args) -> int:
             report = bench.bench_app(args.experiment, args.walks, cache_dir=cache)
         print(json.dumps(report, indent=1) if args.json else _table(report))
     return 0
+
+
+def _check(args, cache: Path) -> int:
+    """``check ID`` / ``check --all``: OK with a summary, or what is wrong and whether re-running prepare
+    with the same settings repairs it (exit 0 all sound, 1 any damaged, 2 a usage error)."""
+    from core.store import check_experiment, config_toml
+    if args.all == (args.id is not None):
+        raise StoreError("name one experiment (`python -m core check ID`) or use --all")
+    if args.all:
+        ids = [s.id for s in list_stores(cache)]
+        if not ids:
+            print(f"no experiments in {cache}")
+    else:
+        ids = [validate_id(args.id)]
+        if not (cache / ids[0]).is_dir():
+            raise StoreError(f"no experiment {args.id!r} in {cache}; `python -m core list` shows what is "
+                             "there")
+    damaged = 0
+    for ident in ids:
+        r = check_experiment(cache / ident)
+        if r.ok:
+            print(f"{ident}: OK, {_summary(r.manifest)} ({r.files} files checked)")
+        else:
+            damaged += 1
+            print(f"{ident}: DAMAGED")
+            for problem in r.problems:
+                print(f"  - {problem}")
+        for note in r.notes:
+            print(f"  note: {note}")
+        if r.ok:
+            continue
+        if r.repairable and r.manifest:
+            print(f"  repair: re-running prepare with the same settings rebuilds it. They are below: save "
+                  f"them as {ident}.toml and run\n    python -m core --cache {cache} prepare --config "
+                  f"{ident}.toml --out {ident} --force")
+            print("    " + config_toml(r.manifest).rstrip("\n").replace("\n", "\n    "))
+        elif r.repairable:
+            print("  repair: re-running prepare with the same settings (and --force) rebuilds it")
+        else:
+            print("  repair: re-running prepare with the same settings cannot repair it; delete the folder "
+                  "and prepare the experiment again")
+    return 1 if damaged else 0
 
 
 def _summary(m: dict) -> str:

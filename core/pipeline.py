@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -52,6 +53,8 @@ from core.store import (
     SCHEMA_VERSION,
     StoreError,
     StoreWriter,
+    check_writable,
+    is_disk_full,
     pause_point,
     save_npy,
     validate_id,
@@ -98,7 +101,92 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
 
     ``runner``: where the chunks of the clean, attack, features and maps stages are computed; None =
     in this process (``Context.run_all``); ``core.distributed.RayRunner`` shards them over a Ray
-    cluster. Either way this process writes the one store, in chunk order."""
+    cluster. Either way this process writes the one store, in chunk order.
+
+    Disk: the free space of the cache's disk is checked against an estimate of the store (at most) plus
+    ``core.hosting.settings().min_free_disk_bytes`` before the first write; a disk that fills up anyway
+    (another writer) ends the run with one PrepareError saying how much to free, and the partial folder
+    resumes once space is freed (memory-mapped arrays are preallocated: never a SIGBUS)."""
+    disk: dict = {}  # what _prepare knows for a disk-full message: the writer, the store's estimate
+    try:
+        return _prepare(cfg, experiment_id, cache_dir=cache_dir, overwrite=overwrite, progress=progress,
+                        show_bars=show_bars, log=log, runner=runner, disk=disk)
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        if (w := disk.get("writer")) is not None:
+            w.release()  # the lock: a retry in this process (the app's job, a test) must not wait for GC
+        raise PrepareError(_disk_full_message(Path(cache_dir), disk)) from None
+
+
+def _free_bytes(cache: Path) -> int:
+    return shutil.disk_usage(cache).free
+
+
+def _allocated_bytes(folder: Path) -> int:
+    """Disk space the files under ``folder`` occupy (their allocated blocks: preallocated arrays count
+    in full)."""
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+def _mb(n: int) -> str:
+    return f"{max(n, 0) / 2**20:,.0f}" if n >= 2**20 else f"{max(n, 0) / 2**20:.1f}"
+
+
+def store_size_estimate(n_images: int, shape: tuple[int, ...], num_classes: int, num_neurons: int,
+                        fmap_size: tuple[int, int], maps: int = 0) -> int:
+    """Bytes a store (with its work files) takes at most: as if every image were a successful pair."""
+    n, px, k, nn = n_images, int(np.prod(shape)), num_classes, num_neurons
+    fm = nn * int(np.prod(fmap_size))
+    per_image = k * 4 + nn * 4 + 3 * 8          # clean pass: logits, pooled; indices, labels, predictions
+    per_image += px * 4 + 8                     # work: adversarial images, their predictions
+    per_image += px * (1 + 4) + 2 * (2 * k * 4 + nn * 4 + fm * 2)  # per pair: images, features, maps
+    per_image += len(PAIR_COLUMNS) * 8          # the pair table
+    stats = 2 * k * nn * 4 * 16                 # class statistics (mean, std, 11 quantiles ...)
+    return n * per_image + stats + maps * 2 * px * 4 + (4 << 20)  # + manifest, headers, derived/
+
+
+def _check_disk(w: StoreWriter, estimate: int) -> None:
+    """Refuse to start when the cache's disk lacks room for the store (what a resumed partial folder
+    already holds counts as written) plus the free space the server keeps."""
+    from core.hosting import settings
+    keep = settings().min_free_disk_bytes
+    more = max(estimate - (_allocated_bytes(w.path) if w.resumed else 0), 0)
+    free = _free_bytes(w.cache_dir)
+    if free < more + keep:
+        w.release()
+        raise PrepareError(
+            f"not enough free disk for experiment {w.id!r}: it needs up to {_mb(more)} MB more, and "
+            f"{_mb(keep)} MB must stay free, but the disk of {w.cache_dir} has {_mb(free)} MB free: free "
+            f"{_mb(more + keep - free)} MB there, or choose another cache folder")
+
+
+def _disk_full_message(cache: Path, disk: dict) -> str:
+    from core.hosting import settings
+    keep = settings().min_free_disk_bytes
+    w, estimate = disk.get("writer"), disk.get("estimate")
+    try:
+        free = _free_bytes(cache)
+        more = max(estimate - _allocated_bytes(w.path), 0) if w is not None and estimate else 0
+    except OSError:
+        free, more = 0, 0
+    need = max(more + keep - free, 1 << 20)
+    resume = ("run the same command again to resume where it stopped" if w is not None
+              else "run the same command again")
+    return f"the disk of {cache} is full: free {_mb(need)} MB and {resume}"
+
+
+def _prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path, overwrite: bool,
+             progress: ProgressFn | None, show_bars: bool, log: Callable[[str], None], runner: Runner | None,
+             disk: dict) -> Path:
+    """``prepare``'s work; ``disk`` receives the writer and the store's size estimate once known."""
     timings: dict[str, float] = {}
     t0 = time.time()
     cfg.validate()
@@ -111,12 +199,17 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
                            "there would be nothing to explain; set eps > 0 (e.g. 8/255 = 0.0314 for "
                            "CIFAR-10, 0.1 for Fashion-MNIST)")
     _check_checkpoint(cfg)  # before the dataset scan, which can take minutes
+    check_writable(Path(cache_dir))  # a read-only cache: said now, not after the scan
     ctx = Context.build(cfg, log=log)
     ds, model, device, precision, shape = ctx.ds, ctx.model, ctx.device, ctx.precision, ctx.shape
     fingerprints = {"dataset": ds.fingerprint(), "model": model_fingerprint(cfg.model)}
     key = hashlib.sha256(json.dumps([SCHEMA_VERSION, cfg.to_dict(), fingerprints], sort_keys=True,
                                     default=str).encode()).hexdigest()
     w = StoreWriter(experiment_id, key, cache_dir)
+    disk["writer"] = w
+    disk["estimate"] = store_size_estimate(len(ds), shape, model.num_classes, model.num_neurons,
+                                           tuple(model.fmap_size), cfg.prepare.maps)
+    _check_disk(w, disk["estimate"])
     if w.resumed:
         done = ", ".join(f"{k.removesuffix('_done')} {v}" for k, v in w.state.items() if k.endswith("_done"))
         log(f"resuming the interrupted prepare of {experiment_id!r} from {w.path} "

@@ -1,26 +1,29 @@
-"""Experiments: the stores in cache/ with their manifest figures."""
+"""Experiments: the stores in cache/ with their manifest figures, and the ones that cannot be opened
+(damaged, or of another version) with the reason. Ids, class names and reasons come from folder names
+and files: shown as plain text (``core.ui.text``), never as Markdown."""
 import streamlit as st
 
 from core.store import summary_row
 from core.ui import session
 from core.ui.stores import cache_dir, experiments
-from core.ui.text import plain
+from core.ui.text import plain, quoted
 
 session.require_app()  # first: a deep link must not run a page outside app.py
 
 st.title("Experiments")
-cache = str(cache_dir())
-infos = experiments(cache)
+infos = experiments(str(cache_dir()))
 if not infos:
-    st.info(f"No experiments in {plain(cache)} yet. Prepare one with "
+    st.info("No experiments yet. Prepare one on the Prepare page, or with "
             "`python -m core prepare --preset demo` (or `make run`, which does it for you).")
     st.stop()
 
-ok = [i for i in infos if i.manifest]
-st.dataframe([summary_row(i.manifest) for i in ok], hide_index=True, use_container_width=True)
+ok = [i for i in infos if i.manifest]  # passed the store check when listed
+if ok:  # the folder name is the id the app opens (a copied store keeps its manifest's old id)
+    st.dataframe([summary_row(i.manifest) | {"experiment": i.id} for i in ok], hide_index=True,
+                 use_container_width=True)
 for info in infos:
-    if info.error:
-        st.warning(f"**{plain(info.id)}** cannot be opened: {plain(info.error)}")
+    if not info.manifest:
+        st.warning(f"{quoted(info.id)} cannot be opened: {plain(info.error)}")
 if ok:
     chosen = st.selectbox("Details of", [i.id for i in ok])
     manifest = next(i.manifest for i in ok if i.id == chosen)
@@ -31,6 +34,6 @@ if ok:
     cols[2].metric("Attacked", c["n_attacked"])
     cols[3].metric("Attack success", f"{c['attack_success_rate']:.1%}")
     cols[4].metric("Pairs to explore", c["n_success"])
-    st.caption("Classes: " + ", ".join(plain(c) for c in manifest["classes"]))
+    st.caption(plain(f"Classes: {', '.join(manifest['classes'])}"))
     with st.expander("Manifest"):
         st.json(manifest)

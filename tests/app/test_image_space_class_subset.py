@@ -34,18 +34,29 @@ def many(cifar20_store, tmp_path_factory) -> Store:
     src = cifar20_store.path
     dst = tmp_path_factory.mktemp("many-cache") / "many40"
     dst.mkdir()
+    per_class = {f"{side}_{what}" for side in ("benign", "adversarial", "dataset")
+                 for what in ("logits", "probs") if (src / f"{side}_{what}.npy").is_file()}
     for f in src.iterdir():
-        if f.is_file() and f.name not in ("manifest.json", "pairs.parquet"):
+        if f.is_file() and f.name not in ("manifest.json", "pairs.parquet", "class_stats.npz") and \
+                f.name.removesuffix(".npy") not in per_class:
             os.symlink(f, dst / f.name)
+    k = len(cifar20_store.classes)
+    for name in per_class:  # one column per class: the 30 classes with no images get none of the mass
+        a = cifar20_store.array(name)
+        np.save(dst / f"{name}.npy", np.pad(a, ((0, 0), (0, (GROUPS - 1) * k)),
+                                             constant_values=-1e4 if "logits" in name else 0))
+    stats = cifar20_store.class_stats
+    np.savez(dst / "class_stats.npz", **{key: v if key.endswith("levels") else np.concatenate(
+        [v] + [np.zeros_like(v)] * (GROUPS - 1)) for key, v in stats.items()})
     pairs = cifar20_store.pairs.copy()
     p = pairs["pair"].to_numpy(np.int64)
-    k = len(cifar20_store.classes)
     pairs["label"] = pairs["label"].to_numpy(np.int64) + k * (p % GROUPS)
     pairs["adv_label"] = pairs["adv_label"].to_numpy(np.int64) + k * ((p // GROUPS) % GROUPS)
     pairs.to_parquet(dst / "pairs.parquet")
     manifest = json.loads((src / "manifest.json").read_text())
     manifest["id"] = "many40"
     manifest["classes"] = [f"{name}-{g}" for g in range(GROUPS) for name in cifar20_store.classes]
+    manifest["model"]["num_classes"] = manifest["config"]["model"]["num_classes"] = GROUPS * k
     (dst / "manifest.json").write_text(json.dumps(manifest))
     store = Store(dst)
     assert len(store.classes) == GROUPS * k > image_space.SUBSET_ABOVE
