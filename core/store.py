@@ -80,19 +80,23 @@ def validate_id(experiment_id: str) -> str:
     return experiment_id
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``path`` through a temporary name and a rename: readers see the old or the new file, and a
-    failed write (a full disk) leaves the old one and no temporary file."""
+def atomic_write(path: Path, write) -> None:
+    """Write ``path`` through a temporary name and a rename (``write(file)`` fills it): readers see the old
+    or the new file, and a failed write (a full disk) leaves the old one and no temporary file."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_json(path: Path, obj) -> None:
@@ -101,16 +105,7 @@ def atomic_write_json(path: Path, obj) -> None:
 
 def save_npy(path: Path, array: np.ndarray) -> None:
     """Write a .npy atomically (temporary name, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.save(f, np.ascontiguousarray(array), allow_pickle=False))
 
 
 def is_disk_full(e: BaseException) -> bool:
