@@ -201,14 +201,12 @@ def manifest_problems(m) -> list[str]:
                    f"{len(m['classes'])} class names are listed")
     if not _settings_readable(m):
         out.append("manifest.json: 'config' is not an object with the model, data, attack and prepare tables")
-    else:
-        cfg = m["config"]
-        if not isinstance(cfg["model"].get("arch"), str):
-            out.append("manifest.json: config.model.arch is not a string")
-        a = cfg["attack"]
-        if not isinstance(a.get("method"), str) or not _number(a.get("eps")) or not _whole(a.get("steps")):
-            out.append("manifest.json: config.attack needs a method (string), eps (number) and steps "
-                       "(integer)")
+    else:  # the app builds the model from these settings: they must pass the config's own schema
+        from core.config import ConfigError, ExperimentConfig
+        try:
+            ExperimentConfig.from_dict(m["config"])
+        except ConfigError as e:
+            out.append(f"manifest.json: the recorded settings are not valid ({e})")
     if need("counts", lambda v: isinstance(v, dict), "an object"):
         c, before = m["counts"], len(out)
         for key in ("n_images", "n_correct", "n_attacked", "n_success", "n_skipped"):

@@ -263,3 +263,75 @@ def test_fgsm_is_one_step(healthy, capsys):
     assert m["config"]["attack"]["method"] == "fgsm" and m["config"]["attack"]["steps"] == 7
     row = summary_row(m)
     assert row["steps"] == 1 and row["attack"] == "FGSM"
+
+
+def _random_value(rng):
+    return [None, True, -1, 0, 2**70, 1.5, float("nan"), "", "x" * 300, [], {}, [1, "a"], {"a": None}][
+        int(rng.integers(13))]
+
+
+def _random_damage(path: Path, rng) -> str:
+    """One seeded random damage of the store at ``path``; returns what it did."""
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    f = files[int(rng.integers(len(files)))]
+    size = f.stat().st_size
+    op = ["truncate", "header-bytes", "any-bytes", "delete", "append", "manifest-value"][int(rng.integers(6))]
+    if op == "manifest-value":
+        m = json.loads((path / "manifest.json").read_text())
+        node, keys = m, []
+        while isinstance(node, dict) and node and rng.random() < 0.7:
+            key = sorted(node)[int(rng.integers(len(node)))]
+            keys.append(key)
+            if not isinstance(node[key], dict):
+                break
+            node = node[key]
+        if isinstance(node, dict) and keys:
+            node[keys[-1]] = _random_value(rng)
+        (path / "manifest.json").write_text(json.dumps(m))
+        return f"manifest {'.'.join(keys)}"
+    data = bytearray(f.read_bytes())
+    if op == "truncate":
+        data = data[: int(rng.integers(max(size, 1)))]
+    elif op in ("header-bytes", "any-bytes") and size:
+        end = min(size, 256) if op == "header-bytes" else size
+        for at in rng.integers(0, end, int(rng.integers(1, 9))):
+            data[at] = int(rng.integers(256))
+    elif op == "delete":
+        f.unlink()
+        return f"delete {f.name}"
+    elif op == "append":
+        data += bytes(rng.integers(0, 256, int(rng.integers(1, 64)), dtype=np.uint8))
+    f.write_bytes(bytes(data))
+    return f"{op} {f.relative_to(path)}"
+
+
+def test_random_damage_never_escapes(healthy, tmp_path):
+    """A seeded fuzz of store damage (truncations, flipped bytes in headers or data, deleted or extended
+    files, manifest values of any type): listing always works and keeps the healthy store usable; opening
+    either refuses with a StoreError or opens, and then every read the app makes either works or is a
+    StoreError; ``check`` always answers. Damage that only changes array values (not their shape) cannot
+    be seen without reading the data: such a store opens, as it should."""
+    rng = np.random.default_rng(12)
+    shutil.copytree(healthy, tmp_path / HEALTHY)
+    for case in range(60):
+        damaged = tmp_path / "aaa-fuzz"
+        shutil.rmtree(damaged, ignore_errors=True)
+        shutil.copytree(healthy, damaged)
+        what = _random_damage(damaged, rng)
+        infos = {i.id: i for i in list_stores(tmp_path)}
+        assert infos[HEALTHY].manifest is not None and "aaa-fuzz" in infos, (case, what)
+        report = check_experiment(damaged)
+        assert report.ok or report.problems, (case, what)
+        try:
+            store = Store(damaged)
+        except StoreError:
+            assert infos["aaa-fuzz"].manifest is None, (case, what)
+            continue
+        try:  # what the pages read
+            _ = store.pairs, store.class_stats, store.classes, len(store)
+            for name in ("benign_images", "adversarial_images", "benign_fmaps", "adversarial_fmaps",
+                         "benign_pooled", "adversarial_probs"):
+                np.asarray(store.array(name)[: 2])
+            store.pair_images(0)
+        except StoreError:
+            pass
