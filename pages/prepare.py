@@ -141,7 +141,9 @@ def _job_panel(experiment: str, cache: Path) -> None:
     if job.running:
         _live(experiment, str(cache))
         return
-    if job.error:
+    if job.cancelled:
+        st.info(f"Preparing {plain(experiment)} was {plain(job.error)}.")
+    elif job.error:
         st.error(f"Preparing {plain(experiment)} failed: {plain(job.error)}")
         st.caption("Nothing half-written was published. Fix the problem and press Prepare again with the "
                    "same experiment id: an interrupted run resumes where it stopped.")

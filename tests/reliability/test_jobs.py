@@ -41,7 +41,9 @@ def test_cancel_from_the_page_then_resume(cache):
     assert job.error.startswith("cancelled") and not (cache / "cancelled").exists()
     assert (cache / ".partial-cancelled").is_dir()  # the finished work is kept
     at.run()
-    assert any("cancelled" in displayed(e.value) for e in at.error), [displayed(e.value) for e in at.error]
+    said = [displayed(i.value) for i in at.info]
+    assert any(s.startswith("Preparing cancelled was cancelled. What was finished is kept")
+               for s in said), said
 
     again = jobs.start(cfg, "cancelled", cache)
     assert again.wait(300), again.describe()
