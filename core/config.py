@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.hosting import settings
+from core.hosting import Settings, settings
 
 
 class ConfigError(ValueError):
@@ -123,12 +123,17 @@ def _one_of(options) -> _Rule:
     return _Rule("one of " + ", ".join(repr(o) for o in options), lambda v: v in options)
 
 
-def _rules() -> dict[str, dict[str, _Rule]]:
-    """The range or choices of every field, by section (read when validating: the limits can change)."""
+# no server bound on work (every limit of core.hosting as large as a whole number gets here)
+_UNBOUNDED = Settings(**{f.name: 2**62 for f in dataclasses.fields(Settings) if f.type == "int"})
+
+
+def _rules(limits: bool = True) -> dict[str, dict[str, _Rule]]:
+    """The range or choices of every field, by section (read when validating: the limits can change).
+    ``limits=False``: the server's bounds on work (``core.hosting``) are not applied."""
     from core.data import SOURCES, SPLITS  # lazily: core.data and core.models import this module
     from core.device import GPU_MAX_BATCH  # the most the automatic choice ever picks
     from core.models import ARCHITECTURES
-    s = settings()
+    s = settings() if limits else _UNBOUNDED
     name = _Rule(f"a module name (at most {MAX_STRING} characters), or leave the key out to find it")
     return {
         "model": {
@@ -359,9 +364,11 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Any, base_dir: Path | None = None) -> ExperimentConfig:
+    def from_dict(cls, d: Any, base_dir: Path | None = None, *, limits: bool = True) -> ExperimentConfig:
         """A validated config from nested dicts (a parsed TOML file, ``to_dict`` output with changes);
-        anything wrong is a ConfigError naming the table and key."""
+        anything wrong is a ConfigError naming the table and key. ``limits=False`` checks a config that
+        has run already (a store's manifest): types and choices, not the server's current bounds on
+        work, which an administrator may have lowered since."""
         if not isinstance(d, dict):
             raise ConfigError(f"a config is a set of tables ({', '.join(SECTIONS)}), not {show(d)}")
         extra = sorted((k for k in d if k not in SECTIONS), key=str)
@@ -369,7 +376,7 @@ class ExperimentConfig:
             raise ConfigError(f"unknown table(s) {', '.join(show(k) for k in extra)}; expected "
                               f"{', '.join(SECTIONS)}")
         cfg = cls(**{name: sub(**_table(name, d.get(name))) for name, sub in SECTIONS.items()})
-        cfg.validate()
+        cfg.validate(limits)
         if base_dir is not None:
             for obj, key in ((cfg.model, "checkpoint"), (cfg.data, "root")):
                 value = getattr(obj, key)
@@ -392,11 +399,11 @@ class ExperimentConfig:
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
 
-    def validate(self) -> None:
+    def validate(self, limits: bool = True) -> None:
         """Check every field (type, then range or choices), then the rules between fields; values are
         normalized in place (an int where a float is expected becomes a float, lists become the field's
         sequence type, "" in an optional string field None). Raises ConfigError naming the key."""
-        rules = _rules()
+        rules = _rules(limits)
         for section, sub in SECTIONS.items():
             obj = getattr(self, section)
             if not isinstance(obj, sub):

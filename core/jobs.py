@@ -50,6 +50,7 @@ STAGE_TEXT = {"load": "loading the dataset and the model", "clean": "predicting 
               "publish": "writing the experiment"}
 CANCEL_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this long
 _LOG_LINES = 200      # a job keeps its last messages (a scan of a huge folder may note thousands)
+_KEEP_S = 24 * 3600   # how long the server remembers a finished job (its page shows the outcome)
 
 
 @dataclass
@@ -70,6 +71,8 @@ class Job:
     log: deque = field(default_factory=lambda: deque(maxlen=_LOG_LINES))
     process: subprocess.Popen | None = field(default=None, repr=False, compare=False)
     monitor: threading.Thread | None = field(default=None, repr=False, compare=False)
+    spawned: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def running(self) -> bool:
@@ -120,67 +123,127 @@ def running(cache_dir=None) -> list[Job]:
         return [j for (c, _), j in _JOBS.items() if j.running and folder in (None, c)]
 
 
+def check_capacity() -> None:
+    """A PrepareError if this server runs ``max_jobs`` jobs already (checked before any costly step)."""
+    with _LOCK:
+        busy = [j.experiment for j in _JOBS.values() if j.running]
+    _refuse_if_full(busy)
+
+
+def _refuse_if_full(busy: list[str]) -> None:
+    limit = settings().max_jobs
+    if len(busy) >= limit:
+        raise PrepareError(
+            f"this server prepares at most {limit} experiment(s) at once and is busy with "
+            f"{', '.join(repr(b) for b in busy)}; wait for it to finish and press Prepare again (the "
+            "server's administrator can raise max_jobs, NVE_MAX_JOBS)")
+
+
 def start(cfg: ExperimentConfig, experiment_id: str, cache_dir, *, target: str = DEFAULT_TARGET) -> Job:
-    """Start preparing ``experiment_id`` in a child process and return at once.
+    """Start preparing ``experiment_id`` in a child process and return once it runs.
 
     ``target`` ("module:function", called like ``core.pipeline.prepare``) is what the child runs; tests
     name their own. A StoreError if the id is invalid, the experiment exists, or this server is preparing
     it now; a PrepareError if ``max_jobs`` jobs are running already."""
     validate_id(experiment_id)
-    if (Path(cache_dir) / experiment_id).exists():
+    cache = Path(cache_dir).resolve()  # the child runs elsewhere (cwd = the repository)
+    if (cache / experiment_id).exists():
         raise StoreError(f"experiment {experiment_id!r} already exists; choose another id")
-    payload = json.dumps({"config": cfg.to_dict(), "experiment": experiment_id,
-                          "cache_dir": str(cache_dir), "target": target})
+    payload = json.dumps({"config": cfg.to_dict(), "experiment": experiment_id, "cache_dir": str(cache),
+                          "target": target})
     with _LOCK:
-        old = _JOBS.get(_key(experiment_id, cache_dir))
+        old = _JOBS.get(_key(experiment_id, cache))
         if old is not None and old.running:
             raise StoreError(f"experiment {experiment_id!r} is already being prepared (started "
                              f"{old.elapsed():.0f} s ago); wait for it to finish")
-        busy = [j.experiment for j in _JOBS.values() if j.running]
-        limit = settings().max_jobs
-        if len(busy) >= limit:
-            raise PrepareError(
-                f"this server prepares at most {limit} experiment(s) at once and is busy with "
-                f"{', '.join(repr(b) for b in busy)}; wait for it to finish and press Prepare again (the "
-                "server's administrator can raise max_jobs, NVE_MAX_JOBS)")
-        job = Job(experiment_id, str(cache_dir))
-        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        job.process = subprocess.Popen(
-            [sys.executable, "-m", "core.jobs"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, start_new_session=True,
-            env={**os.environ, "NVE_JOB_PARENT": str(os.getpid()), "PYTHONPATH": path})
-        job.monitor = threading.Thread(target=_monitor, args=(job, payload), daemon=True,
+        _refuse_if_full([j.experiment for j in _JOBS.values() if j.running])
+        for key in [k for k, j in _JOBS.items() if j.finished and time.time() - j.ended > _KEEP_S]:
+            del _JOBS[key]  # a long-running server forgets old results
+        job = Job(experiment_id, str(cache))
+        job.monitor = threading.Thread(target=_run, args=(job, payload), daemon=True,
                                        name=f"prepare-{experiment_id}")
-        _JOBS[_key(experiment_id, cache_dir)] = job
+        _JOBS[_key(experiment_id, cache)] = job
         job.monitor.start()
+    job.spawned.wait(60)
     return job
 
 
 def cancel(job: Job) -> None:
-    """Stop a running job (SIGTERM to its process group, SIGKILL after ``CANCEL_GRACE_S``). Its finished
-    work stays resumable."""
-    if job.finished or job.process is None:
-        return
-    job.cancelled = True
+    """Stop a running job (SIGTERM to its process group, SIGKILL to the group after ``CANCEL_GRACE_S``).
+    Its finished work stays resumable. A job whose process is not started yet is stopped as it starts."""
+    with job.lock:
+        if job.finished:
+            return
+        job.cancelled = True
+        proc = job.process
+        if proc is None or proc.poll() is not None:  # not started (_run stops it), or already reaped
+            return
+        _signal_group(proc.pid, signal.SIGTERM)
+    threading.Thread(target=_escalate, args=(job, proc.pid), daemon=True).start()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
     try:
-        os.killpg(job.process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):  # the group has ended
+        pass
 
-    def escalate():
+
+def _escalate(job: Job, pgid: int) -> None:
+    if job.monitor is not None:
+        job.monitor.join(CANCEL_GRACE_S)
+    _signal_group(pgid, signal.SIGKILL)  # also members that outlived their leader
+
+
+def _run(job: Job, payload: str) -> None:
+    """Start the child and follow it until it ends, in this thread: Linux stops the child when the
+    *thread* that started it ends (``PR_SET_PDEATHSIG``), and this one lives exactly as long as the child.
+    Whatever happens, the job ends finished, with a path or an error."""
+    proc = None
+    try:
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
         try:
-            job.process.wait(CANCEL_GRACE_S)
-        except subprocess.TimeoutExpired:
+            with job.lock:
+                job.process = proc = subprocess.Popen(
+                    [sys.executable, "-m", "core.jobs"], cwd=ROOT, stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                    env={**os.environ, "NVE_JOB_PARENT": str(os.getpid()), "PYTHONPATH": path})
+        except OSError as e:
+            job.error = f"the prepare process could not start ({e.strerror or e}); the server's log has more"
+            log.exception("prepare job %r could not start", job.experiment)
+            return
+        finally:
+            job.spawned.set()
+        if job.cancelled:
+            _signal_group(proc.pid, signal.SIGTERM)
+        code, outcome = _follow(job, proc, payload)
+        if outcome is not None and outcome.get("event") == "done" and code == 0:
+            job.path = str(outcome.get("path"))
+            job.cancelled = False
+        elif outcome is not None and outcome.get("event") == "error":
+            job.error = str(outcome.get("message"))
+            job.cancelled = False  # it had failed before the cancel reached it
+        elif job.cancelled:
+            job.error = ("cancelled. What was finished is kept: press Prepare with the same id and "
+                         "settings to resume")
+        else:
+            job.error = _died(code)
+    except Exception:  # a bug here must not leave the job "running" for ever, holding its slot
+        log.exception("following prepare job %r failed", job.experiment)
+        if job.path is None and job.error is None:
+            job.error = "the server lost track of this job; the server's log has the details"
+    finally:
+        for pipe in (proc.stdin, proc.stdout, proc.stderr) if proc is not None else ():
             try:
-                os.killpg(job.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
+                pipe.close()
+            except OSError:
                 pass
-    threading.Thread(target=escalate, daemon=True).start()
+        job.ended = time.time()
+        job.finished = True
 
 
-def _monitor(job: Job, payload: str) -> None:
-    """Feed the child its job, follow its reports, and say how it ended."""
-    proc = job.process
+def _follow(job: Job, proc: subprocess.Popen, payload: str) -> tuple[int, dict | None]:
+    """Feed the child its job, read its reports until it ends: (exit status, the last done/error)."""
     stderr: deque[str] = deque(maxlen=40)
     drain = threading.Thread(target=lambda: stderr.extend(
         line.decode("utf-8", "replace").rstrip() for line in proc.stderr), daemon=True)
@@ -194,31 +257,21 @@ def _monitor(job: Job, payload: str) -> None:
     for raw in proc.stdout:
         try:
             msg = json.loads(raw)
-        except ValueError:
-            continue  # stray output of a library: not a report
-        event = msg.get("event") if isinstance(msg, dict) else None
-        if event == "progress":
-            job.stage, job.done, job.total = str(msg["stage"]), int(msg["done"]), int(msg["total"])
-        elif event == "log":
-            job.log.append(str(msg["text"]))
-        elif event in ("done", "error"):
-            outcome = msg
+            event = msg.get("event")
+            if event == "progress":
+                job.stage, job.done, job.total = str(msg["stage"]), int(msg["done"]), int(msg["total"])
+            elif event == "log":
+                job.log.append(str(msg["text"]))
+            elif event in ("done", "error"):
+                outcome = msg
+        except (ValueError, TypeError, KeyError, AttributeError):
+            continue  # not a report (stray output): ignored
     code = proc.wait()
     drain.join(5)
     if stderr:
         log.warning("prepare job %r (pid %d, exit %s) wrote to stderr:\n%s", job.experiment, proc.pid, code,
                     "\n".join(stderr))
-    if outcome is not None and outcome["event"] == "done" and code == 0:
-        job.path = str(outcome["path"])
-    elif job.cancelled:
-        job.error = ("cancelled. What was finished is kept: press Prepare with the same id and settings "
-                     "to resume")
-    elif outcome is not None and outcome["event"] == "error":
-        job.error = str(outcome["message"])
-    else:
-        job.error = _died(code)
-    job.ended = time.time()
-    job.finished = True
+    return code, outcome
 
 
 def _died(code: int) -> str:
@@ -237,9 +290,12 @@ def _died(code: int) -> str:
 
 
 # -- the child --------------------------------------------------------------------------------------------
+_REPORTS = None  # the child's private copy of its stdout: only reports go there
+
+
 def _emit(**msg) -> None:
-    sys.__stdout__.write(json.dumps(msg) + "\n")
-    sys.__stdout__.flush()
+    _REPORTS.write(json.dumps(msg) + "\n")
+    _REPORTS.flush()
 
 
 def _child() -> int:
@@ -248,7 +304,10 @@ def _child() -> int:
     except OSError:
         pass
     _die_with_parent()
-    sys.stdout = sys.stderr  # anything a library prints goes to the log, not into the report stream
+    global _REPORTS  # reports on a private copy of stdout; what anything else prints, even from C, goes
+    _REPORTS = os.fdopen(os.dup(1), "w")  # to stderr (the server's log), never into the report stream
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     job = json.loads(sys.stdin.read())
     module, _, name = job["target"].partition(":")
     fn = getattr(importlib.import_module(module), name)
@@ -283,7 +342,8 @@ def _child() -> int:
 
 
 def _die_with_parent() -> None:
-    """A job is the server's: when the server stops, its jobs stop too (Linux ``PR_SET_PDEATHSIG``)."""
+    """A job is the server's: when the server stops, its jobs stop too (Linux ``PR_SET_PDEATHSIG``, sent
+    when the thread that started this process ends: ``_run``'s, which lives as long as the job)."""
     try:
         import ctypes
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1

@@ -204,7 +204,7 @@ def manifest_problems(m) -> list[str]:
     else:  # the app builds the model from these settings: they must pass the config's own schema
         from core.config import ConfigError, ExperimentConfig
         try:
-            ExperimentConfig.from_dict(m["config"])
+            ExperimentConfig.from_dict(m["config"], limits=False)  # limits bound new work only
         except ConfigError as e:
             out.append(f"manifest.json: the recorded settings are not valid ({e})")
     if need("counts", lambda v: isinstance(v, dict), "an object"):
@@ -481,7 +481,8 @@ def config_toml(manifest: dict) -> str:
     for section, table in manifest["config"].items():
         if isinstance(table, dict):
             lines.append(f"[{section}]")
-            lines += [f"{k} = {json.dumps(v)}" for k, v in table.items()
+            # ensure_ascii=False: JSON's surrogate-pair escapes of emoji are no TOML; raw text is
+            lines += [f"{k} = {json.dumps(v, ensure_ascii=False)}" for k, v in table.items()
                       if v is not None and isinstance(k, str) and re.fullmatch(r"[A-Za-z0-9_]+", k)]
     return "\n".join(lines) + "\n"
 

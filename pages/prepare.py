@@ -318,6 +318,7 @@ if start:
         cfg = jobs.build_config(None if st.session_state["prepare_preset"] == CUSTOM
                                 else st.session_state["prepare_preset"], _config_values(classes_all))
         jobs.check_server_paths(cfg, cache)
+        jobs.check_capacity()  # before loading the checkpoint: a busy server says so at once
         with st.spinner("Checking the checkpoint…"):
             jobs.check_model(cfg)
         jobs.start(cfg, ident, cache)

@@ -18,7 +18,7 @@ from core import models
 from core.config import ConfigError, ExperimentConfig
 from core.data import CIFAR10_CLASSES, FASHION_MNIST_CLASSES, DataError
 from core.hosting import settings
-from core.jobs import USER_ERRORS, Job, cancel, get, running, start  # noqa: F401  (the page's API)
+from core.jobs import USER_ERRORS, Job, cancel, check_capacity, get, running, start  # noqa: F401 (the page's)
 from core.models import ARCHITECTURES, CHECKPOINT_SUFFIXES, ModelError
 from core.presets import PRESETS
 
@@ -136,7 +136,7 @@ def save_upload(data: bytes, filename: str, cache_dir, max_bytes: int = MAX_UPLO
         raise ModelError(f"{filename}: {len(data) / 2**20:.0f} MB is more than the "
                          f"{max_bytes / 2**20:.0f} MB an upload may have; put the checkpoint on the server "
                          "and give its path instead")
-    folder = Path(cache_dir) / UPLOADS
+    folder = Path(cache_dir).resolve() / UPLOADS  # an absolute path: the page's folder check needs one
     folder.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256(data).hexdigest()
     path = folder / f"{digest}{suffix}"
@@ -174,15 +174,19 @@ def build_config(preset_name: str | None, values: Mapping[str, object]) -> Exper
     return ExperimentConfig.from_dict(d)  # checks unknown keys and validates
 
 
+_CHECKS = threading.Semaphore(1)  # one checkpoint in the server's memory at a time, however many ask
+
+
 def check_model(cfg: ExperimentConfig) -> None:
-    """Build the architecture and load the checkpoint into it (strict, safe): a ModelError now rather
-    than after minutes of work."""
+    """Build the architecture and load the checkpoint into it (strict, safe, within the checkpoint limits):
+    a ModelError now rather than after minutes of work. One check at a time per server."""
     if not cfg.model.checkpoint:
         raise ModelError("choose the model's checkpoint (a weights file): without one the model would "
                          "have random weights and explain nothing")
     m = cfg.model
-    net = models.build_architecture(m.arch, m.num_classes, m.in_channels, m.width)
-    models.load_weights(net, models.load_state_dict(m.checkpoint), source=f"checkpoint {m.checkpoint}")
+    with _CHECKS:
+        net = models.build_architecture(m.arch, m.num_classes, m.in_channels, m.width)
+        models.load_weights(net, models.load_state_dict(m.checkpoint), source=f"checkpoint {m.checkpoint}")
 
 
 def suggest_id(name: str, cache_dir) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -148,6 +149,28 @@ def test_one_job_per_experiment_with_progress_and_errors(tmp_path, monkeypatch):
     (tmp_path / "done").mkdir()
     with pytest.raises(StoreError, match="already exists"):
         jobs.start(PRESETS["demo"], "done", tmp_path, target="tests.job_targets:slow")
+
+
+def test_a_job_outlives_the_thread_that_started_it(tmp_path, monkeypatch):
+    """Streamlit starts a job from a script run's thread, which ends at once: the job goes on (the child
+    must not take that thread's end for the server's)."""
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("NVE_TEST_GATE", str(gate))
+    started = []
+    run = threading.Thread(target=lambda: started.append(
+        jobs.start(PRESETS["demo"], "orphan", tmp_path, target="tests.job_targets:slow")))
+    run.start()
+    run.join()
+    job = started[0]
+    for _ in range(600):  # the child has imported everything and reported
+        if job.log:
+            break
+        time.sleep(0.05)
+    time.sleep(1)
+    assert job.running, job.error
+    gate.touch()
+    assert job.wait(60)
+    assert job.error == "the images are gone", job.error
 
 
 @pytest.mark.parametrize("target, says", [
