@@ -14,6 +14,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from core.ui.text import plain
+
 SHARED_KEYS = ("redirect_uri", "cookie_secret")
 PROVIDER_KEYS = ("client_id", "client_secret", "server_metadata_url")
 
@@ -66,7 +68,7 @@ def require_login() -> None:
         return
     if not unreadable and st.user.get("is_logged_in", False):
         who = st.user.get("name") or st.user.get("email") or "logged in"
-        st.sidebar.caption(f"Signed in: {who}")
+        st.sidebar.caption(f"Signed in: {plain(who)}")  # the name comes from the identity provider
         st.sidebar.button("Log out", key="auth_logout", on_click=st.logout)
         return
     page = st.Page(lambda: _login_page(section, unreadable), title="Log in", icon=":material/login:",
