@@ -126,6 +126,7 @@ def test_a_small_real_run_from_the_form(cache, cifar_root, models_dir):
 
 
 # -- the job registry and form helpers -------------------------------------------------------------------
+@pytest.mark.reliability
 def test_one_job_per_experiment_with_progress_and_errors(tmp_path, monkeypatch):
     gate = tmp_path / "gate"
     monkeypatch.setenv("NVE_TEST_GATE", str(gate))
@@ -151,6 +152,7 @@ def test_one_job_per_experiment_with_progress_and_errors(tmp_path, monkeypatch):
         jobs.start(PRESETS["demo"], "done", tmp_path, target="tests.job_targets:slow")
 
 
+@pytest.mark.reliability
 def test_a_job_outlives_the_thread_that_started_it(tmp_path, monkeypatch):
     """Streamlit starts a job from a script run's thread, which ends at once: the job goes on (the child
     must not take that thread's end for the server's)."""
@@ -173,6 +175,7 @@ def test_a_job_outlives_the_thread_that_started_it(tmp_path, monkeypatch):
     assert job.error == "the images are gone", job.error
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("target, says", [
     ("out_of_memory", "ran out of memory"),
     ("bug", "unexpected error (KeyError)"),
@@ -189,6 +192,7 @@ def test_a_failing_job_is_reported_and_the_server_lives_on(tmp_path, target, say
     assert job.process.returncode != 0 and not job.ok
 
 
+@pytest.mark.reliability
 def test_cancel_and_the_job_limit(tmp_path, monkeypatch):
     monkeypatch.setenv("NVE_MAX_JOBS", "1")
     first = jobs.start(PRESETS["demo"], "first", tmp_path, target="tests.job_targets:hang")
@@ -203,6 +207,7 @@ def test_cancel_and_the_job_limit(tmp_path, monkeypatch):
     assert jobs.running() == []
 
 
+@pytest.mark.reliability
 def test_uploads_are_content_addressed_and_loaded_safely(tmp_path):
     weights = tmp_path / "w.pt"
     torch.save(build_architecture("resnet20_cifar", 10).state_dict(), weights)
@@ -257,6 +262,7 @@ def test_form_helpers(tmp_path, monkeypatch):
     assert jobs.suggest_id("my run/1", tmp_path) == "my-run-1"
 
 
+@pytest.mark.reliability
 def test_the_page_reads_only_allowed_folders(tmp_path, monkeypatch):
     """Outside the allowed folders every path is refused with the same words, whether it exists or not,
     so the page tells nothing about the rest of the server; a symlink out of an allowed folder too."""
