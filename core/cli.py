@@ -10,13 +10,10 @@ import sys
 import warnings
 from pathlib import Path
 
-from core.config import ConfigError, ExperimentConfig
-from core.data import DataError, DataWarning
-from core.models import ModelError
-from core.pipeline import PrepareError
+from core.config import ExperimentConfig
+from core.data import DataWarning
+from core.jobs import USER_ERRORS  # the errors a user can fix: one line, exit 2
 from core.store import DEFAULT_CACHE, StoreError, list_stores, open_store, summary_row, validate_id
-
-USER_ERRORS = (ConfigError, DataError, ModelError, StoreError, PrepareError)
 
 
 class _Parser(argparse.ArgumentParser):
