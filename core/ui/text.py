@@ -78,3 +78,13 @@ def quoted(text, limit: int = 64) -> str:
     """``text`` (an id from a link or a file) in single quotes for a Markdown place, cut to ``limit``."""
     return plain(f"'{one_line(text, limit)}'")
 
+
+
+def number(value, spec: str = ".3g") -> str:
+    """``value`` formatted with ``spec`` (``format(value, spec)``), never as a negative zero: a value that
+    rounds to zero at that precision is shown as zero ("0.000", not "-0.000"), so a reader never sees a
+    sign that carries no information."""
+    s = format(value, spec)
+    if s.startswith("-") and not any(ch in "123456789" for ch in s.split("e")[0]):
+        s = s[1:]
+    return s
