@@ -48,8 +48,11 @@ page = st.navigation({"Explore": [PAGES[k] for k in ("experiments", "image_space
                                                      "receptive_fields", "clustering")],
                       "Set up": [PAGES["prepare"]]})
 guarded(lambda: sidebar.render(PAGES), "the sidebar")
+# The address holds the whole selection before the page runs: a page change resets it to the bare page
+# (the navigation menu) and a page that stops early could not write it afterwards (core.ui.session);
+# changes made while the page runs are written as they happen (session.put).
+guarded(session.sync_url, "the address")
 try:
     guarded(page.run, f"page {page.url_path or 'experiments'}")
-finally:  # also after a page's st.stop(): the URL always mirrors the selection
-    session.sync_url()
+finally:
     services.freeze_heap()  # once per process: keeps full garbage collections short

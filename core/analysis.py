@@ -38,7 +38,7 @@ whenever a page asks for those settings (any precision for "auto"), and other pa
 computed live.
 
 Disk cache. Vulnerability maps (≈1–5 s each on a CPU) and the RF thresholds (one pass over the store's
-maps) are saved under ``<store>/derived/`` (``vmap-p<pair>-k<k>-s<stride>-<output>-<precision>.npy``:
+maps) are saved under ``<store>/derived/`` (``vmap-p<pair>-k<k>-s<stride>-<output>-<precision>-v2.npy``:
 (2,H,W) float32, bMap then aMap; ``rf-quantile-<q>.npy``), each written to a temporary name and
 renamed, so concurrent sessions and crashes never leave a partial file. File names are built only from
 validated integers and fixed choices, never from user text. If the store is read-only, results are
@@ -344,21 +344,33 @@ class Analysis:
                                output: str = "probability", precision: str = "fp32") -> bool:
         """Whether the maps are already computed (lets a page say "computing…" only when it will)."""
         name, k, _ = self._map_name(pair, k, stride, output, precision)
-        if self._precomputed_name(pair, k, stride, output, precision) is not None:
-            return True
+        if self._precomputed(int(pair), k, int(stride), output, precision) is not None:
+            return True  # a precomputed file that is there and sound (one of an older version is not)
         return (self._recall(name) is not None
                 or self._load_derived(name, (2, *self.image_shape[1:])) is not None)
 
     def iou_ranking(self, pair: int, which: str = "bmap", *, top: float = vulnerability.DEFAULT_TOP,
                     rf_side: str = "matched", mode: str = receptive_fields.DEFAULT_MODE,
                     value: float | None = None, **map_kw) -> tuple[np.ndarray, np.ndarray]:
-        """(iou (n,), neuron ids by descending IoU) between the RFs and binarized ``which`` map."""
+        """(iou (n,), neuron ids by descending IoU) between the RFs and binarized ``which`` map. When no
+        pixel of the map is positive (``map_mask_status(...).empty``) every IoU is 0 and the order is
+        neuron-id order: a degenerate ranking the page must say is one."""
         _choice("which", which, MAPS)
         _choice("rf_side", rf_side, RF_SIDES)
         side = ("benign" if which == "bmap" else "adversarial") if rf_side == "matched" else rf_side
         vmap = self.vulnerability_maps(pair, **map_kw)[MAPS.index(which)]
         masks = self.rf_masks(pair, side, mode=mode, value=value)
         return neuron_measures.iou_ranking(masks, vulnerability.binarize(vmap, top))
+
+    def map_mask_status(self, pair: int, which: str = "bmap", *, top: float = vulnerability.DEFAULT_TOP,
+                        **map_kw) -> vulnerability.MaskInfo:
+        """The pixel counts of the binarized ``which`` map that ``iou_ranking`` compares the RFs with
+        (``vulnerability.binarize_info``): ``.short`` when fewer pixels than the top fraction raise the
+        map above 0 (the mask is smaller than asked), ``.empty`` when none does: then every IoU is 0
+        and the IoU ranking is degenerate (neuron-id order). ``map_kw`` as for ``vulnerability_maps``
+        (the same cached maps, so after ``iou_ranking`` this computes nothing)."""
+        _choice("which", which, MAPS)
+        return vulnerability.binarize_info(self.vulnerability_maps(pair, **map_kw)[MAPS.index(which)], top)
 
     # -- neuron-perturbation measures (no forward pass) -------------------------------------------
     def pooled(self, pair: int) -> tuple[np.ndarray, np.ndarray]:
@@ -394,11 +406,13 @@ class Analysis:
 
     # -- clustering -------------------------------------------------------------------------------
     def linkage(self, pair: int, *, distance: str = clustering.DEFAULT_DISTANCE,
-                method: str = clustering.DEFAULT_METHOD, mode: str = receptive_fields.DEFAULT_MODE,
+                method: str | None = None, mode: str = receptive_fields.DEFAULT_MODE,
                 value: float | None = None) -> np.ndarray:
         """The (n−1, 4) linkage of the neurons on this pair (§5.2.2): ``distance`` between their
-        benign+adversarial RFs ("l2"), RF masks ("iou") or activation maps ("activation")."""
+        benign+adversarial RFs ("l2"), RF masks ("iou") or activation maps ("activation"); ``method``
+        None: that distance's default (``clustering.default_method``: ward where it is Euclidean)."""
         _choice("distance", distance, clustering.DISTANCES)
+        method = clustering.default_method(distance) if method is None else method
         _choice("method", method, clustering.LINKAGE_METHODS)
         pair = self._pair(pair)
         key = ("linkage", pair, distance, method, mode, value)

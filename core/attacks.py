@@ -17,6 +17,10 @@ Choices:
 - ``early_stop=True`` (off by default, not the paper's PGD) stops updating an image at the first
   iterate the model misclassifies (or classifies as the target). It returns a smaller perturbation and
   skips most of the work; it exists because standard PGD-7 is compute-bound (BENCHMARKS.md).
+- The **last iterate** xᵏ is returned, as in Madry et al.'s reference code (``pgd_attack.py``), which
+  also keeps no best iterate. ``random_start`` (off by default: the paper describes no random start) is
+  their code's start, x + U(−ε, ε) per pixel (their challenge configs turn it on), here clamped to [0, 1]
+  at once; ``generator`` makes the noise reproducible. docs/method.md compares the two.
 - The model is put in eval mode for the attack and restored afterwards; its weights are untouched
   and no weight gradients are computed (``torch.autograd.grad`` w.r.t. the input only).
 """

@@ -27,13 +27,19 @@ tiny positive d² for two identical non-zero rows; every pair whose d² is withi
 apart, like ``scipy.spatial.distance.pdist``. The IoU distance uses the matrix form: intersections
 M·Mᵀ of the 0/1 masks (exact integer counts in float32), unions |m_i| + |m_j| − inter.
 
-Linkage (``LINKAGE_METHODS``, scipy's ``linkage`` on the condensed matrix). Default ``"average"``
-(UPGMA): the paper does not name its linkage; average linkage is valid for any dissimilarity (L2 or
-1 − IoU alike), its merge heights never decrease (so the dendrogram has no inversions) and are in the
-distance's own units (a height-0 node groups identical RFs, e.g. the dead neurons of §6.1.4's
-"top-down exploration"). ``ward``, ``centroid`` and ``median`` assume Euclidean distances (their
-update formulas come from cluster centroids), so ``linkage(..., kind="iou")`` refuses them;
-centroid and median can also produce inversions.
+Linkage (``LINKAGE_METHODS``, scipy's ``linkage`` on the condensed matrix). The paper does not name its
+linkage; the default was chosen by measurement (``core.linkage_report``, table in docs/method.md): the
+§6.1.4 walk climbs from a neuron through nested clusters (3 neurons, then 36 two levels up), and on the
+demo, a CIFAR ResNet18 and a ResNet56 store ``"ward"`` gives the most readable ancestor sizes (median
+2 → 4–6 → 8–11 neurons for the 1st → 3rd ancestor, a 3rd ancestor over half the neurons for 3–14% of
+the neurons), where ``"average"`` chains (the 3rd ancestor holds over half the neurons for 27–40%; on
+one demo pair neuron 55's tree jumps from 2 neurons to 222). Ward merges the two clusters whose union
+least increases the within-cluster sum of squared distances; its merge heights never decrease, and
+identical RFs (e.g. the dead neurons of §6.1.4's "top-down exploration", all-zero RFs) still merge
+at height 0. ``ward``, ``centroid`` and ``median`` assume Euclidean distances (their update formulas
+come from cluster centroids), so ``linkage(..., kind="iou")`` refuses them, and the IoU distance
+defaults to ``"complete"``, the next best by the same measurement (``default_method``); centroid and
+median can also produce inversions.
 
 Dendrogram ids follow scipy: leaves 0..n−1 are the neurons, row i of Z (children Z[i,0], Z[i,1],
 height Z[i,2], size Z[i,3]) is internal node n+i; the root is 2n−2. ``dendrogram_geometry`` lays it out
@@ -50,8 +56,15 @@ from scipy.spatial.distance import squareform
 DISTANCES = ("l2", "iou", "activation")
 DEFAULT_DISTANCE = "l2"
 LINKAGE_METHODS = ("average", "complete", "single", "ward", "weighted", "centroid", "median")
-DEFAULT_METHOD = "average"
+DEFAULT_METHOD = "ward"
 EUCLIDEAN_ONLY = ("ward", "centroid", "median")
+NON_EUCLIDEAN_DEFAULT = "complete"
+
+
+def default_method(kind: str | None = None) -> str:
+    """The default linkage for a distance: ``DEFAULT_METHOD`` (ward), or ``NON_EUCLIDEAN_DEFAULT``
+    (complete) for 1 − IoU, which ward cannot use."""
+    return NON_EUCLIDEAN_DEFAULT if kind == "iou" else DEFAULT_METHOD
 
 
 def _np(x) -> np.ndarray:
@@ -191,9 +204,11 @@ def distance_matrix(kind: str = DEFAULT_DISTANCE, *, benign_rf=None, adversarial
     return euclidean_matrix(_concat_rows(b, a))
 
 
-def linkage(dist, method: str = DEFAULT_METHOD, *, kind: str | None = None) -> np.ndarray:
+def linkage(dist, method: str | None = None, *, kind: str | None = None) -> np.ndarray:
     """scipy linkage matrix Z ((n−1)×4) of a square distance matrix. ``kind`` (the distance that made
-    ``dist``, optional): "iou" refuses the Euclidean-only methods (ward, centroid, median)."""
+    ``dist``, optional): "iou" refuses the Euclidean-only methods (ward, centroid, median).
+    ``method`` None: ``default_method(kind)``."""
+    method = default_method(kind) if method is None else method
     if method not in LINKAGE_METHODS:
         raise ValueError(f"unknown linkage method {method!r}; valid methods: {', '.join(LINKAGE_METHODS)}")
     if kind == "iou" and method in EUCLIDEAN_ONLY:
@@ -212,12 +227,14 @@ def _tree(Z) -> tuple[np.ndarray, int]:
     return Z[:, :2].astype(np.int64), len(Z) + 1
 
 
-def dendrogram_geometry(Z) -> dict:
+def dendrogram_geometry(Z, heights=None) -> dict:
     """Everything needed to draw and click the dendrogram without scipy's plotting (see module doc).
 
     leaf_order (list, neurons left to right), leaf_x (n,) x of each neuron, node_x / node_height /
     node_size ((2n−1,) per node id), children ((n−1)×2), segments (list of (x0, y0, x1, y1): three per
-    internal node, the ⊓) and segment_node (the internal node id of each segment).
+    internal node, the ⊓) and segment_node (the internal node id of each segment). ``heights`` ((2n−1,),
+    optional): the y at which to draw each node (node_y; default: node_height, leaves at 0), e.g. the
+    dendrogram view's heights that pull ties apart (``core.ui.dendrogram.drawn_heights``).
     """
     children, n = _tree(Z)
     Z = np.asarray(Z, dtype=np.float64)
@@ -226,16 +243,19 @@ def dendrogram_geometry(Z) -> dict:
     leaf_x[order] = np.arange(n, dtype=np.float64)
     node_x = np.concatenate([leaf_x, np.zeros(n - 1)])
     node_height = np.concatenate([np.zeros(n), Z[:, 2]])
+    node_y = node_height if heights is None else np.asarray(heights, dtype=np.float64)
+    if node_y.shape != node_height.shape:
+        raise ValueError(f"heights must have one value per node ({len(node_height)}), got {node_y.shape}")
     node_size = np.concatenate([np.ones(n, dtype=np.int64), Z[:, 3].astype(np.int64)])
     segments, segment_node = [], []
     for i, (a, b) in enumerate(children):  # rows are in merge order: children come first
-        node, h = n + i, node_height[n + i]
+        node, h = n + i, node_y[n + i]
         xa, xb = node_x[a], node_x[b]
         node_x[node] = 0.5 * (xa + xb)
-        segments += [(xa, node_height[a], xa, h), (xa, h, xb, h), (xb, node_height[b], xb, h)]
+        segments += [(xa, node_y[a], xa, h), (xa, h, xb, h), (xb, node_y[b], xb, h)]
         segment_node += [node] * 3
     return {"leaf_order": [int(v) for v in order], "leaf_x": leaf_x, "node_x": node_x,
-            "node_height": node_height, "node_size": node_size, "children": children,
+            "node_height": node_height, "node_y": node_y, "node_size": node_size, "children": children,
             "segments": [tuple(float(v) for v in s) for s in segments],
             "segment_node": np.asarray(segment_node, dtype=np.int64)}
 
@@ -291,3 +311,77 @@ def members(Z, nodes) -> np.ndarray:
     """Sorted neuron ids under any of ``nodes`` (the union of their subtrees); empty for no node."""
     parts = [subtree(Z, v) for v in nodes]
     return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+
+
+# -- walking the tree from one neuron (§6.1.4 bottom-up) and neuron sets as selections ----------------
+def parents(Z) -> np.ndarray:
+    """(2n−1,) parent node id of every node id (−1 for the root)."""
+    children, n = _tree(Z)
+    parent = np.full(2 * n - 1, -1, dtype=np.int64)
+    parent[children.ravel()] = np.repeat(np.arange(n, 2 * n - 1), 2)
+    return parent
+
+
+def cluster_node(Z, neurons) -> int | None:
+    """The node id whose subtree is exactly the set ``neurons`` (a single neuron: its leaf), or None
+    when the set is not one cluster of this tree (e.g. it was picked on another linkage)."""
+    ids = sorted({int(j) for j in neurons})
+    _, n = _tree(Z)
+    if not ids or ids[0] < 0 or ids[-1] >= n:
+        return None
+    node = common_ancestor(Z, ids)
+    return node if len(subtree(Z, node)) == len(ids) else None
+
+
+def child_towards(Z, node: int, neuron: int) -> int:
+    """The child of internal node ``node`` whose subtree holds ``neuron`` (one step down the neuron's
+    path); ValueError if ``node`` is a leaf or does not hold ``neuron``."""
+    children, n = _tree(Z)
+    if not n <= node < 2 * n - 1 or node not in nodes_containing(Z, neuron):
+        raise ValueError(f"node {node} is not an ancestor of neuron {neuron}")
+    a, b = (int(c) for c in children[node - n])
+    return a if neuron in subtree(Z, a) else b
+
+
+def selected_members(sets, n: int) -> np.ndarray:
+    """Sorted neuron ids in any of the selected neuron ``sets`` (``core.ui.state.Selection.clusters``)
+    whose ids all lie in 0..n−1; a set naming another id (an old link's node number) is left out."""
+    keep = [np.asarray(c, dtype=np.int64) for c in sets if len(c) and 0 <= min(c) and max(c) < n]
+    return np.unique(np.concatenate(keep)) if keep else np.zeros(0, dtype=np.int64)
+
+
+def blind_neurons(images, masks) -> np.ndarray:
+    """Sorted ids of the neurons whose RF (image ⊙ mask, step 4) is all zero on every one of ``images``
+    ((C,H,W) each; ``masks`` (n,H,W) each, the same order): an empty mask, or one on black pixels only.
+    They "capture nothing" (§6.1.4's dead neurons), their "l2" features are all 0, so they are exactly
+    0 apart and form one cluster at height 0 under any of the linkages."""
+    seen = None
+    for x, m in zip(images, masks, strict=True):
+        lit = np.asarray(_np(x)).reshape(-1, *np.shape(_np(x))[-2:]).any(axis=0)  # (H,W): not black
+        hit = (_np(m).astype(bool, copy=False) & lit).reshape(len(_np(m)), -1).any(axis=1)
+        seen = hit if seen is None else seen | hit
+    return np.flatnonzero(~seen)
+
+
+def ancestor_sizes(Z, neurons, levels: int = 3) -> np.ndarray:
+    """(len(neurons), levels) int: the number of neurons under each neuron's 1st, 2nd, … ancestor
+    (parent, grandparent, …), i.e. the clusters met by climbing one level at a time; past the root the
+    root's size n is repeated. Used to compare linkages (``core.linkage_report``)."""
+    _, n = _tree(Z)
+    parent = parents(Z)
+    size = np.concatenate([np.ones(n, dtype=np.int64), np.asarray(Z)[:, 3].astype(np.int64)])
+    out = np.empty((len(neurons), levels), dtype=np.int64)
+    for row, j in enumerate(neurons):
+        v = int(j)
+        for k in range(levels):
+            v = parent[v] if parent[v] >= 0 else v
+            out[row, k] = size[v]
+    return out
+
+
+def singleton_merge_share(Z) -> float:
+    """The share of the n−1 merges in which at least one side is a single neuron (a leaf): 1 for a
+    chain, where neurons join one big cluster one at a time; at least ~½ for any tree (each merge
+    absorbs at most two leaves), ~½ for a balanced one."""
+    children, n = _tree(Z)
+    return float(np.mean((children < n).any(axis=1))) if len(children) else 0.0

@@ -14,22 +14,32 @@ first, and keeps m of them:
   benign prediction) for ``side="benign"``, ``pairs.adv_prob`` (the adversarial label) for
   ``side="adversarial"``.
 
-``side="benign"`` ranks the benign images; ``side="adversarial"`` ranks the benign images' adversarial
-counterparts by their *own* activation or confidence (paper: "the system first extracts the top-m
-images for the benign images' adversarial counterparts"), so the two lists may hold different pairs.
+``side`` is the image shown (and the side of the ``activation`` and ``confidence`` columns);
+``ranked_by`` (default: ``side``) is the side whose score ranks the pairs. The paper's Fig. 5 sentence
+("the system first extracts the top-m images for the benign images' adversarial counterparts") reads
+two ways, and both are offered (``READINGS``):
+
+- ``"own"``: ``side="adversarial", ranked_by="adversarial"``: the adversarial images ranked by their own
+  activation or confidence, so the benign and adversarial lists may hold different pairs;
+- ``"counterparts"``: ``side="adversarial", ranked_by="benign"``: the adversarial counterparts of the
+  benign top-m, in the benign order, so both lists hold the same pairs and the neuron's RF can be
+  compared image by image.
 
 Choices: ties go to the lower pair id (a reproducible order); ``pairs=None`` means every pair; the
 selection is a set (duplicate ids count once); ids out of range, a neuron out of range, or an unknown
 side or sort raise ValueError; an empty selection gives an empty frame with the same columns. The
-frame has one row per listed pair: pair, rank (0 = top), score (the sort key), activation (that side's
-pooled activation of the neuron), confidence (that side's confidence as above), label, adv_label.
+frame has one row per listed pair: pair, rank (0 = top), score (the sort key, on ``ranked_by``),
+activation (``side``'s pooled activation of the neuron), confidence (``side``'s confidence as above),
+label, adv_label.
 Rows of ``store.pairs`` are in pair-id order (``pair`` is the row number of every per-pair array).
 
 ``context_receptive_fields(store, neuron, pairs, side, rf_fn)`` returns, per pair id in the given
 order, the side's image (float32 (C,H,W) in [0,1], ``store.pair_images``) and the neuron's RF mask
 computed by the injected ``rf_fn(fmap, image)`` from the stored feature map
 ``store.array(f"{side}_fmaps")[pair, neuron]`` (h,w) as float32. The RF method is injected so this
-module stays independent of it.
+module stays independent of it. ``context_images(analysis, ...)`` does both for a page: the frame, and
+each listed pair's ``side`` image with the neuron's RF from ``analysis.rf_masks_for`` (the page's RF
+threshold), for either reading.
 """
 from __future__ import annotations
 
@@ -40,8 +50,12 @@ import pandas as pd
 
 SORTS = ("activation", "confidence")
 SIDES = ("benign", "adversarial")
+READINGS = {"own": "adversarial", "counterparts": "benign"}  # reading -> ranked_by for the adversarial row
 COLUMNS = ("pair", "rank", "score", "activation", "confidence", "label", "adv_label")
 _CONFIDENCE = {"benign": "benign_prob", "adversarial": "adv_prob"}
+# the same order without ties at p = 1.0 (float32): log-odds from the logits (core.probability), where the
+# store provides them
+_CONFIDENCE_ORDER = {"benign": "benign_log_odds", "adversarial": "adv_log_odds"}
 
 
 def _check_side(side: str) -> None:
@@ -83,10 +97,20 @@ def _empty() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype=t) for c, t in dtypes.items()})
 
 
+def _scores(store, neuron: int, ids: np.ndarray, side: str) -> tuple[np.ndarray, np.ndarray]:
+    """(activation, confidence) of ``side``'s images of pairs ``ids`` for ``neuron``, float64."""
+    activation = np.asarray(store.array(f"{side}_pooled")[ids, neuron], dtype=np.float64)
+    confidence = store.pairs[_CONFIDENCE[side]].to_numpy(np.float64)[ids]
+    return activation, confidence
+
+
 def top_images(store, neuron: int, pairs=None, *, m: int = 6, sort: str = "activation",
-               side: str = "benign") -> pd.DataFrame:
-    """The top-m pairs of ``pairs`` for ``neuron`` by ``sort`` on ``side`` (see the module docstring)."""
+               side: str = "benign", ranked_by: str | None = None) -> pd.DataFrame:
+    """The top-m pairs of ``pairs`` for ``neuron`` by ``sort`` on ``ranked_by`` (default ``side``), with
+    ``side``'s activation and confidence (see the module docstring)."""
     _check_side(side)
+    ranked_by = side if ranked_by is None else ranked_by
+    _check_side(ranked_by)
     if sort not in SORTS:
         raise ValueError(f"sort must be 'activation' or 'confidence', got {sort!r}")
     _check_neuron(store, neuron, side)
@@ -95,11 +119,13 @@ def top_images(store, neuron: int, pairs=None, *, m: int = 6, sort: str = "activ
     ids = _pair_ids(store, pairs)
     if ids.size == 0:
         return _empty()
-    activation = np.asarray(store.array(f"{side}_pooled")[ids, neuron], dtype=np.float64)
+    activation, confidence = _scores(store, neuron, ids, side)
     table = store.pairs
-    confidence = table[_CONFIDENCE[side]].to_numpy(np.float64)[ids]
-    score = activation if sort == "activation" else confidence
-    order = np.lexsort((ids, -score))[:m]  # descending score, then ascending pair id
+    score = _scores(store, neuron, ids, ranked_by)[0 if sort == "activation" else 1]
+    key = score
+    if sort == "confidence" and _CONFIDENCE_ORDER[ranked_by] in table:
+        key = table[_CONFIDENCE_ORDER[ranked_by]].to_numpy(np.float64)[ids]
+    order = np.lexsort((ids, -key))[:m]  # descending score, then ascending pair id
     sel = ids[order]
     return pd.DataFrame({"pair": sel, "rank": np.arange(len(sel), dtype=np.int64),
                          "score": score[order], "activation": activation[order],
@@ -124,3 +150,20 @@ def context_receptive_fields(store, neuron: int, pairs, *, side: str,
             raise ValueError(f"rf_fn returned a mask of shape {mask.shape}, expected {image.shape[1:]}")
         out.append((image, mask))
     return out
+
+
+def context_images(analysis, neuron: int, pairs=None, *, m: int = 6, sort: str = "activation",
+                   side: str = "benign", ranked_by: str | None = None, mode: str | None = None,
+                   value: float | None = None) -> tuple[pd.DataFrame, list[tuple[np.ndarray, np.ndarray]]]:
+    """(``top_images`` frame, [(image, RF mask)]) of one row of context images, through an
+    ``core.analysis.Analysis`` (duck-typed): the pairs are ranked on ``ranked_by`` (default ``side``),
+    the images and the neuron's RFs are ``side``'s, each mask ``analysis.rf_masks_for(pair, side,
+    [neuron], mode=mode, value=value)`` (the RF threshold of the page; ``mode=None``: its default)."""
+    store = analysis.store
+    table = top_images(store, neuron, pairs, m=m, sort=sort, side=side, ranked_by=ranked_by)
+    kw = {"value": value} if mode is None else {"mode": mode, "value": value}
+    items = []
+    for p in table["pair"].tolist():
+        image = store.pair_images(p)[0 if side == "benign" else 1]
+        items.append((image, np.asarray(analysis.rf_masks_for(p, side, [neuron], **kw)[0], dtype=bool)))
+    return table, items

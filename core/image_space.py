@@ -12,7 +12,12 @@
   * ``"benign_drop"``: decreasing drop of the benign label's probability, p_b(B) − p_a(B);
   * ``"adversarial_rise"``: decreasing rise of the adversarial label's probability, p_a(A) − p_b(A).
 
-  Ties go to the lower pair id, so pages and links are reproducible.
+  Ties go to the lower pair id, so pages and links are reproducible. The drop and the rise are read
+  from the table's exact float64 columns of the same names, which ``Store.pairs`` computes from the
+  stored logits (``core.probability``): the stored float32 probabilities of a confident model are 1.0
+  for many pairs (p_b(B) for most benign images, p_a(A) for strong attacks), and their differences
+  would tie those pairs. A table without these columns (a hand-made frame) falls back to subtracting
+  its probability columns in float64.
 - **Pages** of the grid: ``page`` (0-based) of ``per_page`` pairs, clamped to the last page.
 - **Class subset** (paper §6.2.2, Places365): above ``SUBSET_ABOVE`` classes the matrix cannot show every
   row and column and colours cannot tell the classes apart, so the views show the pairs of a subset:
@@ -131,6 +136,8 @@ def sort_key(pairs: pd.DataFrame, sort: str) -> np.ndarray:
         return pairs["l2"].to_numpy(np.float64)
     if sort == "l2_decreasing":
         return -pairs["l2"].to_numpy(np.float64)
+    if sort in ("benign_drop", "adversarial_rise") and sort in pairs.columns:
+        return -pairs[sort].to_numpy(np.float64)  # exact, from the logits (Store.pairs)
     if sort == "benign_drop":
         # float64 before subtracting: 1.0f − 1e-9 rounds to 1.0 in float32 and would tie strong attacks
         return -(pairs["benign_prob"].to_numpy(np.float64) - pairs["benign_prob_adv"].to_numpy(np.float64))

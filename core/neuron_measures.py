@@ -90,6 +90,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.probability import log_odds, sigmoid_difference
+
 QUANTILE_LEVELS = np.array([0.0, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.975, 1.0])
 
 INTERVALS = ("quantile", "std", "ci")
@@ -99,6 +101,97 @@ POPULATIONS = ("benign", "adversarial")
 ADVERSARIAL_BANDS = ("benign", "adversarial")
 DEFAULT_ADVERSARIAL_BAND = "benign"
 OUTPUTS = ("probability", "logit")
+
+# -- plain words -----------------------------------------------------------------------------------------
+# What each measure and setting means, for a reader who knows the images but not the code: the app's "?"
+# tooltips read them from here, so every page says the same thing. Keys of HELP: the neuron sorts
+# (core.ui.state.NEURON_SORTS, all in SORT_KEYS) and the other terms shown; INTERVAL_HELP: the band
+# intervals; SUMMARY: one line per sort, where all of them are listed at once. The words follow the
+# page's: "benign" is the original image and its true class, "adversarial" the attacked image and the
+# class the attack made the model predict.
+HELP = {
+    "band_gap": (
+        "How far apart the two class bands are at this neuron. Positive: the adversarial class's usual "
+        "range lies entirely above the benign class's, so the attack must push the neuron up (region A, "
+        "the left end of the chart). Negative: entirely below, the attack pushes it down (region C, the "
+        "right end). Zero: the two ranges overlap (region B). The paper's neuron-perturbation measure; "
+        "it compares whole classes, so it is steadier than the curve difference of one image pair."),
+    "curve_difference": (
+        "The adversarial curve minus the benign curve at this neuron: how much more the neuron speaks "
+        "for the adversarial class on the attacked image than it spoke for the benign class on the "
+        "original image. It depends on this one image pair only, so it is noisier than the band gap."),
+    "benign_decrease": (
+        "Put only this neuron's value from the attacked image into the original image's, keep every "
+        "other neuron as it was, and recompute the class probabilities: how much the benign class's "
+        "probability falls. Large: this neuron alone carries much of the attack."),
+    "adversarial_increase": (
+        "Put only this neuron's value from the attacked image into the original image's, keep every "
+        "other neuron as it was, and recompute the class probabilities: how much the adversarial "
+        "class's probability rises. Large: this neuron alone carries much of the attack."),
+    "iou_bmap": (
+        "How well the part of the original image this neuron looks at (its receptive field) matches "
+        "the pixels where the attack lowers the benign class's probability most (bMap, the top share "
+        "set on the Receptive fields page): the pixels in both divided by the pixels in either. 1: the "
+        "same pixels; 0: none in common. The paper's image-perturbation measure."),
+    "iou_amap": (
+        "How well the part of the attacked image this neuron looks at (its receptive field) matches "
+        "the pixels where the attack raises the adversarial class's probability most (aMap, the top "
+        "share set on the Receptive fields page): the pixels in both divided by the pixels in either. "
+        "1: the same pixels; 0: none in common."),
+    "activation_times_weight": (
+        "How much the neuron pushes the model towards a class on one image: the neuron's average "
+        "activity on the image times the weight the model's last layer gives it for that class. "
+        "Positive: it speaks for the class; negative: against it. The benign curve is the original "
+        "image with the benign class, the adversarial curve the attacked image with the adversarial "
+        "class."),
+    "class_band": (
+        "The usual range of that value for a class: over the correctly classified original images of "
+        "the class, how wide is set in Band settings. The benign band is the benign class's, the "
+        "adversarial band the adversarial class's."),
+    "regions": (
+        "The sign of the band gap. A (excited): the adversarial class's usual range lies above the "
+        "benign class's, so the attack pushes the neuron up. B (unaffected): the two ranges overlap. "
+        "C (inhibited): it lies below, the attack pushes the neuron down. The neurons at both ends of "
+        "the band-gap order (far left of A, far right of C) are the ones the paper looks at first."),
+    "rank": (
+        "The neuron's position in the chosen order: 1 is the highest value (the left end of the chart), "
+        "the last rank the lowest (the right end)."),
+    "substitution": (
+        "Put only this neuron's value from the attacked image into the original image's, keep every "
+        "other neuron as it was, and recompute the class probabilities: how the two classes' "
+        "probabilities change (the direct-substitution sorts)."),
+    "interval": "How each class band is computed from the class's images.",
+    "coverage": (
+        "How much each band covers: for quantiles, the share of the class's images inside it; for the "
+        "other two, the confidence level. Wider bands overlap more, so fewer neurons get a non-zero "
+        "band gap."),
+}
+INTERVAL_HELP = {
+    "quantile": (
+        "The middle share of the class's images, e.g. 50%: from the image at the 25th percentile to the "
+        "one at the 75th. Shows where the individual images lie (the default)."),
+    "std": ("The class average plus and minus a multiple of the spread (standard deviation), as for a "
+            "bell-shaped spread of values."),
+    "ci": (
+        "The range in which the class's average probably lies (the paper's \"confidence interval\"). "
+        "It narrows as the class has more images, so with many images the bands look like thin lines."),
+}
+SUMMARY = {  # one line per sort, for the sort menu's tooltip (the full words: HELP)
+    "band_gap": ("how far the attack moves the neuron from the benign class's usual range towards the "
+                 "adversarial class's (the paper's neuron-perturbation measure)."),
+    "curve_difference": "the same for this image pair alone: the adversarial curve minus the benign curve.",
+    "iou_bmap": ("overlap of the neuron's receptive field on the original image with the pixels where the "
+                 "attack hurts the benign class most (the paper's image-perturbation measure)."),
+    "iou_amap": "the same on the attacked image, with the pixels that help the adversarial class most.",
+    "benign_decrease": ("how much the benign class's probability falls when only this neuron takes its "
+                        "attacked value."),
+    "adversarial_increase": ("how much the adversarial class's probability rises when only this neuron "
+                             "takes its attacked value."),
+}
+SORT_KEYS = ("band_gap", "curve_difference", "iou_bmap", "iou_amap", "benign_decrease",
+             "adversarial_increase")  # what the neurons can be ranked by (core.ui.state.NEURON_SORTS)
+INTERVAL_LABELS = {"quantile": "quantiles of the class's images", "std": "mean ± z·std",
+                   "ci": "confidence interval of the mean"}
 
 
 def class_statistics(pooled: np.ndarray, labels: np.ndarray, num_classes: int,
@@ -239,11 +332,6 @@ def rank(values, *, descending: bool = True) -> np.ndarray:
     return np.lexsort((np.arange(len(v)), key, nan))  # last key is the primary one
 
 
-def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
 def substitution_effect(weight, bias, benign_pooled, adversarial_pooled, benign_class: int,
                         adversarial_class: int, *, output: str = "probability") -> dict[str, np.ndarray]:
     """{"benign_decrease", "adversarial_increase"}: (n,) float64 effects of substituting each neuron's
@@ -260,9 +348,13 @@ def substitution_effect(weight, bias, benign_pooled, adversarial_pooled, benign_
     subst = np.tile(pb, (n, 1))  # row j: the benign vector with neuron j taken from the adversarial one
     subst[np.arange(n), np.arange(n)] = pa
     logits = np.vstack([pb, subst]) @ W.T + b  # row 0: the benign image itself
-    y = _softmax(logits) if output == "probability" else logits
-    return {"benign_decrease": y[0, benign_class] - y[1:, benign_class],
-            "adversarial_increase": y[1:, adversarial_class] - y[0, adversarial_class]}
+    if output == "logit":
+        return {"benign_decrease": logits[0, benign_class] - logits[1:, benign_class],
+                "adversarial_increase": logits[1:, adversarial_class] - logits[0, adversarial_class]}
+    # exact from the logits (core.probability): float64 probabilities saturate from a lead of ~37
+    g_b, g_a = log_odds(logits, benign_class), log_odds(logits, adversarial_class)
+    return {"benign_decrease": sigmoid_difference(g_b[0], g_b[1:]),
+            "adversarial_increase": sigmoid_difference(g_a[1:], g_a[0])}
 
 
 def iou_ranking(rf_masks, vulnerability_mask) -> tuple[np.ndarray, np.ndarray]:

@@ -44,7 +44,7 @@ import numpy as np
 SCHEMA_VERSION = 1
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = Path(os.environ.get("NVE_CACHE", ROOT / "cache"))
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: "$" would let a final newline in
 
 PAIR_COLUMNS = {
     "pair": "row number in every per-pair array",
@@ -74,7 +74,7 @@ class StoreError(ValueError):
 
 def validate_id(experiment_id: str) -> str:
     """Experiment ids name folders under cache/: letters, digits, '.', '_' and '-', no path parts."""
-    if not isinstance(experiment_id, str) or not _ID.match(experiment_id) or ".." in experiment_id:
+    if not isinstance(experiment_id, str) or not _ID.fullmatch(experiment_id) or ".." in experiment_id:
         raise StoreError(f"invalid experiment id {experiment_id!r}: use 1-64 letters, digits, '.', '_' "
                          "or '-', starting with a letter or digit")
     return experiment_id
@@ -552,11 +552,19 @@ class Store:
 
     @cached_property
     def pairs(self):
+        """The pair table (``PAIR_COLUMNS``), plus the float64 columns ``core.probability.PAIR_SCORES``
+        computed from the stored logits when the table is loaded (so old stores get them too): the float32
+        probabilities of a confident model are 1.0 for many pairs, and sorting by their differences
+        would tie them all (``core.probability``)."""
         import pandas as pd
         try:
-            return pd.read_parquet(self.path / "pairs.parquet")
+            table = pd.read_parquet(self.path / "pairs.parquet")
         except Exception as e:  # pyarrow's own error types for a damaged file
             raise self._damaged("pairs.parquet", e) from None
+        from core.probability import PAIR_SCORES, pair_scores
+        exact = pair_scores(self.array("benign_logits"), self.array("adversarial_logits"),
+                            table["label"].to_numpy(np.int64), table["adv_label"].to_numpy(np.int64))
+        return table.assign(**{name: exact[name] for name in PAIR_SCORES})
 
     def array(self, name: str) -> np.ndarray:
         """A per-pair or per-image array, memory-mapped (read-only)."""
@@ -789,8 +797,89 @@ def summary_row(manifest: dict) -> dict:
     """The figures the experiment list shows, from a manifest that passed ``manifest_problems``."""
     c, cfg = manifest["counts"], manifest["config"]
     return {"experiment": manifest["id"], "model": cfg["model"]["arch"], "dataset": manifest["dataset"],
-            "classes": len(manifest["classes"]), "images": c["n_images"],
+            "classes": len(image_classes(manifest)), "images": c["n_images"],
             "clean accuracy": round(c["clean_accuracy"], 4), "attacked": c["n_attacked"],
             "successful pairs": c["n_success"], "attack success": round(c["attack_success_rate"], 4),
             "attack": cfg["attack"]["method"].upper(), "ε": round(cfg["attack"]["eps"], 4),
             "steps": attack_steps(cfg["attack"]), "created": manifest["created"]}
+
+
+def image_classes(manifest: dict) -> list[int]:
+    """The ids (indices into ``manifest["classes"]``, the model's outputs) of the classes whose images the
+    experiment holds: its ``[data] classes`` (names or ids, as ``core.data.select`` reads them), in
+    class-id order; every class when it has none. Pair labels stay ids into the model's classes, so a
+    store prepared on a class subset shows its subset's rows while its adversarial labels may be any
+    class. A name the list does not hold (a hand-edited manifest) is left out; if none is left, every
+    class is returned."""
+    names = list(manifest["classes"])
+    wanted = ((manifest.get("config") or {}).get("data") or {}).get("classes")
+    if not wanted:
+        return list(range(len(names)))
+    ids = set()
+    for c in wanted:
+        if isinstance(c, int) and not isinstance(c, bool):
+            if 0 <= c < len(names):
+                ids.add(c)
+        elif c in names:
+            ids.add(names.index(c))
+    return sorted(ids) or list(range(len(names)))
+
+
+def delete_experiment(experiment_id: str, cache_dir: str | Path = DEFAULT_CACHE) -> None:
+    """Delete the experiment ``cache_dir/<id>/`` and everything in it (its derived/ caches too).
+
+    Safe by construction:
+    - the id is checked (``validate_id``: no path parts), and ``<id>`` must be a real folder directly in
+      ``cache_dir``: a symbolic link is refused (deleting through it would reach outside the cache);
+    - the prepare lock of that id (``.partial-<id>.lock``, held by ``StoreWriter``, from the app or the
+      CLI) must be free: a prepare that may publish this id now is not raced;
+    - the folder is first renamed to a hidden ``.trash-<id>-<ns>`` name (one atomic rename, which never
+      follows links), so no listing ever shows a half-deleted store, then removed with ``shutil.rmtree``,
+      which does not follow symbolic links inside it.
+    A StoreError says why nothing was deleted, or that the experiment is gone but some files of it stayed
+    (under the hidden name, listed nowhere)."""
+    import stat
+    import sys
+    validate_id(experiment_id)
+    cache = Path(cache_dir)
+    path = cache / experiment_id
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        raise StoreError(f"there is no experiment {experiment_id!r} to delete") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise StoreError(f"{experiment_id!r} is a symbolic link, not an experiment folder of this cache; "
+                         "the app does not delete through links (remove the link by hand)")
+    if not stat.S_ISDIR(info.st_mode):
+        raise StoreError(f"{experiment_id!r} is not an experiment folder")
+    trash, left = cache / f".trash-{experiment_id}-{time.time_ns()}", []
+
+    def note(_fn, p, e):
+        left.append(f"{os.path.relpath(p, trash)} ({getattr(e, 'strerror', None) or type(e).__name__})")
+    try:  # O_NOFOLLOW: a planted link named like the lock file is neither opened nor created through
+        fd = os.open(cache / f".partial-{experiment_id}.lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW,
+                     0o644)
+    except OSError as e:
+        raise StoreError(f"experiment {experiment_id!r} cannot be deleted: the cache folder refuses it "
+                         f"({e.strerror or type(e).__name__})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(f"experiment {experiment_id!r} is being prepared now; wait for it to finish "
+                             "(or cancel it) before deleting it") from None
+        try:
+            os.rename(path, trash)
+        except OSError as e:
+            raise StoreError(f"experiment {experiment_id!r} cannot be deleted ({e.strerror or e}); "
+                             "nothing was removed") from None
+        _fsync_dir(cache)
+        if sys.version_info >= (3, 12):
+            shutil.rmtree(trash, onexc=note)
+        else:
+            shutil.rmtree(trash, onerror=lambda fn, p, info: note(fn, p, info[1]))
+    finally:
+        os.close(fd)  # also drops the lock
+    if left:
+        raise StoreError(f"experiment {experiment_id!r} was deleted, but {len(left)} of its files could not "
+                         f"be removed and stay in {trash.name} (hidden; e.g. {left[0]})")

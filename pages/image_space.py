@@ -19,7 +19,7 @@ from functools import partial
 import streamlit as st
 
 from core import image_space
-from core.store import StoreError
+from core.store import StoreError, image_classes
 from core.ui import overview_charts, services, session
 from core.ui.images import show
 from core.ui.palette import class_colors
@@ -57,11 +57,11 @@ def _scatter(experiment: str, stamp: str, side: str, color_by: str, highlight_ke
              subset=None):
     """``subset``: None, or the class subset as (benign ids, adversarial ids) tuples."""
     store = services.store(experiment)
-    if subset is None:
-        colors, inside = class_colors(len(store.classes)), None
-    else:
+    inside = None if subset is None else image_space.in_subset(store.pairs, *subset)
+    if len(store.classes) > image_space.SUBSET_ABOVE:  # the palette's colours go to the subset only
         colors = overview_charts.subset_colors(len(store.classes), subset[0] + subset[1])
-        inside = image_space.in_subset(store.pairs, *subset)
+    else:  # every class keeps the colour it has on the other pages
+        colors = class_colors(len(store.classes))
     return overview_charts.scatter_figure(store.pairs, store.classes, colors, side, color_by, _highlight,
                                           height=CHART_HEIGHT, subset=inside)
 
@@ -122,7 +122,7 @@ def _pick(pair: int):
 sel = session.get()
 if sel.experiment is None:
     st.info("No experiment is chosen yet: pick one in the sidebar, or prepare one first.")
-    st.page_link("pages/prepare.py", label="Prepare an experiment", icon=":material/add_circle:")
+    session.page_link("pages/prepare.py", label="Prepare an experiment", icon=":material/add_circle:")
     st.stop()
 try:
     store = services.store(sel.experiment)
@@ -131,6 +131,7 @@ except StoreError as e:
     st.error(plain(e))
     st.stop()
 classes = store.classes
+prepared_on = image_classes(store.manifest)  # the classes whose images it holds (a [data] classes subset)
 stamp = str(store.manifest.get("created", ""))
 matrix = _matrix(sel.experiment, stamp)
 st.header("Image space")
@@ -161,6 +162,13 @@ if len(classes) > image_space.SUBSET_ABOVE:
                    disabled=sel.benign_classes is None and sel.adversarial_classes is None,
                    icon=":material/restart_alt:", help="The paper's rule for both lists", width="stretch")
     colors = overview_charts.subset_colors(len(classes), subset[0] + subset[1])
+    key_classes = sorted(set(subset[0] + subset[1]))
+elif len(prepared_on) < len(classes):  # prepared on a class subset: its classes, the labels it reached
+    subset = overview_charts.prepared_subset(pairs, prepared_on)
+    st.caption(f"This experiment holds the images of {len(prepared_on)} of the model's {len(classes)} "
+               "classes: the matrix rows are those classes, its columns those and the adversarial labels "
+               "their attacks reached.")
+    colors = class_colors(len(classes))
     key_classes = sorted(set(subset[0] + subset[1]))
 else:
     colors = class_colors(len(classes))
@@ -213,7 +221,7 @@ if sel.lasso is not None:
     what.append(f"{len(sel.lasso)} points lassoed")
 if narrowed:
     st.markdown(f"**{len(shown)} pair{'' if len(shown) == 1 else 's'} selected** ({' and '.join(what)})")
-elif subset is not None:
+elif subset is not None and len(shown) < len(pairs):
     st.markdown(f"**All {len(shown)} pairs of the class subset** ({len(pairs)} in all) — select a cell "
                 "or lasso points to narrow down.")
 else:
@@ -233,7 +241,7 @@ bar[2].markdown(f"Page {page_no + 1} of {pages}")
 bar[3].button("Next", key="image_space_next", on_click=_to_page, args=(page_no + 1,),
               disabled=page_no >= pages - 1, icon=":material/chevron_right:", width="stretch")
 
-if not len(shown) and subset is None:
+if not len(shown) and (subset is None or len(classes) <= image_space.SUBSET_ABOVE):
     st.info("No pair is in both the cell and the scatterplot selection: clear one of them.")
 elif not len(shown) and not (subset[0] and subset[1]):
     st.info("The class subset is empty: choose benign and adversarial classes, or reset it.")
@@ -253,12 +261,12 @@ for start in range(0, len(page_ids), PER_ROW):
             for side, img, lab, prob in ((left, benign, b_lab, r["benign_prob"]),
                                          (right, adversarial, a_lab, r["adv_prob"])):
                 side.html(overview_charts.probability_bar(prob, colors[lab], classes[lab]))
-                side.image(show(img, colors[lab], size=IMAGE_SIZE), width="stretch")
+                side.image(show(img, colors[lab], size=IMAGE_SIZE, uri=True), width="stretch")
             st.caption(("✓ selected · " if chosen else "")
                        + f"#{pair} · L2 {r['l2']:.3f} · {plain(classes[b_lab])} {r['benign_prob']:.1%} → "
                        f"{plain(classes[a_lab])} {r['adv_prob']:.1%}")
             st.button(f"Select pair #{pair}", key=f"image_space_pick_{pair}", on_click=_pick, args=(pair,),
                       type="primary" if chosen else "secondary", width="stretch")
 if sel.pair is not None:
-    st.page_link("pages/neuron_ranking.py", label=f"Next: the neurons of pair #{sel.pair}",
+    session.page_link("pages/neuron_ranking.py", label=f"Next: the neurons of pair #{sel.pair}",
                  icon=":material/arrow_forward:")

@@ -124,16 +124,19 @@ def _live(experiment: str, cache: str) -> None:
     if job is None or job.finished:
         experiments.clear()
         st.rerun()
-    with st.status(f"Preparing {plain(experiment)}…", expanded=True, state="running"):
-        st.progress(job.fraction, text=plain(job.describe()))
-        st.caption(f"{job.elapsed():.0f} s so far. It runs on the server: you can explore other "
-                   "experiments meanwhile, or come back to this page to see how far it got.")
-        st.button("Cancel", key="prepare_cancel", icon=":material/stop:", on_click=jobs.cancel, args=(job,),
-                  disabled=job.cancelled, help="Stops the job; what it finished is kept, so preparing the "
-                  "same id with the same settings later resumes where it stopped.")
+    # not a `with` block: leaving one marks the box complete (✓) while the job is still running
+    box = st.status(f"{'Cancelling' if job.cancelled else 'Preparing'} {plain(experiment)}…", expanded=True,
+                    state="running")
+    box.progress(job.fraction, text=plain(job.describe()))
+    box.caption(f"{job.elapsed():.0f} s so far. It runs on the server: you can explore other "
+                "experiments meanwhile, or come back to this page to see how far it got.")
+    box.button("Cancel", key="prepare_cancel", icon=":material/stop:", on_click=jobs.cancel, args=(job,),
+               disabled=job.cancelled, help="Stops the job; what it finished is kept, so preparing the "
+               "same id with the same settings later resumes where it stopped.")
 
 
 def _job_panel(experiment: str, cache: Path) -> None:
+    """The job's box: running (⟳, live), done (✓) or failed/cancelled (!), never ✓ before it is done."""
     job = jobs.get(experiment, cache)
     if job is None:
         st.session_state.pop(JOB, None)
@@ -141,26 +144,29 @@ def _job_panel(experiment: str, cache: Path) -> None:
     if job.running:
         _live(experiment, str(cache))
         return
-    if job.cancelled:
-        st.info(f"Preparing {plain(experiment)} was {plain(job.error)}.")
-    elif job.error:
-        st.error(f"Preparing {plain(experiment)} failed: {plain(job.error)}")
-        st.caption("Nothing half-written was published. Fix the problem and press Prepare again with the "
-                   "same experiment id: an interrupted run resumes where it stopped.")
-    else:
+    if job.ok:
+        box = st.status(f"{plain(experiment)} is ready ({job.elapsed():.0f} s)", expanded=True,
+                        state="complete")
         counts = Store(job.path).counts
         skipped = (f" {counts['n_skipped']:,} unreadable file(s) were skipped (see Messages)."
                    if counts.get("n_skipped") else "")
-        st.success(f"{plain(experiment)} is ready ({job.elapsed():.0f} s): {counts['n_success']:,} "
-                   f"successful attacks out of {counts['n_attacked']:,} correctly classified images "
-                   f"({counts['n_images']:,} images, clean accuracy {counts['clean_accuracy']:.1%})."
-                   + skipped)
-        st.button("Explore it", key="prepare_explore", type="primary", on_click=_explore, args=(experiment,),
-                  icon=":material/arrow_forward:")
-    if job.log:
+        box.success(f"{plain(experiment)} is ready: {counts['n_success']:,} successful attacks out of "
+                    f"{counts['n_attacked']:,} correctly classified images ({counts['n_images']:,} images, "
+                    f"clean accuracy {counts['clean_accuracy']:.1%})." + skipped)
+        box.button("Explore it", key="prepare_explore", type="primary", on_click=_explore, args=(experiment,),
+                   icon=":material/arrow_forward:")
+    elif job.cancelled:
+        box = st.status(f"Preparing {plain(experiment)} was cancelled", expanded=True, state="error")
+        box.info(f"Preparing {plain(experiment)} was {plain(job.error)}.")
+    else:
+        box = st.status(f"Preparing {plain(experiment)} failed", expanded=True, state="error")
+        box.error(f"Preparing {plain(experiment)} failed: {plain(job.error)}")
+        box.caption("Nothing half-written was published. Fix the problem and press Prepare again with the "
+                    "same experiment id: an interrupted run resumes where it stopped.")
+    box.button("Dismiss", key="prepare_dismiss", on_click=lambda: st.session_state.pop(JOB, None))
+    if job.log:  # beside the box: an expander cannot be nested in the status box (itself one)
         with st.expander("Messages"):
             st.text("\n".join(list(job.log)[-50:]))
-    st.button("Dismiss", key="prepare_dismiss", on_click=lambda: st.session_state.pop(JOB, None))
 
 
 # -- page -----------------------------------------------------------------------------------------------
@@ -203,7 +209,9 @@ left, right = st.columns(2, gap="large")
 classes_all: list[str] = []
 with left:
     st.markdown("#### 1. Images")
-    st.selectbox("Data source", list(datasets.SOURCES), key="prepare_source", format_func=SOURCE_LABELS.get)
+    st.selectbox("Data source", list(datasets.SOURCES), key="prepare_source", format_func=SOURCE_LABELS.get,
+                 help="Where the images come from: the small Fashion-MNIST sample that comes with the app, "
+                 "a standard dataset in a folder on the server, or your own images in one folder per class.")
     source = st.session_state["prepare_source"]
     if source != "demo":
         st.text_input("Dataset folder (on the server)", key="prepare_root",
@@ -220,10 +228,14 @@ with left:
         st.session_state["prepare_classes"] = [c for c in st.session_state.get("prepare_classes", [])
                                                if c in classes_all]
         st.multiselect(f"Classes ({len(classes_all)} found; none chosen = all)", classes_all,
-                       key="prepare_classes", placeholder="All classes", format_func=one_line)
+                       key="prepare_classes", placeholder="All classes", format_func=one_line,
+                       help="Attack only the images of these classes (fewer classes: a faster run and a "
+                       "smaller prediction matrix). The model still chooses among all its classes, so an "
+                       "attack can turn an image into a class that is not chosen here.")
     c1, c2 = st.columns(2)
     c1.number_input("Images per class (0 = all)", min_value=0, max_value=limits.max_per_class, step=10,
-                    key="prepare_per_class")
+                    key="prepare_per_class", help="How many images of each class to take (the first ones "
+                    "of each class). Fewer images: a faster run; more: more attacks to explore.")
     c2.number_input("Resize to (pixels, 0 = keep)", min_value=0, max_value=limits.max_image_size, step=32,
                     key="prepare_image_size",
                     help="Needed when your images differ in size; 224 for ImageNet-style models.")
@@ -231,10 +243,13 @@ with left:
     st.markdown("#### 2. Model")
     st.selectbox("Architecture", list(ARCHITECTURES), key="prepare_arch", on_change=_on_arch,
                  help="The network your checkpoint was trained as. The *_cifar ones take 32×32 images.")
-    st.radio("Checkpoint (the trained weights)", CKPT_MODES, key="prepare_ckpt_mode", horizontal=True)
+    st.radio("Checkpoint (the trained weights)", CKPT_MODES, key="prepare_ckpt_mode", horizontal=True,
+             help="The file that holds what your model learned. Give the path of a file already on the "
+             "server, or upload one from your computer.")
     if st.session_state["prepare_ckpt_mode"] == CKPT_MODES[0]:
         st.text_input("Checkpoint file (on the server)", key="prepare_ckpt_path",
-                      placeholder="/models/my-model.pth")
+                      placeholder="/models/my-model.pth", help="The full path of the weights file on the "
+                      "server, e.g. /models/my-model.pth (.pth, .pt, .th, .tar or .safetensors).")
         path = st.session_state["prepare_ckpt_path"].strip()
         try:  # nothing is looked up outside the folders the server lets the app read
             if path and not jobs.server_path(path, cache, "checkpoint file", ModelError).is_file():
@@ -252,16 +267,28 @@ with left:
             st.caption("Checkpoint received and readable.")
     with st.expander("Model details"):
         st.radio("Input channels", (3, 1), key="prepare_channels", horizontal=True,
-                 format_func=lambda c: "3 (colour)" if c == 3 else "1 (grayscale)")
+                 format_func=lambda c: "3 (colour)" if c == 3 else "1 (grayscale)",
+                 help="Whether the model was trained on colour (red, green, blue) or grayscale images; "
+                 "the images are converted to match.")
         st.number_input("Width (resnet18_cifar only; 64 = 512 neurons)", min_value=8, max_value=512, step=8,
-                        key="prepare_width")
-        st.text_input("Normalization mean", key="prepare_mean")
-        st.text_input("Normalization std", key="prepare_std")
+                        key="prepare_width", help="How wide the network was built when trained: the "
+                        "number of filters of its first layer. It must match the checkpoint; other "
+                        "architectures ignore it.")
+        st.text_input("Normalization mean", key="prepare_mean",
+                      help="The average pixel value the model's training subtracted from every image (pixels "
+                      "from 0 to 1): one number, or one per colour channel separated by commas. Use the "
+                      "values the model was trained with; the architecture fills in its usual ones.")
+        st.text_input("Normalization std", key="prepare_std",
+                      help="The spread the model's training divided every image by after subtracting the "
+                      "mean: one number, or one per colour channel separated by commas.")
 
 with right:
     st.markdown("#### 3. Attack")
     st.radio("Method", ("pgd", "fgsm"), key="prepare_method", horizontal=True,
-             format_func=lambda m: "PGD (the paper's)" if m == "pgd" else "FGSM (one step)")
+             format_func=lambda m: "PGD (the paper's)" if m == "pgd" else "FGSM (one step)",
+             help="How the images are changed to fool the model. PGD takes several small steps, each in "
+             "the direction that most lowers the model's confidence in the true class; FGSM takes one "
+             "step of the full size ε (faster, weaker).")
     pgd = st.session_state["prepare_method"] == "pgd"
     c1, c2, c3 = st.columns(3)
     c1.number_input("ε (/255)", min_value=0.0, max_value=255.0, step=0.5, key="prepare_eps",
@@ -270,10 +297,16 @@ with right:
                     key="prepare_alpha", disabled=not pgd,
                     help="The change per step, in 1/255; the paper uses 2.")
     c3.number_input("Steps κ", min_value=0, max_value=1000, step=1, key="prepare_steps", disabled=not pgd,
-                    help="The paper uses 7.")
+                    help="How many small steps PGD takes; more steps find stronger attacks but take "
+                    "longer. The paper uses 7.")
     st.checkbox("Early stop (faster; not the paper's PGD)", key="prepare_early_stop", disabled=not pgd,
-                help="Stop each image's attack as soon as it is misclassified.")
-    st.checkbox("Random start inside the ε-ball", key="prepare_random_start", disabled=not pgd)
+                help="Stop each image's attack as soon as the model gets it wrong: much faster, and the "
+                "changes stay smaller, but it is not the attack the paper used.")
+    st.checkbox("Random start inside the ε-ball", key="prepare_random_start", disabled=not pgd,
+                help="Off (the paper's PGD): the attack starts from the image itself. On: it starts from "
+                "the image plus random noise of at most ε per pixel, as in Madry et al.'s own code. The "
+                "noise comes from the run's seed: preparing again with the same settings gives the same "
+                "attacks.")
     st.caption(f"ε = {st.session_state['prepare_eps']:g}/255 = {st.session_state['prepare_eps'] / 255:.4f} "
                "in [0, 1] pixel units.")
 
@@ -292,15 +325,22 @@ with right:
         st.error(plain(str(e)))
     with st.expander("Run details"):
         st.number_input("Batch size (0 = chosen for the device and image size)", min_value=0,
-                        max_value=4096, step=16, key="prepare_batch_size")
+                        max_value=4096, step=16, key="prepare_batch_size",
+                        help="How many images are processed at once. Larger is faster until memory runs "
+                        "out; lower it if a run stops for lack of memory.")
         st.number_input("Precompute the vulnerability maps of this many pairs", min_value=0,
                         max_value=limits.max_images, step=10,
                         key="prepare_maps", help="Those of the most populated prediction-matrix cells "
                         "first (paper §8). They open at once in the app; other pairs are computed when "
                         "first opened (seconds each at 32 px, more at 224 px).")
         st.number_input("t-SNE perplexity", min_value=2.0, max_value=500.0, step=5.0,
-                        key="prepare_perplexity")
-        st.selectbox("Device", ("auto", "cpu", "cuda"), key="prepare_device")
+                        key="prepare_perplexity", help="How many neighbours each image's point tries to stay "
+                        "close to in the Image space scatterplots: small values show small tight groups, "
+                        "large values the overall layout. 30 suits a few thousand images; it must be below "
+                        "the number of attacked images.")
+        st.selectbox("Device", ("auto", "cpu", "cuda"), key="prepare_device",
+                     help="Where the computation runs: cuda is an NVIDIA graphics card (much faster), cpu "
+                     "the processor; auto takes the graphics card when the server has one.")
     busy = jobs.get(ident, cache) if ident else None
     start = st.button("Prepare", key="prepare_start", type="primary", icon=":material/play_arrow:",
                       disabled=busy is not None and busy.running)

@@ -66,6 +66,20 @@ def cifar20_store(cifar20_config, tmp_path_factory):
     return Store(prepare(cifar20_config, "cifar20", cache_dir=cache, show_bars=False))
 
 
+@pytest.fixture(scope="session")
+def cifar56_store(cifar_root, models_dir, tmp_path_factory):
+    """The standard-trained (confident) ResNet56 on 20 real CIFAR-10 test images per class: the paper's
+    walks on a model whose probabilities reach 1.0 in float32."""
+    from core.pipeline import prepare
+    from core.presets import preset
+    from core.store import Store
+    config = preset("cifar10-resnet56", [f'data.root="{cifar_root}"', "data.per_class=20",
+                                         f'model.checkpoint="{models_dir / "resnet56-4bfd9763.th"}"',
+                                         "prepare.tsne_perplexity=15"])
+    cache = tmp_path_factory.mktemp("cache56")
+    return Store(prepare(config, "cifar56", cache_dir=cache, show_bars=False))
+
+
 # -- 224 px: real photos (scikit-image's samples) and a real ImageNet model ---------------------------
 PHOTOS = {"chelsea": 285, "coffee": 967}  # ImageNet classes of the subjects: Egyptian cat, espresso
 

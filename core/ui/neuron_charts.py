@@ -9,6 +9,14 @@ in band-gap order the regions are contiguous and are also shaded over the plot w
 Every neuron point (both curves and the strip) carries its id as ``customdata[0]``, so a click maps
 back to a neuron (``neuron_from_selection``).
 
+A click anywhere in a neuron's column selects it: the layout's hover mode "x" with no hover distance
+limit makes the nearest column's curve points the hovered points wherever the pointer is over the plot
+(on a curve, a band or empty space), and plotly's click-to-select selects the first hovered point of a
+trace that has markers. So both curves always have markers (invisible ones beyond ``MARKER_MAX``
+neurons, where they would hide the lines); their selected/unselected styles keep every mark as drawn.
+The hover's numbers are formatted here (``hover_rows``) rather than by plotly's number formats, so no
+value reads "-0" and the substitution effects read as words ("falls by", "rises by").
+
 Class names are user text (folder names): the figures put them into trace names, hover templates and
 category labels through ``text.plotly_text`` (plotly reads HTML and ``%{...}`` there).
 """
@@ -22,7 +30,7 @@ import plotly.graph_objects as go
 
 from core import neuron_measures, receptive_fields
 from core.ui.palette import rgb
-from core.ui.text import plotly_text
+from core.ui.text import number, plotly_text
 
 REGIONS = ("A", "B", "C")
 REGION_LABELS = {"A": "A: excited", "B": "B: unaffected", "C": "C: inhibited", "?": "no band"}
@@ -33,6 +41,9 @@ IOU_SORTS = {"iou_bmap": "bmap", "iou_amap": "amap"}
 OTHER_COVERAGES = (0.5, 0.8, 0.9, 0.95, 0.99)  # std / ci intervals (any value in (0, 1) is valid)
 MAX_TICKS = 25
 CURVE_NAMES = ("benign curve", "adversarial curve")
+MARKER_MAX = 200  # more neurons: curve markers are drawn invisible (they stay clickable)
+ENDS = 10  # the table shows this many neurons at each end of the order
+SELECTED_MARK = "▶"
 
 
 # -- values and order ------------------------------------------------------------------------------------
@@ -84,12 +95,133 @@ def valid_coverage(coverage: float, options) -> float:
     return float(min(options, key=lambda c: abs(c - coverage)))  # an offered value itself, for widgets
 
 
-def top_table(order, values, band_gap, value_label: str, k: int = 10) -> pd.DataFrame:
-    """The first ``k`` neurons of ``order`` with their sort value, band gap and region."""
-    ids = np.asarray(order, dtype=np.int64)[:k]
-    v, g = np.asarray(values, dtype=np.float64), np.asarray(band_gap, dtype=np.float64)
-    return pd.DataFrame({"rank": np.arange(1, len(ids) + 1), "neuron": ids, value_label: v[ids],
+def _clean(a) -> np.ndarray:
+    """float64 values with a negative zero made positive (``-0.0 + 0.0 == 0.0``), for display."""
+    return np.asarray(a, dtype=np.float64) + 0.0
+
+
+def ends_table(order, values, band_gap, value_label: str, k: int = ENDS,
+               selected: int | None = None) -> pd.DataFrame:
+    """Both ends of ``order`` (neuron ids, full order): ranks 1..k and the last k (each neuron once, so
+    with at most 2k neurons all of them), plus the selected neuron's row between them when it is in
+    neither end; in rank order. Columns: "selected" (``SELECTED_MARK`` on the selected neuron's row,
+    else ""), "rank" (1-based), "neuron", ``value_label`` (the sort value), "band gap", "region"."""
+    order = np.asarray(order, dtype=np.int64)
+    n = len(order)
+    pos = set(range(min(k, n))) | set(range(max(0, n - k), n))
+    hit = np.flatnonzero(order == selected) if selected is not None else []
+    if len(hit):
+        pos.add(int(hit[0]))
+    pos = sorted(pos)
+    ids = order[pos]
+    v, g = _clean(values), _clean(band_gap)
+    return pd.DataFrame({"selected": [SELECTED_MARK if j == selected else "" for j in ids.tolist()],
+                         "rank": np.asarray(pos, dtype=np.int64) + 1, "neuron": ids, value_label: v[ids],
                          "band gap": g[ids], "region": [REGION_LABELS[r] for r in regions(g[ids])]})
+
+
+# -- words -----------------------------------------------------------------------------------------------
+def value_text(value, spec: str = ".4g") -> str:
+    """A value as shown to users: ``text.number`` (never "-0"), "n/a" for NaN (a class without images)."""
+    v = float(value)
+    return "n/a" if math.isnan(v) else number(v, spec)
+
+
+def change_text(change, spec: str = ".3g") -> str:
+    """A signed change in words: "rises by 0.0012", "falls by 0.00094", "does not change" (the change
+    rounds to zero at ``spec``), "n/a" (NaN); never a sign on a number."""
+    v = float(change)
+    if math.isnan(v):
+        return "n/a"
+    size = number(abs(v), spec)
+    if float(size) == 0:
+        return "does not change"
+    return f"{'rises' if v > 0 else 'falls'} by {size}"
+
+
+def substitution_text(benign_decrease, adversarial_increase, classes: tuple[str, str]) -> str:
+    """"P(B) falls by x, P(A) rises by y": the direct-substitution effects of one neuron in words.
+    ``benign_decrease`` is a decrease, so the benign probability's change is its negative; ``classes``
+    are the names as the caller's place needs them (escaped for Markdown or plotly)."""
+    return (f"P({classes[0]}) {change_text(-float(benign_decrease))}, "
+            f"P({classes[1]}) {change_text(float(adversarial_increase))}")
+
+
+def hover_rows(measures: dict, order, iou: dict | None = None) -> list[list]:
+    """Per neuron of ``order``, the benign curve's customdata: [id, rank, benign act×w, adversarial
+    act×w, band gap, curve difference, benign probability change, adversarial probability change
+    (+ IoU with bMap, with aMap)], the id and rank as integers, the rest as finished text
+    (``value_text``, ``change_text``) that ``hover_template`` places; the id first, for a click."""
+    cols = [np.asarray(measures[k], dtype=np.float64) for k in (
+        "benign_axw", "adversarial_axw", "band_gap", "curve_difference")]
+    dec = np.asarray(measures["benign_decrease"], dtype=np.float64)
+    inc = np.asarray(measures["adversarial_increase"], dtype=np.float64)
+    rows = []
+    for r, j in enumerate(np.asarray(order, dtype=np.int64).tolist(), start=1):
+        row = [j, r, *(value_text(c[j]) for c in cols), change_text(-dec[j]), change_text(inc[j])]
+        if iou:
+            row += [value_text(iou["bmap"][j], ".3f"), value_text(iou["amap"][j], ".3f")]
+        rows.append(row)
+    return rows
+
+
+def hover_template(classes: tuple[str, str], iou: bool = False) -> str:
+    """The benign curve's hover template over ``hover_rows`` (``classes`` already escaped with
+    ``plotly_text``): the fixed words once, the per-neuron text from the customdata."""
+    t = ("<b>neuron %{customdata[0]}</b> · rank %{customdata[1]}<br>"
+         f"{classes[0]} (benign) act×w: %{{customdata[2]}}<br>"
+         f"{classes[1]} (adversarial) act×w: %{{customdata[3]}}<br>"
+         "band gap: %{customdata[4]} · curve difference: %{customdata[5]}<br>"
+         f"substituted alone: P({classes[0]}) %{{customdata[6]}}, P({classes[1]}) %{{customdata[7]}}")
+    if iou:
+        t += "<br>IoU with bMap: %{customdata[8]} · with aMap: %{customdata[9]}"
+    return t + "<extra></extra>"
+
+
+# -- help ------------------------------------------------------------------------------------------------
+CONTROL_HELP = {  # the page's own controls; the measures' words are neuron_measures.HELP
+    "zoom": ("Show only the first N neurons of the order (the left end of the chart), so each is wider and "
+             "easier to click; 0 shows all. You can also drag across the chart to zoom in, and double-click "
+             "it to zoom back out."),
+    "neuron_id": "Select a neuron by its number: the labels under the chart are neuron numbers.",
+    "sort": "What orders the neurons from left to right, the highest value first:",
+    "sort_more": "Each measure's full explanation: the ? of its column in the table under the chart.",
+    "chart": ("Click anywhere in a neuron's column (its curves, the bands above or below them, or the "
+              "coloured strip) to select that neuron."),
+    "selected": f"{SELECTED_MARK} marks the selected neuron.",
+}
+
+
+def options_help(intro: str, labels: dict, helps: dict, outro: str = "") -> str:
+    """A tooltip (Markdown) explaining each option of a menu: ``intro``, then one bullet per key of
+    ``labels`` (app constants, not user text) with its words from ``helps``, then ``outro``; KeyError
+    if an option has no words."""
+    text = intro + "\n\n" + "\n".join(f"- **{labels[k]}**: {helps[k]}" for k in labels)
+    return text + ("\n\n" + outro if outro else "")
+
+
+def detail_lines(measures: dict, j: int, *, rank: int, total: int, classes: tuple[str, str],
+                 iou: dict | None = None, shown: int = 0) -> list[tuple[str, str]]:
+    """The selected neuron's numbers as (Markdown line, help) pairs, numbers through ``value_text`` and
+    ``change_text``. ``classes``: the benign and adversarial class names already escaped for Markdown
+    (``text.plain``); ``shown``: the zoom (0: all shown), to say when the neuron is outside it."""
+    help_ = neuron_measures.HELP
+    where = "" if not shown or rank <= shown else f" (outside the top {shown} shown)"
+    region = REGION_LABELS[regions(np.asarray(measures["band_gap"], dtype=np.float64)[[j]])[0]]
+    lines = [(f"**Neuron {j}**: rank {rank} of {total}{where}, region {region}",
+              help_["rank"] + "\n\n" + help_["regions"]),
+             (f"act×weight: {value_text(measures['benign_axw'][j])} ({classes[0]}) → "
+              f"{value_text(measures['adversarial_axw'][j])} ({classes[1]})",
+              help_["activation_times_weight"]),
+             (f"band gap: {value_text(measures['band_gap'][j])}", help_["band_gap"]),
+             (f"curve difference: {value_text(measures['curve_difference'][j])}", help_["curve_difference"]),
+             ("substituted alone: " + substitution_text(measures["benign_decrease"][j],
+                                                        measures["adversarial_increase"][j], classes),
+              help_["substitution"])]
+    if iou:
+        lines += [(f"IoU of its receptive field with {name}: {value_text(iou[w][j], '.3f')}",
+                   help_[f"iou_{w}"]) for w, name in (("bmap", "bMap"), ("amap", "aMap"))]
+    return lines
 
 
 # -- chart events -> selection ---------------------------------------------------------------------------
@@ -161,14 +293,6 @@ def _rgba(hex_color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
-def _rows(order, columns) -> list[list]:
-    """Plain JSON rows [neuron id, values…] (5 significant digits; NaN -> None). Plain lists, not
-    plotly's binary arrays, so a selected point's customdata comes back from the browser as a list."""
-    vals = np.stack([np.asarray(c, dtype=np.float64) for c in columns], axis=1)
-    return [[int(j), *(None if not math.isfinite(v) else float(f"{v:.5g}") for v in row)]
-            for j, row in zip(np.asarray(order).tolist(), vals.tolist(), strict=True)]
-
-
 def _ticks(n: int) -> list[int]:
     step = max(1, math.ceil(n / MAX_TICKS))
     return list(range(0, n, step))
@@ -185,7 +309,7 @@ def _figure(data: list[dict], layout: dict) -> go.Figure:
 
 def ranking_figure(measures: dict, order, *, classes: tuple[str, str], colors: tuple[str, str],
                    sort: str, sort_label: str, iou: dict | None = None, selected: int | None = None,
-                   height: int = 430) -> go.Figure:
+                   height: int = 470) -> go.Figure:
     """The Neuron Vulnerability View of one pair for the neurons ``order`` (ids, in plotted order).
 
     ``measures``: ``Analysis.neuron_measures``; ``classes``/``colors``: names and palette colours of the
@@ -198,20 +322,13 @@ def ranking_figure(measures: dict, order, *, classes: tuple[str, str], colors: t
     x = list(range(n))
     gap = np.asarray(measures["band_gap"], dtype=np.float64)
     reg = regions(gap)[order]
-    cols = [np.arange(1, n + 1), *(np.asarray(measures[k])[order] for k in (
-        "benign_axw", "adversarial_axw", "band_gap", "curve_difference", "benign_decrease",
-        "adversarial_increase"))]
-    hover = ("<b>neuron %{customdata[0]}</b> · rank %{customdata[1]}<br>"
-             f"{classes[0]} (benign) act×w: %{{customdata[2]:.4g}}<br>"
-             f"{classes[1]} (adversarial) act×w: %{{customdata[3]:.4g}}<br>"
-             "band gap: %{customdata[4]:.4g} · curve difference: %{customdata[5]:.4g}<br>"
-             f"substituted alone: P({classes[0]}) drops %{{customdata[6]:.3g}}, "
-             f"P({classes[1]}) rises %{{customdata[7]:.3g}}")
-    if iou:
-        cols += [np.asarray(iou["bmap"])[order], np.asarray(iou["amap"])[order]]
-        hover += "<br>IoU with bMap: %{customdata[8]:.3f} · with aMap: %{customdata[9]:.3f}"
-    custom = _rows(order, cols)
-    ids = [[int(j)] for j in order]  # the other traces only need the id (a click selects it)
+    # every point's id first (a click selects it), as plain JSON lists rather than plotly's binary arrays,
+    # so a selected point's customdata comes back from the browser as a list
+    ids = [[int(j)] for j in order]
+    rows = hover_rows(measures, order, iou)
+    custom = {"benign": rows, "adversarial": [[row[0], row[3]] for row in rows]}
+    template = {"benign": hover_template(classes, bool(iou)),
+                "adversarial": f"{classes[1]} act×w: %{{customdata[1]}}<extra></extra>"}
 
     def values(a) -> list:
         return [None if not math.isfinite(v) else v for v in np.asarray(a, dtype=np.float64)[order].tolist()]
@@ -225,17 +342,20 @@ def ranking_figure(measures: dict, order, *, classes: tuple[str, str], colors: t
         data.append({"type": "scatter", "x": x, "y": values(measures[f"{side}_hi"]), "mode": "lines",
                      "line": {"width": 0, "color": color}, "fill": "tonexty", "fillcolor": _rgba(color, 0.22),
                      "hoverinfo": "skip", "name": f"{name} band ({side})", "legendgroup": f"{side}-band"})
+    # markers make a curve selectable by a click (see the module doc); beyond MARKER_MAX they are invisible
+    opacity = 1.0 if n <= MARKER_MAX else 0.0
+    keep = {"selected": {"marker": {"opacity": opacity}}, "unselected": {"marker": {"opacity": opacity}}}
     for (side, color, name), meta in zip(sides, CURVE_NAMES, strict=True):
-        data.append({"type": "scatter", "x": x, "y": values(measures[f"{side}_axw"]),
-                     "mode": "lines+markers" if n <= 200 else "lines", "line": {"color": color, "width": 1.6},
-                     "marker": {"size": 5, "color": color}, "name": f"{name}: {side} image", "meta": meta,
-                     "customdata": custom if side == "benign" else ids,
-                     "hovertemplate": (hover if side == "benign" else f"{name} act×w: %{{y:.4g}}")
-                     + "<extra></extra>"})
+        data.append({"type": "scatter", "x": x, "y": values(measures[f"{side}_axw"]), "mode": "lines+markers",
+                     "line": {"color": color, "width": 1.6},
+                     "marker": {"size": 5, "color": color, "opacity": opacity}, **keep,
+                     "name": f"{name}: {side} image", "meta": meta,
+                     "customdata": custom[side], "hovertemplate": template[side]})
     data.append({"type": "scatter", "x": x, "y": [0] * n, "xaxis": "x2", "yaxis": "y2", "mode": "markers",
                  "meta": "regions", "customdata": ids, "showlegend": False,
-                 "marker": {"symbol": "square", "size": 9 if n <= 200 else 6,
+                 "marker": {"symbol": "square", "size": 9 if n <= MARKER_MAX else 6,
                             "color": [REGION_COLORS[r] for r in reg]},
+                 "selected": {"marker": {"opacity": 1}}, "unselected": {"marker": {"opacity": 1}},
                  "text": [REGION_LABELS[r] for r in reg],
                  "hovertemplate": "neuron %{customdata[0]}: region %{text}<extra></extra>"})
 
@@ -259,9 +379,11 @@ def ranking_figure(measures: dict, order, *, classes: tuple[str, str], colors: t
     ticks = _ticks(n)
     span = [-0.5, n - 0.5]
     layout = {
-        "height": height, "margin": {"l": 10, "r": 10, "t": 30, "b": 10}, "hovermode": "x",
+        # the top margin holds, from the top: plotly's tool bar (on hover), the legend, the selected label
+        "height": height, "margin": {"l": 10, "r": 10, "t": 72, "b": 10}, "hovermode": "x",
+        "hoverdistance": -1,  # the nearest column wherever the pointer is: a click in a column selects it
         "dragmode": "zoom", "clickmode": "event+select", "shapes": shapes, "annotations": notes,
-        "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.04, "x": 0},
+        "legend": {"orientation": "h", "yanchor": "bottom", "y": 1 + 24 / (height - 82), "x": 0},
         "xaxis": {"anchor": "y", "domain": [0, 1], "matches": "x2", "showticklabels": False, "range": span},
         "xaxis2": {"anchor": "y2", "domain": [0, 1], "range": span, "tickmode": "array", "tickvals": ticks,
                    "ticktext": [str(int(order[i])) for i in ticks],

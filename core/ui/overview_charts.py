@@ -9,6 +9,8 @@ Pure functions (no Streamlit import), so unit tests call them directly:
   (many-class experiments, paper §6.2.2) the pairs outside it are one light-grey "other classes" trace
   underneath, so the t-SNE layout stays readable and only the subset's classes need colours.
 - ``subset_colors``: the palette given to the subset's classes only.
+- ``prepared_subset``: the rows and columns of an experiment prepared on a class subset (``[data]
+  classes``): its classes, and the adversarial labels its attacks reached.
 - ``selected_pairs``: a ``st.plotly_chart`` box/lasso event -> the selected pair ids (None when empty).
 - ``matrix_frame`` / ``matrix_chart``: the prediction matrix as an Altair ``mark_rect`` (rows = true
   label, columns = adversarial label, or only the subset's ``rows`` × ``cols``; count as an orange
@@ -105,6 +107,17 @@ def subset_colors(num_classes: int, shown) -> list[str]:
     for c, color in zip(shown, class_colors(len(shown)), strict=True):
         out[c] = color
     return out
+
+
+def prepared_subset(pairs: pd.DataFrame, image_classes) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The class subset the views show for an experiment prepared on some classes only (``[data]
+    classes``; ``image_classes``: their ids, ``core.store.image_classes``): (rows, columns) in class-id
+    order. Rows (true labels) are those classes; columns (adversarial labels) are those classes plus every
+    adversarial label the pairs reached, since an attack may turn an image into any of the model's classes.
+    Pairs' labels stay ids into the model's classes: nothing is renumbered."""
+    rows = sorted({int(c) for c in image_classes})
+    reached = np.unique(pairs["adv_label"].to_numpy(np.int64)).tolist()
+    return tuple(rows), tuple(sorted(set(rows) | {int(c) for c in reached}))
 
 
 def _get(obj, key, default=None):

@@ -24,6 +24,11 @@ def analysis(experiment: str) -> Analysis:
     return _analysis(str(cache), experiment, stamp)
 
 
+def forget(cache, experiment: str, stamp: str) -> None:
+    """Drop one experiment's cached ``Analysis`` (a deleted store: its open memory maps hold the disk)."""
+    _analysis.clear(str(cache), experiment, stamp)
+
+
 def store(experiment: str) -> Store:
     return analysis(experiment).store
 

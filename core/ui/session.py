@@ -1,6 +1,16 @@
-"""Streamlit glue for the selection model (core.ui.state): read, write, and mirror it in the URL."""
+"""Streamlit glue for the selection model (core.ui.state): read, write, and mirror it in the URL.
+
+The address always holds the whole selection (``to_query``), so a copied link or a reload opens the same
+case. Streamlit 1.67 sends the browser's query string with every rerun and resets it to the link's own
+query parameters (none for the navigation menu) on a page change; the server's ``st.query_params`` is
+that copy. The URL is written whenever the selection changes (``put``) and once before each page runs
+(``sync_url``): a message queued after a page's ``st.stop()`` is never sent (the runner raises its
+``StopException`` again at the next message), so writing it at the end of the run lost it on every
+page that stops early (Clustering with no cluster selected: a bare ``/clustering`` and a stale
+``clusters=``)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
 import streamlit as st
@@ -35,7 +45,10 @@ def get() -> Selection:
 
 
 def put(sel: Selection) -> Selection:
+    """Keep ``sel`` as the session's selection and write it to the address at once (in a widget callback
+    or in the page body, before the page can stop)."""
     st.session_state[KEY] = sel
+    sync_url()
     return sel
 
 
@@ -51,11 +64,33 @@ def seed(key: str, value) -> None:
         st.session_state[key] = value
 
 
+def url_matches(current: Mapping[str, list[str]], wanted: Mapping[str, str]) -> bool:
+    """Whether the address's query parameters (each with all its values, as ``get_all`` gives them)
+    are exactly ``wanted`` (``to_query``): same keys, one value each, equal. A parameter given twice,
+    an unknown one or a field left over from a cleared selection all make it differ."""
+    return current.keys() == wanted.keys() and all(list(current[k]) == [wanted[k]] for k in wanted)
+
+
 def sync_url() -> None:
-    """Write the selection into the query string at the end of every run (no rerun). Always written,
-    not only when it differs from the server's copy: a page switch clears the browser's query string
-    without telling the server."""
-    st.query_params.from_dict(to_query(get()))
+    """Write the selection into the address if it differs from the browser's (no rerun). The server's
+    ``st.query_params`` is the query string the browser sent with this run (reset by a page change),
+    updated by each write, so the comparison saves a message and never misses a reset address.
+    ``from_dict`` replaces every parameter (``embed`` excepted): a cleared field leaves the address."""
+    wanted = to_query(get())
+    params = st.query_params
+    if not url_matches({k: params.get_all(k) for k in params}, wanted):
+        params.from_dict(wanted)
+
+
+def link_params() -> dict[str, str]:
+    """The query parameters that carry the current selection in a page link (``st.page_link``'s
+    ``query_params``): opening the link in a new tab opens the same case."""
+    return to_query(get())
+
+
+def page_link(page, **kwargs) -> None:
+    """``st.page_link`` to a page of this app, carrying the selection (see ``link_params``)."""
+    st.page_link(page, query_params=link_params(), **kwargs)
 
 
 def require_experiment() -> Selection:
@@ -63,6 +98,6 @@ def require_experiment() -> Selection:
     sel = get()
     if sel.experiment is None:
         st.info("Choose an experiment in the sidebar, or prepare one first.")
-        st.page_link("pages/prepare.py", label="Prepare an experiment", icon=":material/add_circle:")
+        page_link("pages/prepare.py", label="Prepare an experiment", icon=":material/add_circle:")
         st.stop()
     return sel

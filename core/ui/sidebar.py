@@ -2,7 +2,9 @@
 
 Class names and experiment ids are user text (a link can carry any id): shown through ``text.plain``.
 A link to an experiment that is not here (or cannot be opened) opens the first one and says why above
-the page."""
+the page. The "Next" links carry the selection in their query string (``session.page_link``); the
+navigation menu's links cannot (Streamlit builds their address from the page's path alone), so each
+page writes the selection to the address as it opens (``session.sync_url``)."""
 from __future__ import annotations
 
 import streamlit as st
@@ -89,12 +91,14 @@ def render(pages: dict) -> None:
         if sel.neuron is not None:
             lines.append(f"Neuron {sel.neuron}")
         if sel.clusters:
-            lines.append(f"Clusters: {len(sel.clusters)} node(s), {sel.set_op}")
+            neurons = len({j for c in sel.clusters for j in c})
+            lines.append(f"Clusters: {len(sel.clusters)} set(s), {neurons} neurons, {sel.set_op}")
         st.markdown("\n".join(f"- {x}" for x in lines) if lines else "_nothing selected yet_")
+        # the links carry the selection: "open in a new tab" opens the same case
         if sel.pair is None:
-            st.page_link(pages["image_space"], label="Next: pick a cell and a pair", icon=NEXT)
+            session.page_link(pages["image_space"], label="Next: pick a cell and a pair", icon=NEXT)
         elif sel.neuron is None:
-            st.page_link(pages["neuron_ranking"], label="Next: pick a neuron", icon=NEXT)
+            session.page_link(pages["neuron_ranking"], label="Next: pick a neuron", icon=NEXT)
         else:
-            st.page_link(pages["receptive_fields"], label="Next: its receptive fields", icon=NEXT)
-            st.page_link(pages["clustering"], label="Or: similar neurons", icon=NEXT)
+            session.page_link(pages["receptive_fields"], label="Next: its receptive fields", icon=NEXT)
+            session.page_link(pages["clustering"], label="Or: similar neurons", icon=NEXT)

@@ -11,8 +11,19 @@ Coupling rules (what a change clears), so no view ever shows a stale combination
   cell outside it;
 - a new cell or lasso set resets the grid page and keeps the pair only if it is still in the selection
   (the page decides, since it knows the pairs);
-- another pair clears the selected clusters (dendrogram node ids belong to one pair's tree);
-- neuron ids are the same for every pair of an experiment, so the neuron survives pair changes.
+- another pair clears the selected clusters (each pair has its own tree, on which they were picked);
+- neuron ids are the same for every pair of an experiment, so the neuron survives pair changes;
+- selected clusters are sets of neuron ids, never dendrogram node numbers: another linkage, distance or
+  RF threshold (another tree) keeps the same neurons selected, and the Clustering page says which sets
+  are no longer one cluster of the current tree (``core.clustering.cluster_node``);
+- climbing (§6.1.4 "two levels up"): the climbed cluster is the last selected set that holds the
+  selected neuron (``climbed``); ``climb_up`` replaces it by the smallest cluster of the current tree
+  that strictly contains it (the first press, with no such set, adds the neuron's parent),
+  ``climb_down`` by the next cluster down the neuron's path (from the parent: back to the neuron alone,
+  the set removed), ``climb_reset`` removes it. The state is (neuron, clusters), so it is in the link;
+- choosing the 1 − IoU distance while a Euclidean-only linkage (ward, centroid, median) is selected
+  switches the linkage to ``core.clustering.default_method("iou")`` (``with_distance``); a link that
+  asks for the combination anyway gets the page's refusal.
 """
 from __future__ import annotations
 
@@ -49,7 +60,7 @@ class Selection:
     neuron: int | None = None
     neuron_sort: str = "band_gap"
     zoom: int = 0                               # show the top N neurons of the sort (0: all)
-    clusters: tuple[int, ...] = ()              # dendrogram node ids (leaves are neuron ids)
+    clusters: tuple[tuple[int, ...], ...] = ()  # selected neuron sets (each sorted), in click order
     set_op: str = "union"
     n_clusters: int = 8                         # colouring of the dendrogram
     rf_mode: str = receptive_fields.DEFAULT_MODE
@@ -89,11 +100,120 @@ class Selection:
     def with_neuron(self, neuron: int | None) -> Selection:
         return replace(self, neuron=None if neuron is None else int(neuron))
 
-    def toggle_cluster(self, node: int) -> Selection:
-        node = int(node)
-        nodes = tuple(n for n in self.clusters if n != node) if node in self.clusters else \
-            (*self.clusters, node)
-        return replace(self, clusters=nodes)
+    def with_distance(self, distance: str) -> Selection:
+        """Another clustering distance; a linkage the distance cannot use is replaced by its default."""
+        method = self.method
+        if distance == "iou" and method in clustering.EUCLIDEAN_ONLY:
+            method = clustering.default_method(distance)
+        return replace(self, distance=distance, method=method)
+
+    def toggle_cluster(self, neurons) -> Selection:
+        """Select the set ``neurons`` (a clicked node's subtree), or deselect it if it is selected."""
+        s = neuron_set(neurons)
+        if not s:
+            return self
+        sets = tuple(c for c in self.clusters if c != s) if s in self.clusters else (*self.clusters, s)
+        return replace(self, clusters=sets)
+
+    # -- climbing the tree from the selected neuron (§6.1.4 bottom-up) ------------------------------
+    def climbed(self) -> int | None:
+        """Index in ``clusters`` of the climbed cluster: the last selected set holding the neuron."""
+        if self.neuron is None:
+            return None
+        return next((i for i in range(len(self.clusters) - 1, -1, -1) if self.neuron in self.clusters[i]),
+                    None)
+
+    def _replace_climbed(self, i: int, new: tuple[int, ...] | None) -> Selection:
+        rest = [c for k, c in enumerate(self.clusters) if k != i]
+        if new is None or new in rest:  # removed, or already selected elsewhere: no duplicate
+            return replace(self, clusters=tuple(rest))
+        return replace(self, clusters=(*self.clusters[:i], new, *self.clusters[i + 1:]))
+
+    def climb_up(self, Z) -> Selection:
+        """One level up from the selected neuron (see the module doc); unchanged at the root or without
+        a neuron in the tree of linkage ``Z``."""
+        n = len(Z) + 1
+        if self.neuron is None or not 0 <= self.neuron < n:
+            return self
+        i = self.climbed()
+        if i is None:
+            parent = clustering.nodes_containing(Z, self.neuron)[0]
+            return replace(self, clusters=(*self.clusters, neuron_set(clustering.subtree(Z, parent))))
+        current = self.clusters[i]
+        if current[-1] >= n:  # not neurons of this experiment: nothing to climb from
+            return self
+        node = clustering.common_ancestor(Z, current)
+        if len(clustering.subtree(Z, node)) == len(current):  # a cluster of this tree: its parent
+            node = int(clustering.parents(Z)[node])
+            if node < 0:
+                return self  # the root: all neurons
+        return self._replace_climbed(i, neuron_set(clustering.subtree(Z, node)))
+
+    def climb_down(self, Z) -> Selection:
+        """One level down, towards the selected neuron: the largest cluster of the neuron's path strictly
+        inside the climbed set; from the neuron's parent, the set is removed (back to the neuron)."""
+        n = len(Z) + 1
+        i = self.climbed()
+        if i is None or not 0 <= self.neuron < n or self.clusters[i][-1] >= n:
+            return self
+        inside = set(self.clusters[i])
+        below = None
+        for node in clustering.nodes_containing(Z, self.neuron):  # bottom-up
+            members = clustering.subtree(Z, node)
+            if len(members) >= len(inside) or not inside.issuperset(members.tolist()):
+                break
+            below = members
+        return self._replace_climbed(i, None if below is None else neuron_set(below))
+
+    def climb_reset(self) -> Selection:
+        """Remove the climbed cluster (back to the neuron alone)."""
+        i = self.climbed()
+        return self if i is None else self._replace_climbed(i, None)
+
+    def climb_level(self, Z) -> int | None:
+        """How many levels above the neuron the climbed cluster is (1: its parent), or None when there is
+        none or it is not one cluster of the tree of ``Z`` on the neuron's path."""
+        i = self.climbed()
+        if i is None or self.clusters[i][-1] >= len(Z) + 1:
+            return None
+        node = clustering.cluster_node(Z, self.clusters[i])
+        path = clustering.nodes_containing(Z, self.neuron)
+        return path.index(node) + 1 if node in path else None
+
+
+def neuron_set(neurons) -> tuple[int, ...]:
+    """A selected cluster's canonical form: its neuron ids, sorted, without repeats."""
+    return tuple(sorted({int(j) for j in neurons}))
+
+
+def encode_set(neurons) -> str:
+    """A neuron set for a link: sorted ids joined by ".", runs of 3 or more written "first-last"
+    ("3-7.12"); the clusters of a selection are then joined by ","."""
+    ids, parts, k = neuron_set(neurons), [], 0
+    while k < len(ids):
+        end = k
+        while end + 1 < len(ids) and ids[end + 1] == ids[end] + 1:
+            end += 1
+        if end - k >= 2:
+            parts.append(f"{ids[k]}-{ids[end]}")
+        else:
+            parts += [str(v) for v in ids[k:end + 1]]
+        k = end + 1
+    return ".".join(parts)
+
+
+def decode_set(text: str, budget: int) -> tuple[int, ...]:
+    """The inverse of ``encode_set``; ValueError for any malformed part, an id outside 0..MAX_ID, a
+    reversed range or more than ``budget`` ids in all (counted before a range is expanded)."""
+    ids: list[int] = []
+    for part in text.split("."):
+        lo, sep, hi = part.partition("-")
+        a = _id(lo)
+        b = _id(hi) if sep else a
+        if b < a or len(ids) + (b - a + 1) > budget:
+            raise ValueError(f"bad or too long range {part!r}")
+        ids.extend(range(a, b + 1))
+    return neuron_set(ids)
 
 
 # -- URL query string -------------------------------------------------------------------------------
@@ -103,7 +223,7 @@ _CHOICES = {"color_by": COLOR_BY, "grid_sort": tuple(SORTS), "neuron_sort": tupl
             "set_op": SET_OPS, "rf_mode": receptive_fields.THRESHOLD_MODES,
             "interval": neuron_measures.INTERVALS, "distance": clustering.DISTANCES,
             "method": clustering.LINKAGE_METHODS}
-_LISTS = ("clusters", "benign_classes", "adversarial_classes")
+_LISTS = ("benign_classes", "adversarial_classes")
 _DEFAULT = Selection()
 MAX_LASSO_IN_URL = 500  # longer selections are not put in the link (URLs get too long to share)
 # Bounds of what a link may ask for; anything outside is ignored (the default is kept). Ids (pairs,
@@ -115,6 +235,7 @@ INT_RANGES = {"grid_page": (0, 10**6), "pair": (0, MAX_ID), "neuron": (0, MAX_ID
 FLOAT_RANGES = {"top": (0.01, 1.0), "coverage": (1e-6, 1.0), "rf_value": (0.0, 1e6)}
 RF_RELATIVE_MAX = 1.0      # quantile q and fraction of the max lie in [0, 1]
 MAX_LIST = {"lasso": 100_000, "clusters": 1000, "benign_classes": 10_000, "adversarial_classes": 10_000}
+MAX_CLUSTER_NEURONS = 100_000  # neuron ids in all the selected clusters of a link (ranges expanded)
 MAX_VALUE_CHARS = 1_000_000  # a longer value is not even parsed
 MAX_EXPERIMENT_CHARS = 64    # store ids are at most 64 characters (core.store); longer ones are cut
 
@@ -133,10 +254,14 @@ def to_query(sel: Selection) -> dict[str, str]:
         elif f.name == "lasso":
             if len(v) <= MAX_LASSO_IN_URL:
                 out["lasso"] = ",".join(map(str, v))
+        elif f.name == "clusters":
+            out["clusters"] = ",".join(encode_set(c) for c in v)
         elif f.name in _LISTS:
             out[f.name] = ",".join(map(str, v))
         else:
             out[f.name] = f"{v:g}" if isinstance(v, float) else str(v)
+    if sel.distance == "iou" and sel.method in clustering.EUCLIDEAN_ONLY:
+        out["method"] = sel.method  # the default linkage would decode as the IoU's own (from_query)
     return out
 
 
@@ -192,7 +317,7 @@ def from_query(query: Mapping) -> Selection:
             elif key == "lasso":
                 values["lasso"] = tuple(sorted(set(_id_list(text, key))))
             elif key == "clusters":
-                values["clusters"] = tuple(dict.fromkeys(_id_list(text, key)))  # unique, in click order
+                values["clusters"] = _clusters(text)
             elif key in ("benign_classes", "adversarial_classes"):
                 # "" is a list the user emptied; the page checks ids against the store's classes
                 values[key] = tuple(sorted(set(_id_list(text, key))))
@@ -210,7 +335,27 @@ def from_query(query: Mapping) -> Selection:
     mode = values.get("rf_mode", sel.rf_mode)
     if mode != "absolute" and values.get("rf_value", 0.0) > RF_RELATIVE_MAX:
         del values["rf_value"]
+    # a link with the IoU distance and no linkage: the IoU's default, not a refused Euclidean one
+    if values.get("distance") == "iou" and "method" not in values and sel.method in clustering.EUCLIDEAN_ONLY:
+        values["method"] = clustering.default_method("iou")
     return replace(sel, **values)
+
+
+def _clusters(text: str) -> tuple[tuple[int, ...], ...]:
+    """Comma-separated ``encode_set`` sets, unique, in click order; any bad set (or too many sets or
+    ids) makes the whole list ignored. An old link's node numbers read as one-neuron sets: a leaf's
+    number is its neuron id, and an internal node's number (>= n) is no neuron of the experiment, which
+    the Clustering page names and ignores."""
+    parts = [x for x in text.split(",") if x.strip() != ""]
+    if len(parts) > MAX_LIST["clusters"]:
+        raise ValueError(f"more than {MAX_LIST['clusters']} clusters")
+    sets: list[tuple[int, ...]] = []
+    budget = MAX_CLUSTER_NEURONS
+    for part in parts:
+        s = decode_set(part, budget)
+        budget -= len(s)
+        sets.append(s)
+    return tuple(dict.fromkeys(sets))
 
 
 def as_dict(sel: Selection) -> dict:

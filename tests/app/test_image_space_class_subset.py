@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -22,6 +23,8 @@ from core import image_space
 from core.store import Store
 from core.ui import overview_charts
 from core.ui.state import Selection
+from core.ui.text import html_text, plain
+from tests.helpers import displayed
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 PAGE = "pages/image_space.py"
@@ -226,3 +229,119 @@ def test_few_classes_get_no_subset_control(cifar20_store, monkeypatch):
     assert len(_matrix_table(at)) == len(cifar20_store.classes) ** 2  # the whole matrix
     plots = [json.loads(p.proto.spec)["data"] for p in at.get("plotly_chart")]
     assert all(overview_charts.OTHER_NAME not in [t["name"] for t in data] for data in plots)
+
+
+# -- an experiment prepared on a class subset ([data] classes) shows only its classes ----------------
+TWO = ["T-shirt/top", "Trouser"]
+
+
+@pytest.fixture(scope="module")
+def two_built(tmp_path_factory) -> Store:
+    """A real store of the demo model prepared on 2 of its 10 classes (no ../shared needed)."""
+    from core.pipeline import prepare
+    from core.presets import preset
+    cfg = preset("demo", [f"data.classes={json.dumps(TWO)}", "data.per_class=12",
+                          "prepare.tsne_perplexity=5"])
+    return Store(prepare(cfg, "two", cache_dir=tmp_path_factory.mktemp("two-cache"), show_bars=False))
+
+
+@pytest.fixture
+def two(two_built, monkeypatch):
+    monkeypatch.setenv("NVE_CACHE", str(two_built.path.parent))
+    return two_built
+
+
+def test_image_classes_reads_the_data_classes():
+    from core.store import image_classes
+    names = ["a", "b", "c", "d"]
+
+    def manifest(classes):
+        return {"classes": names, "config": {"data": {"classes": classes}}}
+    assert image_classes(manifest(None)) == [0, 1, 2, 3]
+    assert image_classes(manifest(["c", "a"])) == [0, 2]  # class-id order, whatever the config's order
+    assert image_classes(manifest([3, "b", 3])) == [1, 3]  # ids and names, as core.data.select reads them
+    assert image_classes(manifest(["zz", 9])) == [0, 1, 2, 3]  # nothing matches (hand-edited): every class
+    assert image_classes({"classes": names, "config": {"data": {}}}) == [0, 1, 2, 3]
+
+
+def test_prepared_subset_against_a_slow_reference():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        k = int(rng.integers(2, 12))
+        mine = sorted(rng.choice(k, size=int(rng.integers(1, k + 1)), replace=False).tolist())
+        label = rng.choice(mine, size=int(rng.integers(0, 30)))
+        adv = rng.integers(0, k, size=len(label))
+        pairs = pd.DataFrame({"label": label, "adv_label": adv})
+        rows, cols = overview_charts.prepared_subset(pairs, mine[::-1])
+        want_cols = list(mine)
+        for a in adv.tolist():  # every adversarial label reached, once, then sorted
+            if a not in want_cols:
+                want_cols.append(int(a))
+        assert list(rows) == sorted(mine) and list(cols) == sorted(want_cols)
+        assert all(isinstance(c, int) for c in rows + cols)
+
+
+def test_a_two_class_experiment_shows_only_its_classes(two):
+    from core.ui.palette import class_colors
+    pairs = two.pairs
+    assert set(pairs["label"]) <= {0, 1}  # labels stay ids into the model's 10 classes
+    reached = sorted(set(pairs["adv_label"].tolist()))
+    assert set(reached) - {0, 1}  # the attacks turned images into classes outside the subset
+    cols = sorted({0, 1} | set(reached))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.switch_page(PAGE)
+    at.session_state["nve_selection"] = Selection(experiment="two", benign_classes=(5,))  # ignored here
+    at.run()
+    assert not at.exception, at.exception
+    assert len(at.multiselect) == 0  # a fixed subset: no class picker
+    assert any("2 of the model's 10 classes" in c.value for c in at.caption)
+    # Matrix: rows = the 2 classes, columns = those and the labels reached, with the pairs' counts
+    table = _matrix_table(at)
+    assert sorted(set(table["label"])) == [0, 1] and sorted(set(table["adv_label"])) == cols
+    assert len(table) == 2 * len(cols) and table["count"].sum() == len(pairs)
+    m = image_space.prediction_matrix(pairs, len(two.classes))
+    assert all(r.count == m[r.label, r.adv_label] for r in table.itertuples())
+    # Legend: exactly those classes, in the colours every other page gives them
+    legend = next(md.value for md in at.markdown if "border-radius:2px" in md.value)
+    colors = class_colors(len(two.classes))
+    for c, name in enumerate(two.classes):
+        assert (f">{html_text(name)}</span>" in legend) == (c in cols), name
+        assert (colors[c] in legend) == (c in cols), name
+    # Scatterplots: every pair in its class colour (no grey "other classes" trace)
+    for plot in at.get("plotly_chart"):
+        data = json.loads(plot.proto.spec)["data"]
+        assert overview_charts.OTHER_NAME not in [t["name"] for t in data]
+        assert {t["marker"]["color"] for t in data} <= {colors[c] for c in cols}
+    # Grid: every pair, each captioned with its own classes' names
+    assert any(md.value.startswith(f"**All {len(pairs)} pairs**") for md in at.markdown)
+    shown = _grid(at)
+    assert shown == image_space.sort_pairs(pairs, pairs["pair"])[:PER_PAGE].tolist()
+    for pair in shown:
+        r = pairs.iloc[pair]
+        caption = next(c.value for c in at.caption if f"#{pair} · L2" in c.value)
+        assert f"{plain(two.classes[int(r['label'])])} " in caption
+        assert f"→ {plain(two.classes[int(r['adv_label'])])} " in caption
+
+
+def test_the_experiments_page_counts_its_classes(two):
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.run()
+    assert not at.exception
+    assert at.dataframe[0].value.set_index("experiment").loc["two", "classes"] == 2
+    captions = [displayed(c.value) for c in at.caption]
+    assert any("T-shirt" in c and "Trouser" in c and "2 of the model's 10" in c and "Dress" not in c
+               for c in captions), captions
+
+
+def test_a_store_written_before_random_start_existed_still_opens(two, tmp_path):
+    """Manifests from before ``[attack] random_start`` lack the key: they open, reading it as false."""
+    import shutil
+    old = tmp_path / "old"
+    shutil.copytree(two.path, old)
+    m = json.loads((old / "manifest.json").read_text())
+    assert m["config"]["attack"]["random_start"] is False  # recorded in new stores
+    del m["config"]["attack"]["random_start"]
+    (old / "manifest.json").write_text(json.dumps(m))
+    from core.config import ExperimentConfig
+    store = Store(old)
+    assert ExperimentConfig.from_dict(store.manifest["config"], limits=False).attack.random_start is False

@@ -104,6 +104,7 @@ def test_a_small_real_run_from_the_form(cache, cifar_root, models_dir):
     at.number_input(key="prepare_batch_size").set_value(16)
     at.number_input(key="prepare_maps").set_value(2)
     at.number_input(key="prepare_perplexity").set_value(10.0)
+    at.checkbox(key="prepare_random_start").check()
     at.text_input(key="prepare_id").set_value("small").run()
     assert not errors(at)
     at.button(key="prepare_start").click().run()
@@ -116,13 +117,89 @@ def test_a_small_real_run_from_the_form(cache, cifar_root, models_dir):
     cfg = store.manifest["config"]
     assert cfg["model"]["arch"] == "resnet20_cifar" and cfg["data"]["per_class"] == 2
     assert cfg["attack"]["eps"] == pytest.approx(8 / 255) and cfg["attack"]["steps"] == 7
+    assert cfg["attack"]["random_start"] is True  # the form's checkbox reached the attack and the manifest
     assert store.counts["n_images"] == 20
     assert len(store.manifest["vulnerability_maps"]["pairs"]) == min(2, len(store))
     at.run()
     assert not at.exception
-    assert any("small" in displayed(s.value) and "is ready" in displayed(s.value) for s in at.success)
+    box = at.status[0]
+    assert box.state == "complete" and "small is ready" in displayed(box.label)
+    assert any("successful attacks out of" in s.value for s in at.success)
     at.button(key="prepare_explore").click().run()
     assert at.session_state["nve_selection"].experiment == "small"
+
+
+def _job_page(experiment: str) -> AppTest:
+    """The Prepare page of a session that started the job ``experiment``."""
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.switch_page("pages/prepare.py")
+    at.session_state["prepare_job"] = experiment
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+@pytest.mark.reliability
+def test_the_progress_box_says_running_while_it_runs_then_failed(cache, monkeypatch):
+    """The box shows the spinner state while the job runs (never the ✓ a finished `with st.status`
+    block gets), then the error state with the reason once it has failed."""
+    gate = cache / "gate"
+    monkeypatch.setenv("NVE_TEST_GATE", str(gate))
+    job = jobs.start(PRESETS["demo"], "busy", cache, target="tests.job_targets:slow")
+    at = _job_page("busy")
+    assert len(at.status) == 1
+    assert at.status[0].state == "running" and "Preparing busy" in displayed(at.status[0].label)
+    assert at.button(key="prepare_cancel") and at.get("progress")
+    gate.touch()
+    wait(job)
+    at.run()
+    assert not at.exception
+    assert at.status[0].state == "error" and "busy failed" in displayed(at.status[0].label)
+    assert any("the images are gone" in e for e in errors(at))
+    at.button(key="prepare_dismiss").click().run()
+    assert len(at.status) == 0 and "prepare_job" not in at.session_state
+
+
+@pytest.mark.reliability
+def test_the_progress_box_says_cancelled_not_done(cache):
+    job = jobs.start(PRESETS["demo"], "stopped", cache, target="tests.job_targets:hang")
+    at = _job_page("stopped")
+    assert at.status[0].state == "running"
+    at.button(key="prepare_cancel").click().run()  # the page's own Cancel button
+    wait(job)
+    at.run()
+    assert not at.exception
+    assert at.status[0].state == "error" and "was cancelled" in displayed(at.status[0].label)
+    assert not at.success
+
+
+def test_random_start_goes_from_the_form_into_the_attack_config(cache, monkeypatch):
+    """The checkbox is off by default (the paper's PGD); checked, the job's config asks for it."""
+    started = []
+    monkeypatch.setattr(jobs, "start", lambda cfg, ident, cache_dir: started.append((cfg, ident)))
+    at = page()
+    assert at.checkbox(key="prepare_random_start").value is False
+    at.checkbox(key="prepare_random_start").check().run()
+    at.button(key="prepare_start").click().run()
+    assert not at.exception and not errors(at)
+    (cfg, ident), = started
+    assert ident == "demo" and cfg.attack.random_start is True and cfg.attack.method == "pgd"
+
+
+def test_every_form_field_has_plain_words_help(cache):
+    """Each input of the form carries a tooltip (the ``?``) that says what it is, without code words."""
+    def fields(at) -> dict:
+        kinds = ("selectbox", "multiselect", "number_input", "text_input", "radio", "checkbox")
+        return {w.key: w for kind in kinds for w in at.get(kind) if (w.key or "").startswith("prepare_")}
+    at = page()
+    seen = fields(at)  # the demo preset: the class list
+    at.selectbox(key="prepare_preset").set_value("custom").run()  # the dataset folder field
+    seen |= fields(at)
+    assert {"prepare_classes", "prepare_root", "prepare_random_start", "prepare_perplexity"} <= set(seen)
+    missing = sorted(k for k, w in seen.items() if not (w.help or "").strip())
+    assert not missing, f"fields without help: {missing}"
+    at.radio(key="prepare_ckpt_mode").set_value("Upload a file").run()
+    assert not at.exception
 
 
 # -- the job registry and form helpers -------------------------------------------------------------------

@@ -79,3 +79,8 @@ def demo_store(tmp_path_factory):
 @pytest.fixture(scope="session")
 def demo_url(demo_store):
     yield from _serve(demo_store.path.parent)
+
+
+@pytest.fixture(scope="session")
+def cifar56_url(cifar56_store):
+    yield from _serve(cifar56_store.path.parent)

@@ -337,7 +337,7 @@ def test_concurrent_walks_with_a_prepare_running(server, cache, monkeypatch):
         assert not info["errors"], f"walker {i}: browser errors:\n" + "\n".join(info["errors"])
         assert f"pair={result['pair']}&" in info["url"] + "&", (i, info["url"])
         assert f"neuron={result['neuron']}&" in info["url"] + "&", (i, info["url"])
-        assert f"clusters={result['node']}&" in info["url"] + "&", (i, info["url"])
+        assert f"clusters={result['clusters']}&" in info["url"] + "&", (i, info["url"])
         assert f"cell={t}-{a}&" in info["url"] + "&", (i, info["url"])
         sidebar = info["sidebar"]
         assert f"Pair #{result['pair']}:" in sidebar and f"Neuron {result['neuron']}" in sidebar, sidebar

@@ -16,6 +16,7 @@ import pytest
 
 from core import clustering, image_space
 from core.analysis import Analysis
+from core.ui.state import encode_set
 from tests.browser.conftest import _serve
 from tests.browser.walk import SHOTS, TIMEOUT, _idle, open_page
 
@@ -78,7 +79,8 @@ def case(hostile_store):
     node = int(clustering.nodes_containing(an.linkage(pair), neuron)[0])
     names = hostile_store.classes
     return {"exp": "hostile", "cell": f"{t}-{a}", "pair": str(pair), "neuron": str(neuron),
-            "clusters": str(node), "stride": "4", "names": (names[t], names[a]),
+            "clusters": encode_set(clustering.subtree(an.linkage(pair), node)), "stride": "4",
+            "names": (names[t], names[a]),
             "pair_names": tuple(names[int(pairs[c].iloc[pair])] for c in ("label", "adv_label"))}
 
 

@@ -24,11 +24,12 @@ def page(browser):
 def test_paper_walk_on_the_demo_store(page, demo_url, demo_store):
     pg = page
     chosen = walk(pg, demo_url, demo_store)
-    first, top_neuron, parent = chosen["pair"], chosen["neuron"], chosen["node"]
+    first, top_neuron = chosen["pair"], chosen["neuron"]
 
     # -- the whole state is in the URL: a fresh tab on the same link shows the same case -------------
     link = pg.url
-    assert f"pair={first}" in link and f"neuron={top_neuron}" in link and f"clusters={parent}" in link
+    assert f"pair={first}" in link and f"neuron={top_neuron}" in link
+    assert f"clusters={chosen['clusters']}" in link
     assert not pg.errors and not pg.failed, "browser errors:\n" + "\n".join(pg.errors + pg.failed)
 
 

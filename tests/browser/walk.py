@@ -10,7 +10,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from core import clustering, image_space
 from core.analysis import Analysis
-from core.ui.state import Selection
+from core.ui.state import Selection, encode_set
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "test-output" / "browser"
@@ -202,11 +202,12 @@ def walk(pg, base_url: str, store, *, cell_rank: int = 0, shots: str | None = ""
     members = clustering.subtree(Z, parent)
     _click_point(pg, ".st-key-clustering_dendrogram", "nodes", parent)
     _wait_text(pg, rf"Union of {len(members)} neurons?' RFs")
-    _wait_sidebar(pg, "Clusters: 1 node(s), union")
+    _wait_sidebar(pg, f"Clusters: 1 set(s), {len(members)} neurons, union")
     assert re.search(rf"Member neurons\s+{len(members)}\b", main.inner_text())
     _shot(pg, shots, "6-clustering-union")
     pg.locator(".st-key-clustering_set_op").get_by_text("intersection", exact=True).click()
     _wait_text(pg, rf"Intersection of {len(members)} neurons?' RFs")
     _shot(pg, shots, "7-clustering-intersection")
 
-    return {"pair": first, "neuron": top_neuron, "node": parent, "members": len(members)}
+    return {"pair": first, "neuron": top_neuron, "node": parent, "members": len(members),
+            "clusters": encode_set(members)}

@@ -43,7 +43,7 @@ def test_vulnerability_maps_are_cached_on_disk(store):
     an = Analysis(store)
     pair = 0
     bmap, amap = an.vulnerability_maps(pair, stride=2)
-    files = list((store.path / "derived").glob("vmap-p0-k2-s2-probability-fp32.npy"))
+    files = list((store.path / "derived").glob("vmap-p0-k2-s2-probability-fp32-v2.npy"))
     assert len(files) == 1 and not list((store.path / "derived").glob(".*tmp*"))
     b, a = (torch.from_numpy(np.array(x)) for x in store.pair_images(pair))
     row = store.pairs.iloc[pair]

@@ -133,3 +133,64 @@ def test_bench_attack_reports_ratios_from_one_run(cifar_root, models_dir):
     assert r["pgd7_seconds"] > 0 and r["speedup_vs_fp32"] > 0
     assert 0 <= r["bf16_vs_fp32_same_outcome_subset"] <= 1
     assert r["mean_linf_fp32_verified"] <= 8 / 255 + 1e-6
+
+
+# -- random_start (docs/method.md, "The attack"): a small seeded CNN, so these run without ../shared ----
+def _tiny():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(), torch.nn.Linear(32, 10))
+    x = torch.rand(6, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    x[0, :, :2] = 0.0  # pixels at the range's ends: the start's clamp must act there
+    x[1, :, :2] = 1.0
+    y = torch.arange(6) % 10
+    return net.eval(), x, y
+
+
+def _reference_pgd(model, x, y, eps, alpha, steps, start):
+    """PGD line by line (Madry et al.'s pgd_attack.py, in [0, 1]): from ``start``, ``steps`` times
+    x += α·sign(∇ₓ Σ CE); x = clip(x, x_nat − ε, x_nat + ε); x = clip(x, 0, 1); the last iterate."""
+    adv = start.clone()
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(model(adv), y, reduction="sum")
+        grad, = torch.autograd.grad(loss, adv)
+        adv = adv.detach() + alpha * grad.sign()
+        adv = torch.min(torch.max(adv, x - eps), x + eps)
+        adv = adv.clamp(0, 1)
+    return adv
+
+
+def test_without_random_start_pgd_is_the_reference_from_the_image_whatever_the_generator():
+    model, x, y = _tiny()
+    plain = pgd(model, x, y, eps=EPS, alpha=ALPHA, steps=5)
+    assert torch.equal(pgd(model, x, y, eps=EPS, alpha=ALPHA, steps=5,
+                           generator=torch.Generator().manual_seed(9)), plain)  # no noise is drawn
+    assert torch.allclose(plain, _reference_pgd(model, x, y, EPS, ALPHA, 5, x), atol=1e-6)
+    assert torch.equal(pgd(model, x, y, eps=EPS, alpha=ALPHA, steps=0), x)  # x⁰ = x
+
+
+def test_random_start_is_uniform_noise_in_the_eps_ball_then_the_reference_iteration():
+    model, x, y = _tiny()
+    start = pgd(model, x, y, eps=EPS, steps=0, random_start=True, generator=torch.Generator().manual_seed(3))
+    u = torch.rand(x.shape, generator=torch.Generator().manual_seed(3))  # U(0, 1), drawn the same way
+    expected = (x + EPS * (2 * u - 1)).clamp(0, 1)
+    assert torch.allclose(start, expected, atol=1e-7)
+    assert (start - x).abs().max() <= EPS + 1e-7 and start.min() >= 0 and start.max() <= 1
+    assert (start != x).float().mean() > 0.5  # noise, not the image (clamped pixels may stay)
+    assert (start[0, :, :2] == 0).any() and (start[1, :, :2] == 1).any()  # the clamp acted
+    adv = pgd(model, x, y, eps=EPS, alpha=ALPHA, steps=4, random_start=True,
+              generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(adv, _reference_pgd(model, x, y, EPS, ALPHA, 4, expected), atol=1e-6)
+    assert (adv - x).abs().max() <= EPS + 1e-6
+
+
+def test_random_start_is_reproducible_with_a_seed_and_differs_between_seeds():
+    model, x, y = _tiny()
+
+    def run(seed):
+        return pgd(model, x, y, eps=EPS, alpha=ALPHA, steps=2, random_start=True,
+                   generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(run(5), run(5))
+    assert not torch.equal(run(5), run(6))
+    assert not torch.equal(run(5), pgd(model, x, y, eps=EPS, alpha=ALPHA, steps=2))

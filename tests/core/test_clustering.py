@@ -160,8 +160,9 @@ def test_linkage_refuses_euclidean_methods_with_iou(pair):
     for method in ("ward", "centroid", "median"):
         with pytest.raises(ValueError, match="Euclidean"):
             cl.linkage(d, method, kind="iou")
-    Z = cl.linkage(d, kind="iou")  # average by default
-    np.testing.assert_allclose(Z, hierarchy.linkage(squareform(d), "average"))
+    assert cl.default_method("iou") == "complete" and cl.default_method("l2") == cl.DEFAULT_METHOD == "ward"
+    Z = cl.linkage(d, kind="iou")  # complete by default for 1 − IoU (ward cannot use it)
+    np.testing.assert_allclose(Z, hierarchy.linkage(squareform(d), "complete"))
     assert (np.diff(Z[:, 2]) >= 0).all()  # monotone heights
     with pytest.raises(ValueError, match="valid methods"):
         cl.linkage(d, "upgma")
@@ -268,3 +269,128 @@ def test_neurons_without_rf_form_one_subtree_at_height_zero(pair, kind):
     # and no other neuron joins them at height 0
     parent = [v for v in range(n, 2 * n - 1) if nodes[0] in g["children"][v - n]]
     assert g["node_height"][parent[0]] > 0
+
+
+# -- walking the tree and the linkage measurement -------------------------------------------------------
+def _slow_ancestor_sizes(Z, neurons, levels):
+    """Line by line: the k-th node of nodes_containing, its subtree's size; the root's past the top."""
+    out = []
+    for j in neurons:
+        path = cl.nodes_containing(Z, j)
+        out.append([len(cl.subtree(Z, path[min(k, len(path) - 1)])) for k in range(levels)])
+    return np.asarray(out)
+
+
+@pytest.mark.parametrize("method", ["average", "complete", "ward", "single"])
+def test_ancestor_sizes_and_singleton_merges_against_loops(method):
+    x = np.random.default_rng(3).normal(size=(60, 5))
+    x[40:] = 0.0  # 20 identical "dead" rows: merges at height 0
+    Z = cl.linkage(squareform(pdist(x)), method)
+    n = len(Z) + 1
+    neurons = list(range(n))
+    np.testing.assert_array_equal(cl.ancestor_sizes(Z, neurons, 4), _slow_ancestor_sizes(Z, neurons, 4))
+    singles = sum(1 for a, b in Z[:, :2] if a < n or b < n)
+    assert cl.singleton_merge_share(Z) == singles / (n - 1)
+    par = cl.parents(Z)
+    assert par[2 * n - 2] == -1 and all(v in cl.nodes_containing(Z, j)[:1] for j, v in enumerate(par[:n]))
+
+
+def test_chain_and_balanced_tree_singleton_share():
+    chain = cl.linkage(squareform(pdist(np.cumsum(np.arange(16.0))[:, None])), "single")
+    assert cl.singleton_merge_share(chain) == 1.0
+    assert cl.ancestor_sizes(chain, [0], 3).tolist() in ([[2, 3, 4]], [[15, 16, 16]])
+    # pairs of pairs of pairs: four leaf-leaf merges, then two, then the root
+    x = np.array([0, 1, 10, 11, 100, 101, 110, 111.0])[:, None]
+    balanced = cl.linkage(squareform(pdist(x)), "average")
+    assert cl.singleton_merge_share(balanced) == 4 / 7
+    assert cl.ancestor_sizes(balanced, [0, 7], 3).tolist() == [[2, 4, 8], [2, 4, 8]]
+
+
+def test_cluster_node_and_child_towards(tree):
+    Z, g = tree
+    n = len(Z) + 1
+    for node in (n, n + 100, 2 * n - 2, 5):
+        assert cl.cluster_node(Z, cl.subtree(Z, node).tolist()[::-1]) == node
+    path = cl.nodes_containing(Z, 17)
+    big = cl.subtree(Z, path[2]).tolist()
+    assert cl.cluster_node(Z, big[:-1]) is None  # one neuron short: not one cluster
+    assert cl.cluster_node(Z, []) is None and cl.cluster_node(Z, [n]) is None
+    assert cl.child_towards(Z, path[2], 17) == path[1] and cl.child_towards(Z, path[0], 17) == 17
+    with pytest.raises(ValueError, match="not an ancestor"):
+        cl.child_towards(Z, 17, 17)
+
+
+def test_linkage_report_on_a_small_fake_store():
+    """core.linkage_report: per method, the ancestor sizes' quartiles and the singleton-merge share of
+    the sampled (pair, neuron)s, against the functions it summarizes."""
+    from core import linkage_report
+
+    rng = np.random.default_rng(0)
+    n, pairs = 24, 3
+    images = rng.uniform(0.1, 1, size=(pairs, 2, 1, 8, 8))
+    masks = rng.uniform(size=(pairs, 2, n, 8, 8)) > 0.6
+    masks[:, :, 20:] = False  # four dead neurons: never sampled
+
+    class Store:
+        id = "fake"
+
+        def pair_images(self, p):
+            return images[p, 0], images[p, 1]
+
+    class Analysis:
+        num_pairs, num_neurons, store = pairs, n, Store()
+
+        def rf_masks(self, p, side):
+            return torch.from_numpy(masks[p, 0 if side == "benign" else 1])
+
+    out = linkage_report.report(Analysis(), pairs=5, neurons=10, seed=1)
+    assert (out["pairs"], out["sampled_neurons"], out["neurons"]) == (3, 30, n)
+    rng = np.random.default_rng(1)
+    chosen = np.sort(rng.choice(pairs, pairs, replace=False))
+    sizes, shares = {m: [] for m in linkage_report.METHODS}, {m: [] for m in linkage_report.METHODS}
+    for p in chosen:
+        js = np.sort(rng.choice(np.arange(20), 10, replace=False))
+        d = cl.distance_matrix("l2", benign_image=images[p, 0], adversarial_image=images[p, 1],
+                               benign_masks=masks[p, 0], adversarial_masks=masks[p, 1])
+        for m in linkage_report.METHODS:
+            Z = cl.linkage(d, m)
+            sizes[m].append(_slow_ancestor_sizes(Z, js, 3))
+            shares[m].append(cl.singleton_merge_share(Z))
+    for m, s in out["methods"].items():
+        allsizes = np.concatenate(sizes[m])
+        for k in range(3):
+            assert s["ancestor_quartiles"][k] == list(np.percentile(allsizes[:, k], [25, 50, 75]))
+        assert s["singleton_merge_share"] == pytest.approx(np.mean(shares[m]))
+        assert s["third_over_half"] == np.mean(allsizes[:, 2] > n / 2)
+    table = linkage_report.markdown([out])
+    assert table.count("\n") == 2 + len(linkage_report.METHODS) - 1 and "| fake (24, 3, 30) | ward |" in table
+
+
+@pytest.mark.parametrize("method", ["ward", "average", "complete", "single"])
+def test_blind_neurons_see_nothing_and_form_one_height_zero_cluster(method):
+    rng = np.random.default_rng(7)
+    n = 30
+    images = [rng.uniform(0.2, 1, size=(3, 10, 10)) for _ in range(2)]
+    for x in images:
+        x[:, :4, :4] = 0.0  # a black corner
+    masks = [rng.uniform(size=(n, 10, 10)) > 0.7 for _ in range(2)]
+    for m in masks:
+        m[20:25] = False             # empty RFs
+        m[25:] = False
+        m[25:, :3, :3] = True        # RFs on black pixels only: they see nothing either
+    masks[0][3, :2, :2] = True       # and one more neuron on the black corner in one image only
+    ref = [j for j in range(n) if all(not (x * m[j]).any() for x, m in zip(images, masks, strict=True))]
+    got = cl.blind_neurons(images, [torch.from_numpy(m) for m in masks])
+    assert got.tolist() == ref == list(range(20, 30))
+    d = cl.distance_matrix("l2", benign_image=images[0], adversarial_image=images[1],
+                           benign_masks=masks[0], adversarial_masks=masks[1])
+    Z = cl.linkage(d, method)
+    node = cl.cluster_node(Z, got)
+    assert node is not None and Z[node - n, 2] == 0
+
+
+def test_selected_members_is_the_union_of_the_valid_sets():
+    sets = [(3, 1), (7,), (2, 40), (), (5, 3)]
+    ref = sorted({j for c in sets if c and max(c) < 10 for j in c})
+    assert cl.selected_members(sets, 10).tolist() == ref == [1, 3, 5, 7]
+    assert cl.selected_members([], 10).tolist() == [] and cl.selected_members([(12,)], 10).tolist() == []

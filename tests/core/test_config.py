@@ -309,3 +309,18 @@ def test_an_override_can_unset_an_optional_path():
     assert preset("demo", ["model.checkpoint="]).model.checkpoint is None
     assert preset("demo", ["model.checkpoint=/m.pt"]).model.checkpoint == "/m.pt"
     assert math.isclose(preset("demo", ["attack.eps=8e-2"]).attack.eps, 0.08)
+
+
+
+def test_random_start_defaults_off_and_old_manifests_without_it_still_load():
+    """``[attack] random_start`` is off unless asked for (the paper's PGD) and validated with the other
+    keys; a manifest's config written before the option existed is read (``limits=False``, as
+    ``core.store.manifest_problems`` and the app read it) with random_start false, what it did."""
+    assert ExperimentConfig().attack.random_start is False
+    assert all(cfg.attack.random_start is False for cfg in PRESETS.values())
+    assert ExperimentConfig.from_dict(demo(attack__random_start=True)).attack.random_start is True
+    assert "random_start" in error(demo(attack__random_start="yes"))
+    old = demo()
+    del old["attack"]["random_start"]
+    cfg = ExperimentConfig.from_dict(old, limits=False)
+    assert cfg.attack.random_start is False and cfg.to_dict()["attack"]["random_start"] is False

@@ -3,6 +3,8 @@ paging against slow loop references, on a hand-made table and on the real cifar2
 the Image space page's pure chart builders and chart-event mappings (core.ui.overview_charts)."""
 from __future__ import annotations
 
+from decimal import Decimal, getcontext
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -41,6 +43,11 @@ def real(cifar20_store) -> pd.DataFrame:
     return cifar20_store.pairs
 
 
+@pytest.fixture(scope="module")
+def real_logits(cifar20_store) -> tuple[np.ndarray, np.ndarray]:
+    return tuple(np.asarray(cifar20_store.array(f"{side}_logits")) for side in ("benign", "adversarial"))
+
+
 # -- slow references -----------------------------------------------------------------------------
 def _ref_matrix(pairs, k):
     m = [[0] * k for _ in range(k)]
@@ -61,8 +68,20 @@ def _ref_select(pairs, cell, ids):
     return sorted(out)
 
 
-def _ref_value(r, sort):
-    """The paper's four measures, in Python floats, and whether larger comes first."""
+def _dec_softmax(z, c) -> Decimal:
+    getcontext().prec = 60
+    e = [Decimal(float(v)).exp() for v in z]
+    return e[c] / sum(e)
+
+
+def _ref_value(r, sort, logits=None):
+    """The paper's four measures and whether larger comes first: Python floats from the probability
+    columns, or, given the pair's (benign, adversarial) logits, 60-digit decimals from the logits."""
+    if logits is not None and sort in ("benign_drop", "adversarial_rise"):
+        zb, za = logits
+        if sort == "benign_drop":  # p_b(B) - p_a(B)
+            return _dec_softmax(zb, int(r["label"])) - _dec_softmax(za, int(r["label"])), True
+        return _dec_softmax(za, int(r["adv_label"])) - _dec_softmax(zb, int(r["adv_label"])), True
     if sort == "l2_increasing":
         return float(r["l2"]), False
     if sort == "l2_decreasing":
@@ -74,11 +93,11 @@ def _ref_value(r, sort):
     raise AssertionError(sort)
 
 
-def _ref_sort(pairs, ids, sort):
+def _ref_sort(pairs, ids, sort, logits=None):
     rows = {int(r["pair"]): r for _, r in pairs.iterrows()}
     keyed = []
     for i in ids:
-        v, desc = _ref_value(rows[int(i)], sort)
+        v, desc = _ref_value(rows[int(i)], sort, None if logits is None else (logits[0][i], logits[1][i]))
         keyed.append(((-v if desc else v), int(i)))
     keyed.sort()  # ties: lower pair id first
     return [i for _, i in keyed]
@@ -161,12 +180,40 @@ def test_sort_measures_keep_the_precision_of_tiny_probabilities():
 
 
 @pytest.mark.parametrize("sort", list(SORTS))
-def test_sort_pairs_real(real, sort):
+def test_sort_pairs_real(real, real_logits, sort):
+    """The real store's pairs against the measures in 60-digit decimals from the stored logits."""
     ids = select(real)
-    assert sort_pairs(real, ids, sort).tolist() == _ref_sort(real, ids, sort)
+    assert sort_pairs(real, ids, sort).tolist() == _ref_sort(real, ids, sort, real_logits)
     sub = ids[::3][::-1]
-    assert sort_pairs(real, sub, sort).tolist() == _ref_sort(real, sub, sort)
+    assert sort_pairs(real, sub, sort).tolist() == _ref_sort(real, sub, sort, real_logits)
     assert sort_pairs(real, [], sort).tolist() == []
+
+
+def test_store_pairs_has_exact_drop_and_rise_from_the_logits(real, real_logits):
+    """Store.pairs adds the float64 drop/rise (and log-odds) computed from the logits; ResNet20 gives many
+    benign images a float32 probability of exactly 1.0, where the stored probabilities lose the drop's
+    last digits."""
+    zb, za = real_logits
+    assert (real["benign_prob"] == 1.0).sum() >= 3
+    for i in range(len(real)):
+        b, a = int(real["label"][i]), int(real["adv_label"][i])
+        for col, ref in (("benign_drop", _dec_softmax(zb[i], b) - _dec_softmax(za[i], b)),
+                         ("adversarial_rise", _dec_softmax(za[i], a) - _dec_softmax(zb[i], a))):
+            got = Decimal(float(real[col][i]))
+            assert abs(got - ref) <= abs(ref) * Decimal("1e-12"), (i, col)
+    assert real["benign_drop"].dtype == np.float64 and real["adversarial_rise"].dtype == np.float64
+
+
+def test_exact_sort_orders_pairs_whose_probabilities_round_to_one():
+    """Pairs whose benign probability is 1.0 in float32 and whose adversarial p_a(B) is below float64's
+    resolution next to 1: the probability columns tie them, the exact column does not."""
+    df = _frame([(0, 1, 0.1, 1.0, 1e-20, 1.0, 1e-20),
+                 (0, 1, 0.1, 1.0, 1e-20, 1.0, 1e-20)])
+    assert sort_pairs(df, [0, 1], "benign_drop").tolist() == [0, 1]  # tie: pair id order
+    df["benign_drop"] = [1 - 1e-9, 1 - 1e-12]  # what Store.pairs computes from the logits
+    df["adversarial_rise"] = [1 - 3e-12, 1 - 2e-12]
+    assert sort_pairs(df, [0, 1], "benign_drop").tolist() == [1, 0]
+    assert sort_pairs(df, [0, 1], "adversarial_rise").tolist() == [1, 0]
 
 
 @pytest.mark.parametrize("n, per_page", [(0, 12), (1, 12), (12, 12), (13, 12), (50, 7)])

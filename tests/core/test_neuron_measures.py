@@ -306,3 +306,19 @@ def test_iou_ranking_random_numpy_and_torch():
     iou_t, order_t = iou_ranking(torch.from_numpy(rf), torch.from_numpy(v))
     np.testing.assert_array_equal(iou_t, iou)
     np.testing.assert_array_equal(order_t, order)
+
+
+# -- plain words ------------------------------------------------------------------------------------------
+def test_every_measure_sort_and_setting_has_plain_words():
+    from core import neuron_measures as nm
+    from core.ui.state import NEURON_SORTS
+    assert set(nm.SORT_KEYS) == set(NEURON_SORTS)  # every sort the app offers is a measure with words
+    assert set(nm.SUMMARY) == set(nm.SORT_KEYS)
+    assert set(nm.INTERVAL_HELP) == set(nm.INTERVALS) == set(nm.INTERVAL_LABELS)
+    terms = {"activation_times_weight", "class_band", "regions", "rank", "substitution", "interval",
+             "coverage"}
+    assert set(nm.SORT_KEYS) | terms <= set(nm.HELP)
+    for key, words in [*nm.HELP.items(), *nm.INTERVAL_HELP.items(), *nm.SUMMARY.items()]:
+        assert len(words) > 40 and words.strip() == words, key
+        # for a reader who does not code: no identifiers, code or formulas
+        assert not any(mark in words for mark in ("_", "`", "==", "np.", "[", "]")), (key, words)

@@ -11,6 +11,7 @@ import pytest
 
 from core.neuron_measures import QUANTILE_LEVELS, class_statistics
 from core.pipeline import prepare
+from core.probability import PAIR_SCORES
 from core.store import PAIR_COLUMNS, SCHEMA_VERSION, Store, StoreError, list_stores, open_store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +30,7 @@ def test_store_contents_are_consistent(cifar20_store, cifar20_config):
     assert set(m["timings_s"]) >= {"clean", "attack", "features", "statistics", "tsne"}
     n = c["n_success"]
     pairs = s.pairs
-    assert list(pairs.columns) == list(PAIR_COLUMNS) and len(pairs) == n
+    assert list(pairs.columns) == [*PAIR_COLUMNS, *PAIR_SCORES] and len(pairs) == n
     assert (pairs.label != pairs.adv_label).all()
     eps = cifar20_config.attack.eps
     assert (pairs.linf <= eps + 1e-6).all() and (pairs.l2 > 0).all()

@@ -217,7 +217,7 @@ def test_many_users_asking_for_one_map_compute_it_once(store, fake, gate):
     assert len(fake.calls) == 1 and gate.computed == 1
     for b, a in results:
         assert np.array_equal(b, results[0][0]) and np.array_equal(a, results[0][1])
-    assert [p.name for p in (store.path / "derived").iterdir()] == ["vmap-p2-k2-s2-probability-fp32.npy"]
+    assert [p.name for p in (store.path / "derived").iterdir()] == ["vmap-p2-k2-s2-probability-fp32-v2.npy"]
     # later requests read the file: no computation, no slot taken
     assert np.array_equal(_analysis(store).vulnerability_maps(2, stride=2)[0], results[0][0])
     assert len(fake.calls) == 1 and gate.computed == 1
