@@ -50,6 +50,7 @@ def store(tmp_path) -> Store:
     np.save(path / "adversarial_images.npy", rng.random((N_PAIRS, C, H, W), dtype=np.float32))
     for side in ("benign", "adversarial"):
         np.save(path / f"{side}_fmaps.npy", rng.random((N_PAIRS, N_NEURONS, FH, FW), dtype=np.float32))
+        np.save(path / f"{side}_logits.npy", rng.random((N_PAIRS, 2), dtype=np.float32))  # the exact sorts
     pd.DataFrame({"pair": range(N_PAIRS), "label": [0] * N_PAIRS, "adv_label": [1] * N_PAIRS}
                  ).to_parquet(path / "pairs.parquet")
     return _unchecked(path)
