@@ -94,8 +94,8 @@ def neuron_perturbation(pg, store, an: Analysis, cell, shots: str) -> dict:
 
 
 def hierarchy(pg, store, an: Analysis, pair: int, neuron: int, shots: str) -> dict:
-    """§6.1.4 on ``pair``: bottom-up from the selected ``neuron`` (its cluster, two levels up, union and intersection,
-    one level down), then top-down: the dead-neuron cluster clicked on the dendrogram."""
+    """§6.1.4 on ``pair``: bottom-up from the selected ``neuron`` (its cluster, two levels up, union and
+    intersection, one level down), then top-down: the dead-neuron cluster clicked on the dendrogram."""
     _nav(pg, "Clustering")
     pg.wait_for_selector(".st-key-clustering_dendrogram .js-plotly-plot", timeout=TIMEOUT)
     Z = an.linkage(pair, distance=DEFAULTS.distance, method=DEFAULTS.method)
