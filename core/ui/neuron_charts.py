@@ -374,8 +374,10 @@ def ranking_figure(measures: dict, order, *, classes: tuple[str, str], colors: t
         pos = int(np.flatnonzero(order == selected)[0])
         shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": pos, "x1": pos, "y0": 0, "y1": 1,
                        "line": {"color": "#d62728", "width": 2, "dash": "dot"}})
+        # near either end the label grows inwards, so the plot's edge does not cut it ("neuron 4" for 46)
+        side = "right" if pos > 0.9 * (n - 1) else "left" if pos < 0.1 * (n - 1) else "center"
         notes.append({"x": pos, "xref": "x", "y": 1, "yref": "paper", "text": f"neuron {selected}",
-                      "showarrow": False, "yanchor": "bottom", "font": {"color": "#d62728"}})
+                      "showarrow": False, "xanchor": side, "yanchor": "bottom", "font": {"color": "#d62728"}})
     ticks = _ticks(n)
     span = [-0.5, n - 0.5]
     layout = {
