@@ -80,6 +80,18 @@ def cifar56_store(cifar_root, models_dir, tmp_path_factory):
     return Store(prepare(config, "cifar56", cache_dir=cache, show_bars=False))
 
 
+@pytest.fixture
+def cifar20_copy(cifar20_store, tmp_path):
+    """A private copy of the ResNet20 store without derived results, for tests that write derived/ or
+    edit the manifest."""
+    import shutil
+
+    from core.store import Store
+    dst = tmp_path / "cache" / cifar20_store.id
+    shutil.copytree(cifar20_store.path, dst, ignore=shutil.ignore_patterns("derived"))
+    return Store(dst)
+
+
 # -- 224 px: real photos (scikit-image's samples) and a real ImageNet model ---------------------------
 PHOTOS = {"chelsea": 285, "coffee": 967}  # ImageNet classes of the subjects: Egyptian cat, espresso
 

@@ -31,12 +31,12 @@ from tests.browser.walk import (
     _wait_sidebar,
     _wait_text,
     open_page,
+    pick_first_pair,
+    unexpected_errors,
     walk,
 )
 
 DEFAULTS = Selection()
-# a deep link's one-off probes of <page>/_stcore/{health,host-config} (harmless 404s, see test_walk.py)
-PROBE = re.compile(r"404 .*/[a-z_]+/_stcore/(health|host-config)")
 
 
 @pytest.fixture
@@ -44,12 +44,6 @@ def page(browser):
     pg = open_page(browser)
     yield pg
     pg.close()
-
-
-def _errors(pg) -> list[str]:
-    failed = [f for f in pg.failed if not PROBE.fullmatch(f)]
-    errors = [e for e in pg.errors if "Failed to load resource" not in e]
-    return failed + errors
 
 
 def _button(pg, key: str) -> None:
@@ -63,12 +57,7 @@ def neuron_perturbation(pg, store, an: Analysis, cell, shots: str) -> dict:
     _nav(pg, "Image space")
     pg.wait_for_selector("[data-testid=stVegaLiteChart] svg path[aria-label]", timeout=TIMEOUT)
     _select(pg, "image_space_sort", image_space.SORTS["benign_drop"])
-    in_cell = image_space.select(store.pairs, cell)
-    pair = int(image_space.sort_pairs(store.pairs, in_cell, "benign_drop")[0])
-    buttons = pg.locator("[class*='st-key-image_space_pick_']")
-    assert f"st-key-image_space_pick_{pair}" in buttons.first.get_attribute("class")
-    buttons.first.locator("button").first.click()
-    _wait_sidebar(pg, f"Pair #{pair}")
+    pair = pick_first_pair(pg, store, cell, "benign_drop")
     _shot(pg, shots, "8-grid-by-benign-drop")
 
     _nav(pg, "Neuron ranking")
@@ -148,7 +137,7 @@ def _walks(pg, url: str, store, name: str) -> dict:
                                                   matrix.shape))
     perturbation = neuron_perturbation(pg, store, an, cell, shots)  # §6.1.3
     tree = hierarchy(pg, store, an, perturbation["pair"], perturbation["right"], shots)  # §6.1.4
-    assert not _errors(pg), "browser errors:\n" + "\n".join(_errors(pg))
+    assert not unexpected_errors(pg), "browser errors:\n" + "\n".join(unexpected_errors(pg))
     return {**chosen, **perturbation, **tree}
 
 

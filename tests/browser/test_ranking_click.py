@@ -6,14 +6,13 @@ The demo has 256 neurons, more than ``neuron_charts.MARKER_MAX``, so its curves 
 the case a click is most likely to miss. The expected neurons come from the core library (the page's
 default sort: band gap), the pixels from the chart's own axes.
 """
-import re
 
 import pytest
 
 from core import neuron_measures
 from core.analysis import Analysis
 from core.ui import neuron_charts as nc
-from tests.browser.walk import TIMEOUT, _idle, _wait_text, open_page
+from tests.browser.walk import TIMEOUT, _idle, _wait_text, open_page, unexpected_errors
 
 CHART = ".st-key-neuron_ranking_chart"
 # The screen position of plotted position ``pos``: on a trace's point (``trace``: its meta), or at
@@ -76,12 +75,5 @@ def test_a_click_on_a_curve_a_band_or_a_table_row_selects_the_neuron(page, demo_
     page.mouse.click(box["x"] + 16, box["y"] + 35 + 17)  # the row's tick box: under the 35-px header
     _selected(page, int(order[0]), 1, n)
 
-    # A deep link makes Streamlit's frontend probe <page>/_stcore/{health,host-config} before the
-    # server root: those 404s (and their console lines) are expected; nothing else may fail.
-    probe = re.compile(r"404 .*/neuron_ranking/_stcore/(health|host-config)")
-    probes = [f for f in page.failed if probe.fullmatch(f)]
-    unexpected = [f for f in page.failed if f not in probes]
-    load_errors = [e for e in page.errors if "Failed to load resource" in e]
-    other = [e for e in page.errors if e not in load_errors]
-    assert not unexpected and not other and len(load_errors) <= len(probes), \
-        "\n".join(unexpected + other + load_errors)
+    # a deep link's probes of <page>/_stcore/... are expected 404s; nothing else may fail
+    assert not unexpected_errors(page), "\n".join(unexpected_errors(page))

@@ -7,11 +7,10 @@ top neuron by IoU with bMap, the selected neuron's parent node) are computed ind
 core library. Screenshots of every page go to ``test-output/browser/``; any browser console error or
 page error fails the test.
 """
-import re
 
 import pytest
 
-from tests.browser.walk import TIMEOUT, _wait_sidebar, open_page, walk
+from tests.browser.walk import TIMEOUT, _wait_sidebar, open_page, unexpected_errors, walk
 
 
 @pytest.fixture
@@ -40,12 +39,5 @@ def test_shared_link_opens_the_case(page, demo_url, demo_store):
     _wait_sidebar(page, "Neuron 5")
     page.wait_for_function("() => document.querySelectorAll('[data-testid=stMain] [data-testid=stImage]')"
                            ".length >= 6", timeout=TIMEOUT)
-    # A deep link makes Streamlit's frontend probe <page>/_stcore/{health,host-config} before the
-    # server root: those 404s (and their console lines) are expected; nothing else may fail.
-    probe = re.compile(r"404 .*/receptive_fields/_stcore/(health|host-config)")
-    probes = [f for f in page.failed if probe.fullmatch(f)]
-    unexpected = [f for f in page.failed if f not in probes]
-    load_errors = [e for e in page.errors if "Failed to load resource" in e]
-    other = [e for e in page.errors if e not in load_errors]
-    assert not unexpected and not other and len(load_errors) <= len(probes), \
-        "\n".join(unexpected + other + load_errors)
+    # a deep link's probes of <page>/_stcore/... are expected 404s; nothing else may fail
+    assert not unexpected_errors(page), "\n".join(unexpected_errors(page))

@@ -47,6 +47,17 @@ def open_page(context_or_browser):
     return pg
 
 
+def unexpected_errors(pg) -> list[str]:
+    """The page's browser errors and failed requests, less a deep link's expected ones: Streamlit's
+    frontend probes <page>/_stcore/{health,host-config} before the server root (404s, each with one
+    "Failed to load resource" console line); anything else is unexpected."""
+    probe = re.compile(r"404 .*/[a-z_]+/_stcore/(health|host-config)")
+    probes = [f for f in pg.failed if probe.fullmatch(f)]
+    load_errors = [e for e in pg.errors if "Failed to load resource" in e]
+    other = [e for e in pg.errors if e not in load_errors] + [f for f in pg.failed if f not in probes]
+    return other if len(load_errors) <= len(probes) else other + load_errors
+
+
 def _nav(pg, title: str) -> None:
     pg.locator("[data-testid=stSidebarNav]").get_by_text(title, exact=True).click()
 
@@ -107,6 +118,17 @@ def _click_point(pg, root: str, trace: str, ident: int) -> None:
     pg.mouse.click(x, y)
 
 
+def pick_first_pair(pg, store, cell, sort: str) -> int:
+    """Check that the grid's first card is the cell's first pair by ``sort`` (computed with the core
+    library), press its *Select pair* and wait for the sidebar to show it; returns the pair id."""
+    first = int(image_space.sort_pairs(store.pairs, image_space.select(store.pairs, cell), sort)[0])
+    buttons = pg.locator("[class*='st-key-image_space_pick_']")
+    assert f"st-key-image_space_pick_{first}" in buttons.first.get_attribute("class")
+    buttons.first.locator("button").first.click()
+    _wait_sidebar(pg, f"Pair #{first}")
+    return first
+
+
 def walk(pg, base_url: str, store, *, cell_rank: int = 0, shots: str | None = "") -> dict:
     """Click through the walk; ``cell_rank``: which cell (0 = the most populated); ``shots``: a prefix
     for screenshots under test-output/browser/ (None: none). Returns what was selected."""
@@ -151,14 +173,8 @@ def walk(pg, base_url: str, store, *, cell_rank: int = 0, shots: str | None = ""
     # -- 2. sort the grid by L2 increasing (through another sort, so the change is real) --------------
     _select(pg, "image_space_sort", image_space.SORTS["l2_decreasing"])
     _select(pg, "image_space_sort", image_space.SORTS["l2_increasing"])
-    in_cell = image_space.select(pairs, (int(t), int(a)))
-    first = int(image_space.sort_pairs(pairs, in_cell, "l2_increasing")[0])
-    buttons = pg.locator("[class*='st-key-image_space_pick_']")
-    assert f"st-key-image_space_pick_{first}" in buttons.first.get_attribute("class")
-
     # -- 3. select the first pair ------------------------------------------------------------------------
-    buttons.first.locator("button").first.click()
-    _wait_sidebar(pg, f"Pair #{first}")
+    first = pick_first_pair(pg, store, (int(t), int(a)), "l2_increasing")
     _shot(pg, shots, "2-image-space-cell-and-pair")
 
     # -- 4. neuron ranking sorted by IoU with bMap ----------------------------------------------------

@@ -12,11 +12,8 @@ from core.store import Store, StoreError
 
 
 @pytest.fixture
-def store(cifar20_store, tmp_path):
-    """A private copy without derived results (the tests write derived/ and edit manifests)."""
-    dst = tmp_path / "cache" / cifar20_store.id
-    shutil.copytree(cifar20_store.path, dst, ignore=shutil.ignore_patterns("derived"))
-    return Store(dst)
+def store(cifar20_copy):
+    return cifar20_copy  # the tests write derived/ and edit manifests
 
 
 def test_neuron_measures_match_the_modules(store):

@@ -304,14 +304,8 @@ def test_maps_match_float64_alg1_on_saturated_images(real, name, i, how):
 # Analysis.map_mask_status: what the IoU ranking's mask holds, and when the ranking is degenerate
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture
-def store(cifar20_store, tmp_path):
-    """A private copy of the ResNet20 store without derived results (the test writes derived/)."""
-    import shutil
-
-    from core.store import Store
-    dst = tmp_path / "cache" / cifar20_store.id
-    shutil.copytree(cifar20_store.path, dst, ignore=shutil.ignore_patterns("derived"))
-    return Store(dst)
+def store(cifar20_copy):
+    return cifar20_copy  # the test writes derived/
 
 
 def test_map_mask_status_full_on_a_saturated_pair_and_degenerate_on_a_flat_map(store):

@@ -178,6 +178,8 @@ GOOD_IDS = ["a", "x" * 64, "cifar10-resnet18", "v1.2_b", "Demo-2"]
 def test_experiment_ids_cannot_leave_the_cache(tmp_path, capsys, monkeypatch):
     for ident in GOOD_IDS:
         assert validate_id(ident) == ident
+    with pytest.raises(StoreError, match="invalid experiment id"):
+        validate_id("gone\n")  # a pattern ending in "$" would let a final newline in (the form strips it)
     for ident in BAD_IDS:
         with pytest.raises(StoreError, match="invalid experiment id"):
             validate_id(ident)
