@@ -57,6 +57,7 @@ import numpy as np
 import torch
 
 from core import clustering, context, neuron_measures, receptive_fields, vulnerability
+from core.device import resolve_precision
 from core.store import Store, StoreError, save_npy
 from core.ui import limits
 
@@ -280,9 +281,7 @@ class Analysis:
         stride = _int("stride", stride, 1)
         _choice("output", output, vulnerability.OUTPUTS)
         _choice("precision", precision, vulnerability.PRECISIONS)
-        if precision == "auto":
-            from core.attacks import fast_bf16_available
-            precision = "bf16" if fast_bf16_available(self.device) else "fp32"
+        precision = resolve_precision(precision, self.device)
         return vulnerability.map_file_name(pair, k, stride, output, precision), k, precision
 
     def vulnerability_maps(self, pair: int, *, k: int | None = None, stride: int = 1,

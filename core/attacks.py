@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.device import autocast
+
 
 def pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float = 8 / 255,
         alpha: float = 2 / 255, steps: int = 7, random_start: bool = False, targeted: bool = False,
@@ -91,27 +93,6 @@ def _step(model, x, adv, labels, alpha, eps, targeted, precision, return_logits=
     adv = adv.detach() + alpha * grad.sign()
     new = (x + (adv - x).clamp(-eps, eps)).clamp(0, 1)
     return (new, logits.detach()) if return_logits else new
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast for "bf16", nothing for "fp32"."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    if precision != "bf16":
-        raise ValueError(f"precision must be 'fp32' or 'bf16', not {precision!r}")
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
-def fast_bf16_available(device: torch.device) -> bool:
-    """True where bf16 convolutions are fast: CUDA with bf16 support, or a CPU with AMX-bf16 or
-    AVX512-BF16 instructions (measured here: ~3× fp32 for PGD on an AVX512-BF16 EPYC)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 @contextlib.contextmanager

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from core import attacks, data
+from core import device as devices
 from core.features import extract
 from core.presets import preset
 
@@ -79,7 +80,7 @@ def bench_attack(n_images: int = 8200, fp32_subset: int = 512, batch_size: int =
     y = torch.as_tensor(ds.labels[pos], device=device)
     a = cfg.attack
     kw = dict(eps=a.eps, alpha=a.alpha, steps=a.steps, batch_size=batch_size)
-    prec = "bf16" if attacks.fast_bf16_available(device) else "fp32"
+    prec = devices.resolve_precision("auto", device)
     fast = model.to(memory_format=torch.channels_last) if prec == "bf16" else model
     xf = x.contiguous(memory_format=torch.channels_last) if prec == "bf16" else x
 
@@ -408,12 +409,11 @@ def bench_scale(images_224: int = 16, images_32: int = 128, seed: int = 0) -> di
     """
     import torch.nn.functional as F
 
-    from core import device as devices
     from core import vulnerability
     from core.models import ARCHITECTURES, ExplainedModel, build_architecture, load_model
     torch.manual_seed(seed)
     dev = devices.resolve_device("auto")
-    prec = "bf16" if attacks.fast_bf16_available(dev) else "fp32"
+    prec = devices.resolve_precision("auto", dev)
     cfg = preset("cifar10-resnet18")
     x32, y32 = data.lossless_pngs(Path(cfg.data.root).parent / "cifar10-test-lossless-20")
     r18 = load_model(cfg.model, (3, 32, 32)).to(dev)

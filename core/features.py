@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from core.attacks import autocast
+from core.device import autocast
 from core.models import ExplainedModel, capture
 
 

@@ -311,9 +311,7 @@ def _prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path
     if len(map_pairs):
         mk = vulnerability.default_k(*shape[1:])
         mstride = p.maps_stride or vulnerability.default_stride(*shape[1:])
-        mprec = p.maps_precision
-        if mprec == "auto":
-            mprec = "bf16" if attacks.fast_bf16_available(device) else "fp32"
+        mprec = devices.resolve_precision(p.maps_precision, device)
         maps_dir = w.out("vulnerability_maps")
         maps_dir.mkdir(exist_ok=True)
 
@@ -481,9 +479,7 @@ class Context:
                              f"the model's {model.num_classes} classes, or a model trained on these "
                              f"{len(ds.classes)} ([model] num_classes = {len(ds.classes)} with its "
                              "checkpoint)")
-        precision = cfg.attack.precision
-        if precision == "auto":
-            precision = "bf16" if attacks.fast_bf16_available(dev) else "fp32"
+        precision = devices.resolve_precision(cfg.attack.precision, dev)
         if precision == "bf16":
             model = model.to(memory_format=torch.channels_last)  # fastest layout for bf16 convolutions
         batch = devices.batch_size(model, shape, dev, backward=True, precision=precision,

@@ -68,3 +68,12 @@ def test_bench_scale_reports_this_device(cifar_root, models_dir):
     assert stride1 and stride1 > 0
     assert all(0.5 <= iou <= 1 for iou in r["map_224px_fast_vs_fp32_top20_iou"])
     assert r["pgd7_32px_resnet18_images_per_s"] > 0 and r["pgd7_224px_wrn18_images_per_s"] > 0
+
+
+def test_resolve_precision_is_the_one_place_auto_is_decided():
+    from core.device import fast_bf16_available, resolve_precision
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    assert resolve_precision("auto", cpu) == ("bf16" if fast_bf16_available(cpu) else "fp32")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp16", cpu)
