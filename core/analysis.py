@@ -57,7 +57,7 @@ import numpy as np
 import torch
 
 from core import clustering, context, neuron_measures, receptive_fields, vulnerability
-from core.device import resolve_precision
+from core.map_settings import MapSettings
 from core.store import Store, StoreError, save_npy
 from core.ui import limits
 
@@ -267,31 +267,33 @@ class Analysis:
         """The strides the pages offer for this store's image size (``vulnerability.stride_choices``)."""
         return vulnerability.stride_choices(*self.image_shape[1:])
 
-    def map_stride(self, requested: int) -> int:
-        """``requested`` when it is one of ``map_strides``, else the default for this image size (a
-        stride chosen on a 32-px experiment means nothing at 224 px)."""
-        choices = self.map_strides
-        return int(requested) if requested in choices else vulnerability.default_stride(*self.image_shape[1:])
+    def map_settings(self, *, k: int | None = None, stride: int | None = 1, output: str = "probability",
+                     precision: str = "fp32", offered: bool = False) -> MapSettings:
+        """``MapSettings.resolve`` for this store's image size and device. The defaults are the exact map
+        (stride 1, fp32); the app asks for the selection's k and stride (None: the defaults for the image
+        size) with precision "auto" and ``offered=True``."""
+        return MapSettings.resolve(self.image_shape[1:], self.device, k=k, stride=stride, output=output,
+                                   precision=precision, offered=offered)
 
-    def _map_name(self, pair, k, stride, output, precision) -> tuple[str, int, str]:
-        """The cache file name of a map (from validated values only), the resolved k and precision."""
-        pair = self._pair(pair)
-        h, w = self.image_shape[1:]
-        k = vulnerability.default_k(h, w) if k is None else _int("k", k, 1)
-        stride = _int("stride", stride, 1)
-        _choice("output", output, vulnerability.OUTPUTS)
-        _choice("precision", precision, vulnerability.PRECISIONS)
-        precision = resolve_precision(precision, self.device)
-        return vulnerability.map_file_name(pair, k, stride, output, precision), k, precision
+    def map_stride(self, requested: int | None) -> int:
+        """The stride the pages use for a selection's ``requested`` stride (``MapSettings`` with
+        ``offered``: the default for this image size when it is not one of ``map_strides``)."""
+        return self.map_settings(stride=requested, offered=True).stride
 
-    def vulnerability_maps(self, pair: int, *, k: int | None = None, stride: int = 1,
-                           output: str = "probability", precision: str = "fp32"
+    def _settings(self, settings: MapSettings | None, map_kw: dict) -> MapSettings:
+        """``settings``, or the settings the keyword arguments (k, stride, output, precision) ask for."""
+        if settings is None:
+            return self.map_settings(**map_kw)
+        if map_kw:
+            raise TypeError("give either settings or map keyword arguments, not both")
+        return settings
+
+    def vulnerability_maps(self, pair: int, settings: MapSettings | None = None, **map_kw
                            ) -> tuple[np.ndarray, np.ndarray]:
-        """(bMap, aMap) (H,W) float32 of the pair (Alg. 1, core.vulnerability), cached on disk."""
-        requested = precision
-        name, k, precision = self._map_name(pair, k, stride, output, precision)
-        pair, stride = int(pair), int(stride)
-        pre = self._precomputed(pair, k, stride, output, requested)
+        """(bMap, aMap) (H,W) float32 of the pair (Alg. 1, core.vulnerability), cached on disk.
+        ``settings`` (a ``MapSettings``) or ``map_kw`` as for ``map_settings``."""
+        pair, s = self._pair(pair), self._settings(settings, map_kw)
+        pre = self._precomputed(pair, s)
         if pre is not None:
             return pre[0], pre[1]
         row = self.store.pairs.iloc[pair]
@@ -299,21 +301,10 @@ class Analysis:
         def compute():
             b, a = (torch.from_numpy(np.array(x)) for x in self.store.pair_images(pair))
             maps = vulnerability.vulnerability_maps(self.model, b, a, int(row["label"]),
-                                                    int(row["adv_label"]), k=k, stride=stride,
-                                                    output=output, precision=precision)
+                                                    int(row["adv_label"]), **s.kwargs())
             return torch.stack(maps).numpy().astype(np.float32)
-        out = self._cached(name, compute, (2, *self.image_shape[1:]), limits.MAP_JOBS)
+        out = self._cached(s.file_name(pair), compute, (2, *self.image_shape[1:]), limits.MAP_JOBS)
         return out[0], out[1]
-
-    def _precomputed_name(self, pair: int, k: int, stride: int, output: str, requested: str) -> str | None:
-        """The file of the maps ``prepare`` stored for this pair (``[prepare] maps``; manifest
-        ``vulnerability_maps``) when they were made with these k, stride and output, and the asked
-        precision, or any precision for "auto"; None otherwise (the app computes them live)."""
-        pairs, settings, precision = self._precomputed_maps
-        if int(pair) not in pairs or (int(k), int(stride), output) != settings or \
-                requested not in ("auto", precision):
-            return None
-        return vulnerability.map_file_name(pair, k, stride, output, precision)
 
     @cached_property
     def _precomputed_maps(self) -> tuple[frozenset, tuple, str | None]:
@@ -323,11 +314,14 @@ class Analysis:
         return (frozenset(int(p) for p in info.get("pairs", ())),
                 (info.get("k"), info.get("stride"), info.get("output")), info.get("precision"))
 
-    def _precomputed(self, pair: int, k: int, stride: int, output: str, requested: str
-                     ) -> np.ndarray | None:
-        name = self._precomputed_name(pair, k, stride, output, requested)
-        if name is None:
+    def _precomputed(self, pair: int, s: MapSettings) -> np.ndarray | None:
+        """The maps ``prepare`` stored for this pair (``[prepare] maps``; manifest ``vulnerability_maps``)
+        when they were made with the settings ``s`` asks for (``MapSettings.serves``), if the file is there
+        and sound; None otherwise (the app computes them live, into ``derived/``)."""
+        pairs, made, precision = self._precomputed_maps
+        if int(pair) not in pairs or not s.serves(*made, precision):
             return None
+        name = vulnerability.map_file_name(pair, *made, precision)
         hit = self._recall(("precomputed", name))
         if hit is None:
             try:
@@ -339,12 +333,12 @@ class Analysis:
             hit = self._remember(("precomputed", name), hit)
         return hit
 
-    def has_vulnerability_maps(self, pair: int, *, k: int | None = None, stride: int = 1,
-                               output: str = "probability", precision: str = "fp32") -> bool:
+    def has_vulnerability_maps(self, pair: int, settings: MapSettings | None = None, **map_kw) -> bool:
         """Whether the maps are already computed (lets a page say "computing…" only when it will)."""
-        name, k, _ = self._map_name(pair, k, stride, output, precision)
-        if self._precomputed(int(pair), k, int(stride), output, precision) is not None:
+        pair, s = self._pair(pair), self._settings(settings, map_kw)
+        if self._precomputed(pair, s) is not None:
             return True  # a precomputed file that is there and sound (one of an older version is not)
+        name = s.file_name(pair)
         return (self._recall(name) is not None
                 or self._load_derived(name, (2, *self.image_shape[1:])) is not None)
 
@@ -353,7 +347,8 @@ class Analysis:
                     value: float | None = None, **map_kw) -> tuple[np.ndarray, np.ndarray]:
         """(iou (n,), neuron ids by descending IoU) between the RFs and binarized ``which`` map. When no
         pixel of the map is positive (``map_mask_status(...).empty``) every IoU is 0 and the order is
-        neuron-id order: a degenerate ranking the page must say is one."""
+        neuron-id order: a degenerate ranking the page must say is one. ``map_kw``: ``settings=`` (a
+        ``MapSettings``) or its keyword arguments, as for ``vulnerability_maps``."""
         _choice("which", which, MAPS)
         _choice("rf_side", rf_side, RF_SIDES)
         side = ("benign" if which == "bmap" else "adversarial") if rf_side == "matched" else rf_side
