@@ -42,7 +42,7 @@ test: install system-test-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
-	$(PY) -m ruff check core tests pages app.py
+	$(PY) -m ruff check core tests pages app.py bench
 
 # README's screenshots: the browser walk's own (tests/browser/test_walk.py), copied into docs/
 screenshots: install system-test-deps

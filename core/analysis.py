@@ -24,12 +24,12 @@ It wires the paper's measures (each in its own module) to a store, with the choi
 
 Memory cache. The most recently used results (RFs of one image: 6 MB for 512 neurons at 32×32, 308 MB
 at 224×224; linkages; maps) are kept in an LRU bounded in bytes (``memory_bytes``; default
-``core.ui.limits.analysis_cache_bytes()``, 256 MB, env ``NVE_ANALYSIS_CACHE_MB``), so flipping between
+``core.concurrency.analysis_cache_bytes()``, 256 MB, env ``NVE_ANALYSIS_CACHE_MB``), so flipping between
 views of the same pair recomputes nothing and no number of users grows it past its budget.
 
 Shared by users. One ``Analysis`` serves every session of a server (``core.ui.services``). Its results
 hold no per-user state, cached arrays are read-only, and vulnerability maps go through the process-wide
-gate ``core.ui.limits.MAP_JOBS``: at most ``NVE_MAX_MAP_JOBS`` maps are computed at once, and users
+gate ``core.concurrency.MAP_JOBS``: at most ``NVE_MAX_MAP_JOBS`` maps are computed at once, and users
 asking for the same map (same store, pair, k, stride, output, precision) share one computation.
 
 Precomputed maps. A store prepared with ``[prepare] maps = N`` holds the maps of N pairs (paper §8),
@@ -56,10 +56,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core import clustering, context, neuron_measures, receptive_fields, vulnerability
+from core import clustering, concurrency, context, neuron_measures, receptive_fields, vulnerability
 from core.map_settings import MapSettings
 from core.store import Store, StoreError, save_npy
-from core.ui import limits
 
 RF_SIDES = ("matched", "benign", "adversarial")
 MAPS = ("bmap", "amap")
@@ -109,8 +108,8 @@ class Analysis:
         self._lock = threading.RLock()
         self._model = None
         self._head = None
-        self._memory = limits.ByteLRU(limits.analysis_cache_bytes() if memory_bytes is None
-                                      else memory_bytes)
+        self._memory = concurrency.ByteLRU(concurrency.analysis_cache_bytes() if memory_bytes is None
+                                           else memory_bytes)
         pooled = store.array("benign_pooled")
         self.num_pairs, self.num_neurons = int(pooled.shape[0]), int(pooled.shape[1])
         self.image_shape = tuple(int(s) for s in store.array("benign_images").shape[1:])
@@ -178,7 +177,7 @@ class Analysis:
             pass  # a read-only store: the in-memory copy still serves this process
 
     def _cached(self, name: str, compute, shape: tuple[int, ...],
-                gate: limits.ComputeGate | None = None) -> np.ndarray:
+                gate: concurrency.ComputeGate | None = None) -> np.ndarray:
         """From memory, else from ``derived/`` (if a valid float32 array of ``shape``), else computed
         (through ``gate``, keyed by the store and ``name``, when given), saved (when valid) and
         remembered."""
@@ -303,7 +302,7 @@ class Analysis:
             maps = vulnerability.vulnerability_maps(self.model, b, a, int(row["label"]),
                                                     int(row["adv_label"]), **s.kwargs())
             return torch.stack(maps).numpy().astype(np.float32)
-        out = self._cached(s.file_name(pair), compute, (2, *self.image_shape[1:]), limits.MAP_JOBS)
+        out = self._cached(s.file_name(pair), compute, (2, *self.image_shape[1:]), concurrency.MAP_JOBS)
         return out[0], out[1]
 
     @cached_property

@@ -13,37 +13,17 @@ the fast path's top-20% mask agreement (IoU) with fp32; the per-pair interactive
 store is open (RFs, IoU ranking, bands and band gap, substitution, linkage); and, on the CIFAR-10
 store, stride-2 vs stride-1 fidelity and whether the dead neurons fall into one cluster.
 
-``app``: the server-side rerun time of each interaction of the paper's §6.1.2 walk, through
-``streamlit.testing.v1.AppTest`` on app.py (script run + AppTest's reading of the deltas; no browser,
-no network). Each walk is a fresh session on one prediction-matrix cell (the most populated first) and
-its first pair by L2; each step is timed as the one ``run()`` that performs it:
-
-  1 ``select_cell``: the cell, injected into the selection as the matrix's click callback does (AppTest
-    cannot click charts); 2 ``sort_l2_increasing``: the grid sort (after another sort, untimed, so the
-    change is real); 3 ``select_pair``: the first ``image_space_pick_<id>`` button; 4a ``open_ranking``:
-    the Neuron ranking page; 4b ``sort_iou_bmap``; 5 ``select_neuron``: the top neuron of that ranking
-    (Analysis.iou_ranking with the page's settings), injected as the chart's click callback does;
-    6 ``open_receptive_fields``; 7 ``open_context``: the context-image expander (its open state set as
-    the browser does; the page renders its content only when open); 8a ``open_clustering``;
-    8b ``parent_node``: the "node above the selected neuron" button.
-
-The issue's target excludes the first computation of a pair's vulnerability maps, so each walk's pair
-gets its maps (the pages' stride, precision "auto") written to the store's disk cache before the walk.
-One uncounted warm-up walk (another cell) takes the process's first-render and model-load costs; it is
-reported as ``cold``.
+``app`` (the §6.1.2 walk through the pages, with Streamlit's AppTest) drives the app, so it lives
+outside the library: ``bench/app.py`` (core never imports the UI layer).
 
 ``scale``: vulnerability-map and PGD timings at 32 and 224 px on this machine's device (``bench_scale``).
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
-import resource
-import runpy
 import time
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
@@ -54,7 +34,8 @@ from core.features import extract
 from core.presets import preset
 
 
-def _machine() -> str:
+def machine() -> str:
+    """The CPU, cores, GPU and torch version: every report says where it was measured."""
     cpu = "unknown CPU"
     try:
         for line in open("/proc/cpuinfo"):
@@ -91,17 +72,17 @@ def bench_attack(n_images: int = 8200, fp32_subset: int = 512, batch_size: int =
         return (predict(adv) != y[idx].cpu()).numpy()
 
     attacks.pgd(fast, xf[:16], y[:16], precision=prec, **kw)  # warm-up (oneDNN kernel selection)
-    adv_fast, t_fast = _timed(lambda: attacks.pgd(fast, xf, y, precision=prec, **kw))
-    adv_es, t_es = _timed(lambda: attacks.pgd(fast, xf, y, precision=prec, early_stop=True, **kw))
+    adv_fast, t_fast = timed(lambda: attacks.pgd(fast, xf, y, precision=prec, **kw))
+    adv_es, t_es = timed(lambda: attacks.pgd(fast, xf, y, precision=prec, early_stop=True, **kw))
     sub = slice(0, min(fp32_subset, len(x)))
-    adv_32, t_32 = _timed(lambda: attacks.pgd(model.to(memory_format=torch.contiguous_format),
+    adv_32, t_32 = timed(lambda: attacks.pgd(model.to(memory_format=torch.contiguous_format),
                                              x[sub], y[sub], precision="fp32", **kw))
     clean = (predict(x) == y.cpu()).numpy()
     f_fast, f_es, f_32 = fooled(adv_fast), fooled(adv_es), fooled(adv_32, sub)
     n = len(x)
     t_32_scaled = t_32 / (sub.stop - sub.start) * n
     return {
-        "machine": _machine(),
+        "machine": machine(),
         "images": n,
         "search_precision": prec,
         "pgd7_seconds": round(t_fast, 1),
@@ -125,7 +106,7 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _timed(fn, *args, repeat: int = 1, **kwargs):
+def timed(fn, *args, repeat: int = 1, **kwargs):
     """(fn(*args, **kwargs), best wall time of ``repeat`` runs)."""
     best, out = float("inf"), None
     for _ in range(repeat):
@@ -153,7 +134,7 @@ def bench_analytics(experiment: str = "cifar10-resnet18", pairs: int = 3, fideli
     from core import clustering, vulnerability
     from core.analysis import Analysis
     from core.models import load_model
-    from core.store import DEFAULT_CACHE, open_store
+    from core.store import open_store
     from core.vulnerability import DEFAULT_TOP, reference_maps, vulnerability_maps
     torch.manual_seed(seed)
     cfg = preset("cifar10-resnet18")
@@ -164,7 +145,7 @@ def bench_analytics(experiment: str = "cifar10-resnet18", pairs: int = 3, fideli
         adv_label = model(adv).argmax(1)
     fooled = torch.nonzero(adv_label != y).flatten()[:pairs].tolist()
     k = vulnerability.default_k(32, 32)
-    report: dict = {"machine": _machine(), "model": "resnet18_cifar (512 last-conv neurons), 32x32",
+    report: dict = {"machine": machine(), "model": "resnet18_cifar (512 last-conv neurons), 32x32",
                     "k": k, "top": DEFAULT_TOP, "fast_precision": "bf16 (difference propagation)"}
 
     def maps(i, stride, precision):
@@ -173,9 +154,9 @@ def bench_analytics(experiment: str = "cifar10-resnet18", pairs: int = 3, fideli
     maps(fooled[0], 4, "bf16"), maps(fooled[0], 4, "fp32")  # warm-up (oneDNN kernel selection)
     for s in strides:
         i = fooled[0]
-        ref, t_ref = _timed(reference_maps, model, x[i], adv[i], int(y[i]), int(adv_label[i]), k=k, stride=s)
-        f32, t_32 = _timed(maps, i, s, "fp32", repeat=2)
-        _, t_16 = _timed(maps, i, s, "bf16", repeat=2)
+        ref, t_ref = timed(reference_maps, model, x[i], adv[i], int(y[i]), int(adv_label[i]), k=k, stride=s)
+        f32, t_32 = timed(maps, i, s, "fp32", repeat=2)
+        _, t_16 = timed(maps, i, s, "bf16", repeat=2)
         report[f"stride{s}"] = {
             "naive_loop_s": round(t_ref, 3), "fp32_batched_s": round(t_32, 3), "fast_bf16_s": round(t_16, 3),
             "speedup_fp32_vs_naive": round(t_ref / t_32, 2), "speedup_fast_vs_naive": round(t_ref / t_16, 2),
@@ -192,21 +173,21 @@ def bench_analytics(experiment: str = "cifar10-resnet18", pairs: int = 3, fideli
             "amap_mean": round(float(ious[:, 1].mean()), 4)}
     report["target"] = {"stride1_s": 0.5, "speedup_vs_naive": 10, "fast_iou": 0.9, "per_pair_ms": 150}
 
-    store = open_store(experiment, cache_dir or DEFAULT_CACHE)
+    store = open_store(experiment, cache_dir)  # None: core.store.cache_dir()
     an = Analysis(store)
     rng = np.random.default_rng(seed)
     ids = rng.choice(len(store), size=min(store_pairs, len(store)), replace=False).tolist()
-    _, t_thr = _timed(an.rf_thresholds)
+    _, t_thr = timed(an.rf_thresholds)
     an.head  # noqa: B018 -- loads the model once, as the app does when the store opens
 
     def interactive(p):
         an.rf(p, "benign"), an.rf(p, "adversarial")
         an.neuron_measures(p)
         an.linkage(p)
-    costs = [_timed(interactive, p)[1] for p in ids]
+    costs = [timed(interactive, p)[1] for p in ids]
     # the IoU ranking given the (cached) maps: RFs + binarize + IoU
     an.vulnerability_maps(ids[0], stride=2, precision="bf16")
-    _, t_iou = _timed(an.iou_ranking, ids[0], stride=2, precision="bf16", repeat=3)
+    _, t_iou = timed(an.iou_ranking, ids[0], stride=2, precision="bf16", repeat=3)
     report["store"] = {
         "experiment": experiment, "pairs": len(store), "rf_thresholds_once_s": round(t_thr, 2),
         "per_pair_rfs_bands_gap_substitution_linkage_ms": {
@@ -218,7 +199,7 @@ def bench_analytics(experiment: str = "cifar10-resnet18", pairs: int = 3, fideli
     for p in ids[:fidelity_pairs]:
         b, a = (torch.from_numpy(np.array(v)) for v in store.pair_images(p))
         bc, ac = an.classes_of(p)
-        run = {s: _timed(vulnerability_maps, an.model, b, a, bc, ac, k=k, stride=s) for s in (1, 2)}
+        run = {s: timed(vulnerability_maps, an.model, b, a, bc, ac, k=k, stride=s) for s in (1, 2)}
         ious = [_mask_iou(run[1][0][j], run[2][0][j], DEFAULT_TOP) for j in range(2)]
         Z = an.linkage(p)
         fmaps_b = np.asarray(store.array("benign_fmaps")[p], dtype=np.float32)
@@ -252,145 +233,6 @@ def bench_analytics(experiment: str = "cifar10-resnet18", pairs: int = 3, fideli
     return report
 
 
-APP = Path(__file__).resolve().parents[1] / "app.py"
-TARGET_P95_MS = 300
-L2_UP = "l2_increasing"
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "unknown"
-
-
-def _ms(seconds) -> dict:
-    ms = 1000 * np.asarray(seconds, dtype=np.float64)
-    return {"p50": round(float(np.percentile(ms, 50)), 1), "p95": round(float(np.percentile(ms, 95)), 1),
-            "max": round(float(ms.max()), 1)}
-
-
-def _check(ok: bool, what: str) -> None:
-    if not ok:
-        raise RuntimeError(f"app walk: {what}")
-
-
-@contextlib.contextmanager
-def _served(cache: Path):
-    """AppTest runs as the server would on ``cache``: NVE_CACHE set, and app.py around every page.
-    AppTest re-detects the legacy pages/ folder at every run() and then runs a switched-to page file
-    alone; the server runs app.py (navigation, sidebar, URL) around the page once st.navigation has run
-    (see core.ui.session._ensure_router), so app.py is run in that slot."""
-    from streamlit.runtime.scriptrunner import script_runner
-    old = os.environ.get("NVE_CACHE")
-    os.environ["NVE_CACHE"] = str(cache)
-    try:
-        with mock.patch.object(script_runner, "_mpa_v1", runpy.run_path):
-            yield
-    finally:
-        if old is None:
-            os.environ.pop("NVE_CACHE", None)
-        else:
-            os.environ["NVE_CACHE"] = old
-
-
-def _app_walk(experiment: str, cell: tuple[int, int], pair: int, stride: int, analysis,
-              timeout: float) -> dict[str, float]:
-    """One §6.1.2 walk in a fresh AppTest session: {step: seconds of the rerun that performs it}."""
-    from streamlit.testing.v1 import AppTest
-
-    from core.ui.neuron_charts import rf_kw
-    from core.ui.state import KEY, Selection
-    at = AppTest.from_file(str(APP), default_timeout=timeout)
-    at.session_state[KEY] = Selection(experiment=experiment, stride=stride)
-    at.run()  # registers app.py's pages (st.navigation), so switch_page finds them
-    at.switch_page("pages/image_space.py").run()
-    _check(at.selectbox(key="sidebar_experiment").value == experiment, "app.py's sidebar is not rendered")
-    times: dict[str, float] = {}
-
-    def timed(step: str, rerun) -> None:
-        t = time.perf_counter()
-        rerun()
-        times[step] = time.perf_counter() - t
-        _check(not at.exception, f"{step}: {at.exception}")
-
-    def sel():
-        return at.session_state[KEY]
-
-    at.session_state[KEY] = sel().with_cell(cell)
-    timed("1_select_cell", at.run)
-    at.selectbox(key="image_space_sort").set_value("l2_decreasing").run()
-    timed("2_sort_l2_increasing", at.selectbox(key="image_space_sort").set_value(L2_UP).run)
-    picks = [b.key for b in at.button if (b.key or "").startswith("image_space_pick_")]
-    _check(picks[:1] == [f"image_space_pick_{pair}"], f"the grid starts with {picks[:1]}, not pair {pair}")
-    timed("3_select_pair", at.button(key=picks[0]).click().run)
-    timed("4a_open_ranking", at.switch_page("pages/neuron_ranking.py").run)
-    timed("4b_sort_iou_bmap", at.selectbox(key="neuron_ranking_sort").set_value("iou_bmap").run)
-    s = sel()
-    top = int(analysis.iou_ranking(pair, "bmap", top=s.top, stride=s.stride, precision="auto",
-                                   **rf_kw(s, analysis))[1][0])
-    at.session_state[KEY] = s.with_neuron(top)
-    timed("5_select_neuron", at.run)
-    timed("6_open_receptive_fields", at.switch_page("pages/receptive_fields.py").run)
-    images = len(at.get("image"))
-    at.session_state["receptive_fields_context"] = True
-    timed("7_open_context", at.run)
-    _check(len(at.get("image")) > images, "the context images are not shown")
-    timed("8a_open_clustering", at.switch_page("pages/clustering.py").run)
-    timed("8b_parent_node", at.button(key="clustering_parent").click().run)
-    s = sel()
-    _check((s.cell, s.grid_sort, s.pair, s.neuron_sort, s.neuron, len(s.clusters))
-           == (cell, L2_UP, pair, "iou_bmap", top, 1), f"the walk ended on {s}")
-    return times
-
-
-def bench_app(experiment: str = "cifar10-resnet18", walks: int = 10, cache_dir=None,
-              stride: int | None = None, timeout: float = 600.0) -> dict:
-    """See the module docstring. ``stride``: the vulnerability-map stride of the walk's selection
-    (None: the Selection default, as a user gets it)."""
-    from core.analysis import Analysis
-    from core.image_space import prediction_matrix, select, sort_pairs
-    from core.store import DEFAULT_CACHE, open_store
-    from core.ui.state import Selection
-    if walks < 1:
-        raise ValueError(f"walks must be at least 1, got {walks}")
-    cache = Path(cache_dir or DEFAULT_CACHE)
-    store = open_store(experiment, cache)
-    an = Analysis(store)
-    stride = an.map_stride(Selection().stride) if stride is None else int(stride)
-    counts = prediction_matrix(store.pairs, len(store.classes))
-    flat = [i for i in np.argsort(-counts, axis=None, kind="stable") if counts.flat[i]]
-    cells = [tuple(int(v) for v in np.unravel_index(i, counts.shape)) for i in flat]
-    plan = [cells[i % len(cells)] for i in (walks, *range(walks))]  # the warm-up, then the counted walks
-    load_before = _loadavg()
-    runs = []
-    with _served(cache):
-        for cell in plan:
-            pair = int(sort_pairs(store.pairs, select(store.pairs, cell), L2_UP)[0])
-            _, t_maps = _timed(an.vulnerability_maps, pair, stride=stride, precision="auto")
-            runs.append({"cell": list(cell), "pair": pair, "maps_precompute_s": round(t_maps, 2),
-                         "times": _app_walk(experiment, cell, pair, stride, an, timeout)})
-    cold, counted = runs[0], runs[1:]
-    steps = list(cold["times"])
-    stats = {s: _ms([r["times"][s] for r in counted]) for s in steps}
-    return {
-        "machine": _machine(), "loadavg_before": load_before, "loadavg_after": _loadavg(),
-        "experiment": experiment, "pairs": len(store), "walks": len(counted), "map_stride": stride,
-        "maps": "precomputed before each walk (excluded by the target), stride as the pages, precision auto",
-        "cold_walk": {"cell": cold["cell"], "pair": cold["pair"],
-                      "ms": {s: round(1000 * t, 1) for s, t in cold["times"].items()}},
-        "walk_cells_pairs": [{k: r[k] for k in ("cell", "pair", "maps_precompute_s")} for r in counted],
-        "interactions_ms": stats,
-        "overall_p95_ms": _ms([t for r in counted for t in r["times"].values()])["p95"],
-        "target_p95_ms": TARGET_P95_MS,
-        "over_target": [s for s in steps if stats[s]["p95"] > TARGET_P95_MS],
-        # the whole process: the AppTest sessions, this benchmark's own Analysis and every import
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "store_bytes_on_disk": sum(f.stat().st_size for f in store.path.rglob("*") if f.is_file()),
-    }
-
-
-
 def bench_scale(images_224: int = 16, images_32: int = 128, seed: int = 0) -> dict:
     """``scale``: the issue-6 timings on this machine's device (a CUDA GPU when there is one, else the
     CPU), each path as ``prepare`` and the app run it (precision "auto", batch sizes from
@@ -420,7 +262,7 @@ def bench_scale(images_224: int = 16, images_32: int = 128, seed: int = 0) -> di
     _, mean, std = ARCHITECTURES["wrn18_places365"]
     wrn = ExplainedModel(build_architecture("wrn18_places365", 365), mean, std, (3, 224, 224)).to(dev)
     x224 = F.interpolate(x32, size=(224, 224), mode="bilinear", align_corners=False).clamp(0, 1)
-    report: dict = {"machine": _machine(), "device": str(dev), "precision": prec}
+    report: dict = {"machine": machine(), "device": str(dev), "precision": prec}
 
     def pair(model, x):
         x = x.to(dev)
@@ -438,20 +280,20 @@ def bench_scale(images_224: int = 16, images_32: int = 128, seed: int = 0) -> di
 
     p32 = pair(r18, x32[:8])
     vmap(r18, p32, 4, prec)  # warm-up (kernel selection)
-    _, t32 = _timed(vmap, r18, p32, 1, "auto", repeat=2)
+    _, t32 = timed(vmap, r18, p32, 1, "auto", repeat=2)
     report["map_32px_resnet18_stride1_s"] = round(t32, 3)
 
     p224 = pair(wrn, x224[:2])
     stride = 1 if dev.type == "cuda" else vulnerability.default_stride(224, 224)
     vmap(wrn, p224, 56, prec)  # warm-up
-    fast, t224 = _timed(vmap, wrn, p224, stride, "auto")
+    fast, t224 = timed(vmap, wrn, p224, stride, "auto")
     subs = len(range(0, 224, stride)) ** 2
     key = "map_224px_wrn18_stride1_s" if stride == 1 else f"map_224px_wrn18_stride{stride}_s"
     report[key] = round(t224, 3)
     report["map_224px_substitutions_per_s"] = round(subs / t224, 1)
     if stride != 1:
         report["map_224px_wrn18_stride1_s_estimated"] = round(224 * 224 / (subs / t224), 1)
-    exact, t224_32 = _timed(vmap, wrn, p224, stride, "fp32")
+    exact, t224_32 = timed(vmap, wrn, p224, stride, "fp32")
     report[f"map_224px_fp32_stride{stride}_s"] = round(t224_32, 3)
     report["map_224px_fast_vs_fp32_top20_iou"] = [round(_mask_iou(exact[j].numpy(), fast[j].numpy(), 0.2), 4)
                                                    for j in range(2)]
@@ -465,7 +307,7 @@ def bench_scale(images_224: int = 16, images_32: int = 128, seed: int = 0) -> di
         bs = devices.batch_size(model, tuple(x.shape[1:]), dev, backward=True, precision=prec)
         fast_model = model.to(memory_format=torch.channels_last) if prec == "bf16" else model
         attacks.pgd(fast_model, x[:bs], y[:bs], precision=prec, batch_size=bs)  # warm-up
-        _, t = _timed(attacks.pgd, fast_model, x, y, precision=prec, batch_size=bs)
+        _, t = timed(attacks.pgd, fast_model, x, y, precision=prec, batch_size=bs)
         report[f"pgd7_{name}_images_per_s"] = round(n / t, 2)
         report[f"pgd7_{name}_batch"] = bs
     return report

@@ -13,7 +13,7 @@ from pathlib import Path
 from core.config import ExperimentConfig
 from core.data import DataWarning
 from core.jobs import USER_ERRORS  # the errors a user can fix: one line, exit 2
-from core.store import DEFAULT_CACHE, StoreError, list_stores, open_store, summary_row, validate_id
+from core.store import StoreError, cache_dir, list_stores, open_store, summary_row, validate_id
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="python -m core", description=__doc__.splitlines()[0])
-    p.add_argument("--cache", default=str(DEFAULT_CACHE), help="folder of experiment stores")
+    p.add_argument("--cache", default=str(cache_dir()), help="folder of experiment stores")
     sub = p.add_subparsers(dest="command", required=True)
 
     pr = sub.add_parser("prepare", help="attack a dataset and write an experiment store")
@@ -162,7 +162,17 @@ def _run(args) -> int:
         elif args.what == "scale":
             report = bench.bench_scale()
         else:
-            report = bench.bench_app(args.experiment, args.walks, cache_dir=cache)
+            # The app benchmark drives app.py and its pages through Streamlit, so it lives outside the
+            # library (bench/, beside app.py): core never imports the UI layer; imported only when asked.
+            try:
+                from bench.app import bench_app
+            except ModuleNotFoundError as e:
+                if e.name != "bench":
+                    raise
+                print("error: `bench app` runs from a checkout of the repository (it drives app.py and "
+                      "pages/): run `python -m core bench app` in its root folder", file=sys.stderr)
+                return 2
+            report = bench_app(args.experiment, args.walks, cache_dir=cache)
         print(json.dumps(report, indent=1) if args.json else _table(report))
     return 0
 

@@ -48,6 +48,9 @@ class Settings:
     # -- the Prepare page's jobs --
     max_jobs: int = 1                   # prepare jobs running at once on this server (each a process)
     min_free_disk_bytes: int = 256 << 20  # kept free on the cache's disk besides a store's estimate
+    # -- the app's shared analytics (core.concurrency) --
+    max_map_jobs: int = max(1, (os.cpu_count() or 1) // 2)  # vulnerability maps computed at once
+    analysis_cache_mb: int = 256        # the in-memory cache of one open experiment (Analysis)
     # -- folders the Prepare page may read (datasets and checkpoints); the cache's .uploads is always in
     data_roots: tuple[str, ...] = field(default_factory=tuple)
 

@@ -43,7 +43,29 @@ import numpy as np
 
 SCHEMA_VERSION = 1
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CACHE = Path(os.environ.get("NVE_CACHE", ROOT / "cache"))
+CACHE_ENV = "NVE_CACHE"
+
+
+def cache_dir() -> Path:
+    """The folder of experiment stores: ``$NVE_CACHE``, else the repository's ``cache/``. The one reader
+    of that variable, read per call (tests and ``bench app`` set it in a running process); every function
+    here that takes ``cache_dir=None`` means this folder."""
+    return Path(os.environ.get(CACHE_ENV, ROOT / "cache"))
+
+
+def _folder(folder: str | Path | None) -> Path:
+    """A ``cache_dir`` argument as a folder: None is ``cache_dir()``."""
+    return cache_dir() if folder is None else Path(folder)
+
+
+def __getattr__(name: str):
+    # ``DEFAULT_CACHE`` (the folder, read at import) is gone; core.pipeline still imports it until it
+    # takes ``cache_dir=None`` like the functions here (issue 14). Remove this then.
+    if name == "DEFAULT_CACHE":
+        return cache_dir()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: "$" would let a final newline in
 
 PAIR_COLUMNS = {
@@ -606,10 +628,10 @@ class Store:
                 np.asarray(self.array("adversarial_images")[pair], dtype=np.float32))
 
 
-def list_stores(cache_dir: str | Path = DEFAULT_CACHE) -> list[StoreInfo]:
+def list_stores(cache_dir: str | Path | None = None) -> list[StoreInfo]:
     """Every folder under cache/ that looks like an experiment, with its manifest (it passed the check)
     or why it can't open. Never raises for one store: one damaged store must not hide the others."""
-    cache_dir = Path(cache_dir)
+    cache_dir = _folder(cache_dir)
     try:
         entries = sorted(cache_dir.iterdir()) if cache_dir.is_dir() else []
     except OSError:
@@ -629,8 +651,8 @@ def list_stores(cache_dir: str | Path = DEFAULT_CACHE) -> list[StoreInfo]:
     return out
 
 
-def open_store(experiment_id: str, cache_dir: str | Path = DEFAULT_CACHE) -> Store:
-    path = Path(cache_dir) / validate_id(experiment_id)
+def open_store(experiment_id: str, cache_dir: str | Path | None = None) -> Store:
+    path = _folder(cache_dir) / validate_id(experiment_id)
     if not path.is_dir():
         raise StoreError(f"no experiment {experiment_id!r} in the cache; `python -m core list` shows "
                          "what there is")
@@ -644,9 +666,9 @@ class StoreWriter:
     from it (``resumed`` is True), a different config starts it afresh.
     """
 
-    def __init__(self, experiment_id: str, config_key: str, cache_dir: str | Path = DEFAULT_CACHE):
+    def __init__(self, experiment_id: str, config_key: str, cache_dir: str | Path | None = None):
         self.id = validate_id(experiment_id)
-        self.cache_dir = Path(cache_dir)
+        self.cache_dir = _folder(cache_dir)
         self.final = self.cache_dir / self.id
         self.path = self.cache_dir / f".partial-{self.id}"
         check_writable(self.cache_dir)
@@ -825,7 +847,7 @@ def image_classes(manifest: dict) -> list[int]:
     return sorted(ids) or list(range(len(names)))
 
 
-def delete_experiment(experiment_id: str, cache_dir: str | Path = DEFAULT_CACHE) -> None:
+def delete_experiment(experiment_id: str, cache_dir: str | Path | None = None) -> None:
     """Delete the experiment ``cache_dir/<id>/`` and everything in it (its derived/ caches too).
 
     Safe by construction:
@@ -841,7 +863,7 @@ def delete_experiment(experiment_id: str, cache_dir: str | Path = DEFAULT_CACHE)
     import stat
     import sys
     validate_id(experiment_id)
-    cache = Path(cache_dir)
+    cache = _folder(cache_dir)
     path = cache / experiment_id
     try:
         info = os.lstat(path)

@@ -8,8 +8,7 @@ import threading
 import streamlit as st
 
 from core.analysis import Analysis
-from core.store import Store, open_store
-from core.ui.stores import cache_dir
+from core.store import Store, cache_dir, open_store
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)

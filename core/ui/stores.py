@@ -1,17 +1,19 @@
-"""Cached access to experiment stores for the pages, and deleting one (which must drop those caches)."""
+"""Cached access to experiment stores for the pages, and deleting one (which must drop those caches).
+The folder of stores is ``core.store.cache_dir()`` (re-exported here for the pages)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import streamlit as st
 
-from core.store import DEFAULT_CACHE, StoreError, StoreInfo, delete_experiment, list_stores, open_store
-
-
-def cache_dir() -> Path:
-    """The folder of stores: $NVE_CACHE, else the repository's cache/ (read per call, for tests)."""
-    return Path(os.environ.get("NVE_CACHE", DEFAULT_CACHE))
+from core.store import (  # noqa: F401 -- cache_dir: the pages' folder of stores
+    StoreError,
+    StoreInfo,
+    cache_dir,
+    delete_experiment,
+    list_stores,
+    open_store,
+)
 
 
 @st.cache_data(ttl=10, show_spinner=False)

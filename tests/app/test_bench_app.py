@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from core.bench import TARGET_P95_MS, bench_app
+from bench.app import TARGET_P95_MS, bench_app
 from core.ui import services
 
 STEPS = ["1_select_cell", "2_sort_l2_increasing", "3_select_pair", "4a_open_ranking", "4b_sort_iou_bmap",

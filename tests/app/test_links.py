@@ -48,7 +48,7 @@ def _address(runs, query: str) -> dict[str, str]:
 def _open(store, monkeypatch, page: str, sel: Selection) -> AppTest:
     """``page`` opened from the navigation menu: the session has a selection, the browser's query string
     is empty (a page change resets it). app.py runs around the page as on the server (AppTest would run
-    the page file alone, seeing the pages/ folder; core.bench._served does the same)."""
+    the page file alone, seeing the pages/ folder; bench.app.served does the same)."""
     monkeypatch.setenv("NVE_CACHE", str(store.path.parent))
     monkeypatch.setattr(script_runner, "_mpa_v1", runpy.run_path)
     at = AppTest.from_file(APP, default_timeout=120)

@@ -6,7 +6,7 @@ cell (so another pair and neuron), while a 9th context starts a real ``prepare``
 images per class) from the Prepare page. It proves:
 
 - every walk completes, with no browser error: the vulnerability maps, 8 of them asked at once, are
-  computed through the bounded gate (``core.ui.limits``) and reach every session;
+  computed through the bounded gate (``core.concurrency``) and reach every session;
 - no state leaks: each session ends with its own pair, neuron and dendrogram node in its URL and its
   sidebar, never another's;
 - the prepare, running in a process of its own (``core.jobs``), does not block the others: walk
@@ -387,11 +387,11 @@ def test_two_sessions_keep_their_own_selection(cache):
     the same pages on different pairs and neurons: each keeps its own selection, sidebar and URL."""
     from streamlit.testing.v1 import AppTest
 
-    from core.bench import _served  # app.py (sidebar, URL) around every page, as the server runs it
+    from bench.app import served  # app.py (sidebar, URL) around every page, as the server runs it
     from core.ui.state import KEY, Selection
     store = Store(cache / "demo")
     picks = {"a": (int(store.pairs["pair"].iloc[1]), 3), "b": (int(store.pairs["pair"].iloc[2]), 7)}
-    with _served(cache):
+    with served(cache):
         sessions = {}
         for name, (pair, neuron) in picks.items():
             at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)

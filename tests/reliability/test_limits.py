@@ -1,4 +1,4 @@
-"""Concurrency limits of a shared server (core.ui.limits, core.analysis): vulnerability maps are computed
+"""Concurrency limits of a shared server (core.concurrency, core.analysis): vulnerability maps are computed
 at most K at a time and once per map however many users ask for it, the in-memory caches stay inside
 their byte budget, and results shared by all users are read-only.
 
@@ -16,11 +16,10 @@ import pandas as pd
 import pytest
 import torch
 
-from core import vulnerability
+from core import concurrency, hosting, vulnerability
 from core.analysis import Analysis
+from core.concurrency import ByteLRU, ComputeGate, nbytes
 from core.store import SCHEMA_VERSION, Store
-from core.ui import limits
-from core.ui.limits import ByteLRU, ComputeGate, nbytes
 
 pytestmark = pytest.mark.reliability
 
@@ -102,7 +101,7 @@ def fake(monkeypatch):
 def gate(monkeypatch):
     """A fresh process-wide gate of 2 slots (the module's own is shared with the rest of the session)."""
     g = ComputeGate(2)
-    monkeypatch.setattr(limits, "MAP_JOBS", g)
+    monkeypatch.setattr(concurrency, "MAP_JOBS", g)
     return g
 
 
@@ -188,22 +187,30 @@ def test_an_error_reaches_every_waiter_and_the_next_request_retries():
     assert g.run("k", lambda: 42) == 42, "a failed flight must not poison its key"
 
 
-def test_limits_from_the_environment(monkeypatch, caplog):
-    monkeypatch.delenv(limits.MAX_MAP_JOBS_ENV, raising=False)
-    monkeypatch.delenv(limits.CACHE_MB_ENV, raising=False)
-    assert limits.max_map_jobs() == max(1, (os.cpu_count() or 1) // 2)
-    assert limits.analysis_cache_bytes() == 256 * 2**20
-    monkeypatch.setenv(limits.MAX_MAP_JOBS_ENV, "3")
-    monkeypatch.setenv(limits.CACHE_MB_ENV, "64")
-    assert limits.max_map_jobs() == 3 and limits.analysis_cache_bytes() == 64 * 2**20
-    with caplog.at_level(logging.WARNING, logger=limits.__name__):
+def test_limits_from_the_environment(monkeypatch, caplog, tmp_path):
+    """Both limits are server settings (core.hosting): NVE_MAX_MAP_JOBS / NVE_ANALYSIS_CACHE_MB or the
+    server's TOML file; a bad value is ignored with a warning naming the variable."""
+    monkeypatch.setenv(hosting.CONFIG_ENV, str(tmp_path / "absent.toml"))  # whatever the machine has
+    monkeypatch.delenv("NVE_MAX_MAP_JOBS", raising=False)
+    monkeypatch.delenv("NVE_ANALYSIS_CACHE_MB", raising=False)
+    assert concurrency.max_map_jobs() == max(1, (os.cpu_count() or 1) // 2)
+    assert concurrency.analysis_cache_bytes() == 256 * 2**20
+    monkeypatch.setenv("NVE_MAX_MAP_JOBS", "3")
+    monkeypatch.setenv("NVE_ANALYSIS_CACHE_MB", "64")
+    assert concurrency.max_map_jobs() == 3 and concurrency.analysis_cache_bytes() == 64 * 2**20
+    with caplog.at_level(logging.WARNING, logger=hosting.__name__):
         for bad in ("many", "0", "-2", "1.5"):
-            monkeypatch.setenv(limits.MAX_MAP_JOBS_ENV, bad)
-            assert limits.max_map_jobs() == max(1, (os.cpu_count() or 1) // 2)
-    assert "NVE_MAX_MAP_JOBS='many' is not a positive integer" in caplog.text
+            monkeypatch.setenv("NVE_MAX_MAP_JOBS", bad)
+            assert concurrency.max_map_jobs() == max(1, (os.cpu_count() or 1) // 2)
+    assert "NVE_MAX_MAP_JOBS: max_map_jobs='many' is not a positive integer" in caplog.text
+    monkeypatch.delenv("NVE_MAX_MAP_JOBS")
+    monkeypatch.delenv("NVE_ANALYSIS_CACHE_MB")
+    (tmp_path / "nve.toml").write_text("max_map_jobs = 5\nanalysis_cache_mb = 32\n")
+    monkeypatch.setenv(hosting.CONFIG_ENV, str(tmp_path / "nve.toml"))  # like the other server limits
+    assert concurrency.max_map_jobs() == 5 and concurrency.analysis_cache_bytes() == 32 * 2**20
     with pytest.raises(ValueError, match="positive integer"):
         ComputeGate(0)
-    assert limits.MAP_JOBS.max_jobs >= 1
+    assert concurrency.MAP_JOBS.max_jobs >= 1
 
 
 # -- through Analysis ------------------------------------------------------------------------------------
@@ -305,7 +312,7 @@ def test_analysis_memory_stays_within_its_byte_budget(store, monkeypatch):
             assert an._memory.bytes <= budget
     assert len(an._memory) == 2
     # the budget comes from the environment by default
-    monkeypatch.setenv(limits.CACHE_MB_ENV, "3")
+    monkeypatch.setenv("NVE_ANALYSIS_CACHE_MB", "3")
     assert _analysis(store)._memory.max_bytes == 3 * 2**20
 
 

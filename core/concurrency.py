@@ -1,4 +1,5 @@
-"""Process-wide limits for a server shared by several users (no Streamlit here: ``core.analysis`` uses it).
+"""Process-wide concurrency limits for a server shared by several users: a gate on heavy compute and a
+byte-bounded cache (pure Python: ``core.analysis`` uses it; no Streamlit).
 
 Every session of a Streamlit server runs its script in a thread of one process, and the per-experiment
 ``Analysis`` objects are shared by all of them (``core.ui.services``). Two things keep N users from
@@ -6,23 +7,21 @@ exhausting the machine:
 
 - **Heavy compute is gated.** A vulnerability map is 1,024 forward passes in batches of 128 (seconds of
   every core, and a batch's activations in memory). ``MAP_JOBS`` lets at most ``max_map_jobs()`` of them
-  run at once in the process (env ``NVE_MAX_MAP_JOBS``; default half the CPU cores, at least 1); further
-  requests wait their turn. Requests for the *same* map (same store, pair, k, stride, output, precision)
-  are merged: one computes, the others wait for its result instead of queueing a second computation
-  (a "single flight" per key).
+  run at once in the process (setting ``max_map_jobs``, env ``NVE_MAX_MAP_JOBS``; default half the CPU
+  cores, at least 1); further requests wait their turn. Requests for the *same* map (same store, pair, k,
+  stride, output, precision) are merged: one computes, the others wait for its result instead of queueing
+  a second computation (a "single flight" per key).
 - **Memory caches are bounded in bytes.** ``ByteLRU`` keeps the most recently used results up to a byte
-  budget (``analysis_cache_bytes()``: env ``NVE_ANALYSIS_CACHE_MB``, default 256 MB per ``Analysis``), not
-  a number of items: the RFs of one image are 6 MB for 512 neurons at 32×32 but 308 MB at 224×224, so an
-  item count bounds nothing. ``core.ui.services`` keeps at most 8 ``Analysis`` objects, so these caches
-  hold at most 8 × 256 MB in all.
+  budget (``analysis_cache_bytes()``: setting ``analysis_cache_mb``, env ``NVE_ANALYSIS_CACHE_MB``,
+  default 256 MB per ``Analysis``), not a number of items: the RFs of one image are 6 MB for 512 neurons
+  at 32×32 but 308 MB at 224×224, so an item count bounds nothing. ``core.ui.services`` keeps at most 8
+  ``Analysis`` objects, so these caches hold at most 8 × 256 MB in all.
 
-A value that is not a positive integer in either variable is ignored with a warning (the default is
-used): a typo in a unit file must not stop the server.
+Both numbers are server settings (``core.hosting``, with the other limits): a value that is not a positive
+integer is ignored with a warning (the default is used), so a typo in a unit file must not stop the server.
 """
 from __future__ import annotations
 
-import logging
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
@@ -30,35 +29,17 @@ from typing import Any
 
 import numpy as np
 
-log = logging.getLogger(__name__)
-
-MAX_MAP_JOBS_ENV = "NVE_MAX_MAP_JOBS"
-CACHE_MB_ENV = "NVE_ANALYSIS_CACHE_MB"
-DEFAULT_CACHE_MB = 256
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        log.warning("%s=%r is not a positive integer; using %d", name, raw, default)
-        return default
-    return value
+from core.hosting import settings
 
 
 def max_map_jobs() -> int:
     """How many vulnerability maps may be computed at once in this process."""
-    return _env_int(MAX_MAP_JOBS_ENV, max(1, (os.cpu_count() or 1) // 2))
+    return settings().max_map_jobs
 
 
 def analysis_cache_bytes() -> int:
     """The byte budget of one ``Analysis``'s in-memory cache."""
-    return _env_int(CACHE_MB_ENV, DEFAULT_CACHE_MB) * 2**20
+    return settings().analysis_cache_mb * 2**20
 
 
 # -- bounded, deduplicated compute -------------------------------------------------------------------
