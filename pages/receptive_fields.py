@@ -18,62 +18,8 @@ from core.ui.views import receptive_fields as rv
 session.require_app()  # first: a deep link must not run a page outside app.py
 
 SPINNER = "Computing the vulnerability maps (first time for this pair)…"
-MODE_LABELS = {"quantile": "quantile (dataset)", "fraction": "fraction of max", "absolute": "absolute"}
 SIDES = ("benign", "adversarial")
 PER_ROW = 6
-# Plain-words help for the controls and measures (the "?" next to each), for a reader who does not code.
-HELP = {
-    "mode": "How the neuron's receptive field (RF), the part of the image it responds to, is cut out: its "
-            "activation map is enlarged to the image's size and the pixels above a threshold are kept.\n\n"
-            "- **quantile (dataset)**: one threshold per neuron for every image: the level the neuron "
-            "exceeds on only the top (1 − q) share of its activations over the benign images of all "
-            "the experiment's pairs. A neuron that is weak on this image gets a small or empty RF, so "
-            "RFs compare across images.\n"
-            "- **fraction of max**: the pixels where the neuron reaches at least this fraction of its own "
-            "peak on this image: every active neuron gets an RF, however weak.\n"
-            "- **absolute**: the pixels above a fixed activation value, the same for every neuron.",
-    "quantile": "q: the RF keeps the pixels where the neuron is above its q-quantile over the benign "
-                "images of all the experiment's pairs. 0.9 (the default) keeps the neuron's top-10% "
-                "activation level; a higher q gives smaller RFs.",
-    "fraction": "The RF keeps the pixels where the neuron reaches at least this fraction of its highest "
-                "value on this image: 0.5 keeps where it is at half its peak or more; higher gives smaller "
-                "RFs.",
-    "absolute": "The RF keeps the pixels where the neuron's (enlarged) activation is above this value. "
-                "The default is the average of the neurons' quantile thresholds.",
-    "top": "The vulnerability maps are binarized for the IoU: this share of the image's pixels, those "
-           "with the largest values, is kept (outlined on the map). Pixels whose value is 0 or below are "
-           "never kept: there, swapping in the adversarial pixels did not help the attack.",
-    "stride": "The maps are computed by swapping one small square of the benign image for the same "
-              "square of the adversarial image at a time, on a grid of positions this many pixels "
-              "apart. 1 computes every position (exact, slowest); 2 costs a quarter and fills each "
-              "2×2 block with its corner's value.",
-    "bmap": "bMap (benign map): for each pixel, how much the benign class's probability drops when the "
-            "small square around it is replaced by the adversarial image's pixels. Coloured yellow "
-            "(small drop) to red (the largest drop on this image, the number under the map); "
-            "uncoloured: no drop. The outline marks the top share of pixels.",
-    "amap": "aMap (adversarial map): for each pixel, how much the adversarial class's probability rises "
-            "when the small square around it is replaced by the adversarial image's pixels. Coloured "
-            "yellow (small rise) to red (the largest rise on this image, the number under the map); "
-            "uncoloured: no rise. The outline marks the top share of pixels.",
-    "iou": "Intersection over union: the pixels in both the neuron's RF and the map's outlined top "
-           "share, divided by the pixels in either. 1: the neuron looks exactly where the attack works; "
-           "0: they do not overlap (or one is empty).",
-    "rf": "The cyan outline (black on its outside edge, so it shows on dark and on bright images) and "
-          "the light cyan tint mark the neuron's RF; the rest of the image is left as it is.",
-    "context": "The top images of the current selection (the prediction-matrix cell or the lasso of "
-               "Image space; all pairs when nothing is selected) for this neuron, each with the neuron's "
-               "RF outlined, as evidence of what the neuron captures.",
-    "sort": "the neuron's activation: the images that excite the neuron most (its average activation "
-            "over the image); prediction confidence: the images the model is surest of (the probability "
-            "of the image's predicted class).",
-    "reading": "The paper (Fig. 5) can be read two ways. **Its own top images**: the adversarial images "
-               "are ranked on their own, so the two rows may show different pairs. **Counterparts of "
-               "the benign row**: the adversarial versions of exactly the benign row's images, in the "
-               "same order, to compare the neuron's RF before and after the attack image by image.",
-}
-READING_LABELS = {"own": "its own top images", "counterparts": "counterparts of the benign row"}
-
-
 def _on_mode(analysis) -> None:
     mode = st.session_state["receptive_fields_rf_mode"]
     session.update(rf_mode=mode, rf_value=nc.rf_value(mode, None, lambda: rv.absolute_default(analysis)))
@@ -97,25 +43,25 @@ st.markdown(view.title)
 # -- controls --------------------------------------------------------------------------------------------
 c_mode, c_value, c_top, c_stride = st.columns([1.5, 1.3, 1.3, 0.9])
 session.seed("receptive_fields_rf_mode", sel.rf_mode)
-c_mode.radio("RF threshold", rf.THRESHOLD_MODES, format_func=MODE_LABELS.get, horizontal=True,
-             key="receptive_fields_rf_mode", on_change=_on_mode, args=(analysis,), help=HELP["mode"])
+c_mode.radio("RF threshold", rf.THRESHOLD_MODES, format_func=rv.MODE_LABELS.get, horizontal=True,
+             key="receptive_fields_rf_mode", on_change=_on_mode, args=(analysis,), help=rv.HELP["mode"])
 value_key = f"receptive_fields_rf_value_{sel.rf_mode}"
 if sel.rf_mode == "absolute":
     session.seed(value_key, float(view.rf_kw["value"]))
     c_value.number_input("Activation above", min_value=0.0, step=0.05, format="%.3f", key=value_key,
-                         on_change=_on_value, args=(value_key,), help=HELP["absolute"])
+                         on_change=_on_value, args=(value_key,), help=rv.HELP["absolute"])
 else:
     spec = nc.rf_slider(sel.rf_mode)
     session.seed(value_key, float(spec["default"] if sel.rf_value is None else
                            min(max(sel.rf_value, spec["min_value"]), spec["max_value"])))
     c_value.slider("q (quantile)" if sel.rf_mode == "quantile" else "fraction of the max",
                    spec["min_value"], spec["max_value"], step=spec["step"], key=value_key,
-                   on_change=_on_value, args=(value_key,), help=HELP[sel.rf_mode])
+                   on_change=_on_value, args=(value_key,), help=rv.HELP[sel.rf_mode])
 session.seed("receptive_fields_top", min(100, max(1, round(sel.top * 100))))  # the slider's bounds
-c_top.slider("Vulnerability maps: top %", 1, 100, step=1, key="receptive_fields_top", help=HELP["top"],
+c_top.slider("Vulnerability maps: top %", 1, 100, step=1, key="receptive_fields_top", help=rv.HELP["top"],
              on_change=lambda: session.update(top=st.session_state["receptive_fields_top"] / 100))
 session.seed("receptive_fields_stride", view.stride)
-c_stride.selectbox("Map stride", view.strides, key="receptive_fields_stride", help=HELP["stride"],
+c_stride.selectbox("Map stride", view.strides, key="receptive_fields_stride", help=rv.HELP["stride"],
                    on_change=lambda: session.update(stride=int(st.session_state["receptive_fields_stride"])),
                    format_func=lambda s: "1 (exact)" if s == 1 else f"{s} (faster)")
 
@@ -123,7 +69,7 @@ c_stride.selectbox("Map stride", view.strides, key="receptive_fields_stride", he
 for side, col in zip(rv.SIDES, st.columns(2, gap="medium"), strict=True):
     v = view.sides[side]
     with col:
-        st.markdown(v.title, help=HELP["rf"])
+        st.markdown(v.title, help=rv.HELP["rf"])
         i1, i2, i3 = st.columns([1, 1, 1.5])
         i1.image(v.picture, caption=f"pair #{view.pair}", width="stretch")
         i2.image(v.rf_picture, width="stretch", caption=v.rf_caption)
@@ -132,10 +78,10 @@ for side, col in zip(rv.SIDES, st.columns(2, gap="medium"), strict=True):
                             config={"displayModeBar": False})
         m1, m2 = st.columns([1, 1.5])
         m1.image(v.map_picture, width="stretch", caption=v.map_caption)
-        m2.metric(f"IoU of the RF with {v.map_name[0]}Map", number(v.iou, ".3f"), help=HELP["iou"])
-        m2.caption(v.map_text, help=HELP[v.map_name])
+        m2.metric(f"IoU of the RF with {v.map_name[0]}Map", number(v.iou, ".3f"), help=rv.HELP["iou"])
+        m2.caption(v.map_text, help=rv.HELP[v.map_name])
         if v.short:
-            m2.caption(v.short, help=HELP["top"])
+            m2.caption(v.short, help=rv.HELP["top"])
 
 # -- clusters chosen on the Clustering page --------------------------------------------------------------
 if view.clusters is not None:
@@ -163,14 +109,14 @@ if ctx.open:
     with ctx:
         s1, s2, s3 = st.columns([1.6, 1.6, 0.8])
         sort = s1.radio("Top images by", context.SORTS, horizontal=True, key="receptive_fields_context_sort",
-                        format_func=rv.SORT_LABELS.get, help=HELP["sort"])
+                        format_func=rv.SORT_LABELS.get, help=rv.HELP["sort"])
         reading = s2.radio("Adversarial row", tuple(context.READINGS), horizontal=True,
-                           key="receptive_fields_context_reading", format_func=READING_LABELS.get,
-                           help=HELP["reading"])
+                           key="receptive_fields_context_reading", format_func=rv.READING_LABELS.get,
+                           help=rv.HELP["reading"])
         m = int(s3.number_input("How many (m)", 1, 24, 6, key="receptive_fields_context_m",
                                 help="How many top images each row lists."))
         shown = rv.context_view(analysis, sel, sort, reading, m)
-        st.caption(shown.caption, help=HELP["context"])
+        st.caption(shown.caption, help=rv.HELP["context"])
         for side, items in shown.rows.items():
             st.markdown(f"**{side.capitalize()}**")
             if not items:

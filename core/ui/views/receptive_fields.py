@@ -24,6 +24,58 @@ MAP_OF = {"benign": "bmap", "adversarial": "amap"}
 _CHANGE = {"bmap": "drop", "amap": "rise"}
 _VERB = {"bmap": "lower", "amap": "raise"}
 SORT_LABELS = {"activation": "the neuron's activation", "confidence": "prediction confidence"}
+MODE_LABELS = {"quantile": "quantile (dataset)", "fraction": "fraction of max", "absolute": "absolute"}
+READING_LABELS = {"own": "its own top images", "counterparts": "counterparts of the benign row"}
+# Plain-words help for the controls and measures (the "?" next to each), for a reader who does not code.
+HELP = {
+    "mode": "How the neuron's receptive field (RF), the part of the image it responds to, is cut out: its "
+            "activation map is enlarged to the image's size and the pixels above a threshold are kept.\n\n"
+            "- **quantile (dataset)**: one threshold per neuron for every image: the level the neuron "
+            "exceeds on only the top (1 − q) share of its activations over the benign images of all "
+            "the experiment's pairs. A neuron that is weak on this image gets a small or empty RF, so "
+            "RFs compare across images.\n"
+            "- **fraction of max**: the pixels where the neuron reaches at least this fraction of its own "
+            "peak on this image: every active neuron gets an RF, however weak.\n"
+            "- **absolute**: the pixels above a fixed activation value, the same for every neuron.",
+    "quantile": "q: the RF keeps the pixels where the neuron is above its q-quantile over the benign "
+                "images of all the experiment's pairs. 0.9 (the default) keeps the neuron's top-10% "
+                "activation level; a higher q gives smaller RFs.",
+    "fraction": "The RF keeps the pixels where the neuron reaches at least this fraction of its highest "
+                "value on this image: 0.5 keeps where it is at half its peak or more; higher gives smaller "
+                "RFs.",
+    "absolute": "The RF keeps the pixels where the neuron's (enlarged) activation is above this value. "
+                "The default is the average of the neurons' quantile thresholds.",
+    "top": "The vulnerability maps are binarized for the IoU: this share of the image's pixels, those "
+           "with the largest values, is kept (outlined on the map). Pixels whose value is 0 or below are "
+           "never kept: there, swapping in the adversarial pixels did not help the attack.",
+    "stride": "The maps are computed by swapping one small square of the benign image for the same "
+              "square of the adversarial image at a time, on a grid of positions this many pixels "
+              "apart. 1 computes every position (exact, slowest); 2 costs a quarter and fills each "
+              "2×2 block with its corner's value.",
+    "bmap": "bMap (benign map): for each pixel, how much the benign class's probability drops when the "
+            "small square around it is replaced by the adversarial image's pixels. Coloured yellow "
+            "(small drop) to red (the largest drop on this image, the number under the map); "
+            "uncoloured: no drop. The outline marks the top share of pixels.",
+    "amap": "aMap (adversarial map): for each pixel, how much the adversarial class's probability rises "
+            "when the small square around it is replaced by the adversarial image's pixels. Coloured "
+            "yellow (small rise) to red (the largest rise on this image, the number under the map); "
+            "uncoloured: no rise. The outline marks the top share of pixels.",
+    "iou": "Intersection over union: the pixels in both the neuron's RF and the map's outlined top "
+           "share, divided by the pixels in either. 1: the neuron looks exactly where the attack works; "
+           "0: they do not overlap (or one is empty).",
+    "rf": "The cyan outline (black on its outside edge, so it shows on dark and on bright images) and "
+          "the light cyan tint mark the neuron's RF; the rest of the image is left as it is.",
+    "context": "The top images of the current selection (the prediction-matrix cell or the lasso of "
+               "Image space; all pairs when nothing is selected) for this neuron, each with the neuron's "
+               "RF outlined, as evidence of what the neuron captures.",
+    "sort": "the neuron's activation: the images that excite the neuron most (its average activation "
+            "over the image); prediction confidence: the images the model is surest of (the probability "
+            "of the image's predicted class).",
+    "reading": "The paper (Fig. 5) can be read two ways. **Its own top images**: the adversarial images "
+               "are ranked on their own, so the two rows may show different pairs. **Counterparts of "
+               "the benign row**: the adversarial versions of exactly the benign row's images, in the "
+               "same order, to compare the neuron's RF before and after the attack image by image.",
+}
 
 
 @dataclass(frozen=True)
