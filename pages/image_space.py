@@ -22,10 +22,9 @@ import streamlit as st
 from core import image_space
 from core.store import StoreError
 from core.ui import overview_charts, services, session
-from core.ui.palette import class_colors
 from core.ui.state import COLOR_BY
 from core.ui.text import one_line, plain
-from core.ui.views.image_space import image_space_view
+from core.ui.views import image_space as isv
 
 session.require_app()  # first: a deep link must not run a page outside app.py
 
@@ -53,16 +52,13 @@ def _matrix_spec(experiment: str, stamp: str, rows=None, cols=None):
 
 @st.cache_resource(show_spinner=False, max_entries=32)
 def _scatter(experiment: str, stamp: str, side: str, color_by: str, highlight_key, _highlight,
-             subset=None):
-    """``subset``: None, or the class subset as (benign ids, adversarial ids) tuples."""
+             subset, colors: tuple[str, ...]):
+    """``subset``: None, or the class subset as (benign ids, adversarial ids) tuples; ``colors``: per
+    class (the view's)."""
     store = services.store(experiment)
     inside = None if subset is None else image_space.in_subset(store.pairs, *subset)
-    if len(store.classes) > image_space.SUBSET_ABOVE:  # the palette's colours go to the subset only
-        colors = overview_charts.subset_colors(len(store.classes), subset[0] + subset[1])
-    else:  # every class keeps the colour it has on the other pages
-        colors = class_colors(len(store.classes))
-    return overview_charts.scatter_figure(store.pairs, store.classes, colors, side, color_by, _highlight,
-                                          height=CHART_HEIGHT, subset=inside)
+    return overview_charts.scatter_figure(store.pairs, store.classes, list(colors), side, color_by,
+                                          _highlight, height=CHART_HEIGHT, subset=inside)
 
 
 # -- callbacks: every change of the selection goes through them ------------------------------------
@@ -81,24 +77,15 @@ def _on_matrix(key: str, matrix):
 
 def _on_classes(side: str, pairs, n_classes: int):
     """A class multiselect changed; the other side keeps its list (None keeps following the rule, so
-    new benign classes bring their top adversarial labels). A cell outside the new subset is cleared."""
+    new benign classes bring their top adversarial labels)."""
     sel = session.get()
     picked = st.session_state[f"image_space_{side}_classes"]
-    sel = sel.with_classes(picked if side == "benign" else sel.benign_classes,
-                           picked if side == "adversarial" else sel.adversarial_classes)
-    _put_subset(sel, pairs, n_classes)
+    session.put(isv.with_subset(sel, pairs, n_classes, picked if side == "benign" else sel.benign_classes,
+                                picked if side == "adversarial" else sel.adversarial_classes))
 
 
 def _reset_classes(pairs, n_classes: int):
-    _put_subset(session.get().with_classes(None, None), pairs, n_classes)
-
-
-def _put_subset(sel, pairs, n_classes: int):
-    benign, adversarial, _ = image_space.resolve_subset(pairs, n_classes, sel.benign_classes,
-                                                        sel.adversarial_classes)
-    if not image_space.cell_in_subset(sel.cell, benign, adversarial):
-        sel = sel.with_cell(None)
-    session.put(sel)
+    session.put(isv.with_subset(session.get(), pairs, n_classes, None, None))
 
 
 def _clear():
@@ -130,7 +117,7 @@ classes = store.classes
 stamp = str(store.manifest.get("created", ""))
 matrix = _matrix(sel.experiment, stamp)
 st.header("Image space")
-view = image_space_view(store, sel)
+view = isv.image_space_view(store, sel)
 subset, colors, cell = view.subset, view.colors, view.cell
 
 # -- Class subset (many classes only) ----------------------------------------------------------------
@@ -170,7 +157,7 @@ highlight_key = (cell, hash(sel.lasso)) if view.narrowed else None
 charts = st.columns([1, 1, 1.2], gap="small")
 for col, side in zip(charts[:2], ("benign", "adversarial"), strict=True):
     key = f"image_space_scatter_{side}"
-    fig = _scatter(sel.experiment, stamp, side, sel.color_by, highlight_key, highlight, subset)
+    fig = _scatter(sel.experiment, stamp, side, sel.color_by, highlight_key, highlight, subset, tuple(colors))
     col.plotly_chart(fig, key=key, on_select=partial(_on_scatter, key), selection_mode=("box", "lasso"),
                      width="stretch", config={"displaylogo": False})
 # A fresh key per selected cell: the chart's own click state starts empty, so clicking the selected

@@ -18,8 +18,9 @@ from core.ui.views import receptive_fields as rv
 session.require_app()  # first: a deep link must not run a page outside app.py
 
 SPINNER = "Computing the vulnerability maps (first time for this pair)…"
-SIDES = ("benign", "adversarial")
 PER_ROW = 6
+
+
 def _on_mode(analysis) -> None:
     mode = st.session_state["receptive_fields_rf_mode"]
     session.update(rf_mode=mode, rf_value=nc.rf_value(mode, None, lambda: rv.absolute_default(analysis)))
@@ -36,8 +37,7 @@ st.header("Receptive fields")
 analysis = session.require_analysis(sel)
 session.require_pair(analysis, sel)
 session.require_neuron(analysis, sel)
-with st.spinner(SPINNER) if not views.maps_ready(analysis, sel) else nullcontext():
-    view = rv.rf_view(analysis, sel)
+view = rv.rf_view(analysis, sel)
 st.markdown(view.title)
 
 # -- controls --------------------------------------------------------------------------------------------
@@ -66,8 +66,10 @@ c_stride.selectbox("Map stride", view.strides, key="receptive_fields_stride", he
                    format_func=lambda s: "1 (exact)" if s == 1 else f"{s} (faster)")
 
 # -- the pair: images, RFs, probabilities, maps ----------------------------------------------------------
+with st.spinner(SPINNER) if not views.maps_ready(analysis, sel) else nullcontext():
+    shown = rv.pair_view(analysis, sel)
 for side, col in zip(rv.SIDES, st.columns(2, gap="medium"), strict=True):
-    v = view.sides[side]
+    v = shown.sides[side]
     with col:
         st.markdown(v.title, help=rv.HELP["rf"])
         i1, i2, i3 = st.columns([1, 1, 1.5])
@@ -84,17 +86,17 @@ for side, col in zip(rv.SIDES, st.columns(2, gap="medium"), strict=True):
             m2.caption(v.short, help=rv.HELP["top"])
 
 # -- clusters chosen on the Clustering page --------------------------------------------------------------
-if view.clusters is not None:
+if shown.clusters is not None:
     st.subheader("Selected clusters")
     session.seed("receptive_fields_set_op", sel.set_op == "intersection")
     st.toggle("Intersection (off: union)", key="receptive_fields_set_op", on_change=lambda: session.update(
         set_op="intersection" if st.session_state["receptive_fields_set_op"] else "union"))
-    valid, members = view.clusters.valid, view.clusters.members.tolist()
+    valid, members = shown.clusters.valid, shown.clusters.members.tolist()
     if not valid:
         st.info("The selected clusters name no neuron of this experiment; pick them again on Clustering.")
     else:
         u1, u2, u3 = st.columns([1, 1, 2])
-        for (picture, caption), c in zip(view.cluster_pictures.values(), (u1, u2), strict=True):
+        for (picture, caption), c in zip(shown.cluster_pictures.values(), (u1, u2), strict=True):
             c.image(picture, width="stretch", caption=caption)
         u3.markdown(f"**{sel.set_op.capitalize()}** of the RFs of **{len(members)} neurons** "
                     f"({len(valid)} selected cluster{'s' if len(valid) > 1 else ''}):")
@@ -115,9 +117,9 @@ if ctx.open:
                            help=rv.HELP["reading"])
         m = int(s3.number_input("How many (m)", 1, 24, 6, key="receptive_fields_context_m",
                                 help="How many top images each row lists."))
-        shown = rv.context_view(analysis, sel, sort, reading, m)
-        st.caption(shown.caption, help=rv.HELP["context"])
-        for side, items in shown.rows.items():
+        rows = rv.context_view(analysis, sel, sort, reading, m)
+        st.caption(rows.caption, help=rv.HELP["context"])
+        for side, items in rows.rows.items():
             st.markdown(f"**{side.capitalize()}**")
             if not items:
                 st.caption("No pair in the selection.")

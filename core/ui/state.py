@@ -41,7 +41,7 @@ NEURON_SORTS = {"band_gap": "band gap (neuron perturbation)", "curve_difference"
                 "iou_amap": "IoU with aMap (image perturbation)",
                 "benign_decrease": "direct substitution: benign probability drop",
                 "adversarial_increase": "direct substitution: adversarial probability rise"}
-SET_OPS = tuple(receptive_fields.COMBINE)  # how the RFs of selected clusters combine
+SET_OPS = ("union", "intersection")
 COLOR_BY = ("true", "predicted")
 # Bounds of what a link may ask for; anything outside is ignored (the default is kept). Ids (pairs,
 # neurons, classes, dendrogram nodes) are indices into int32-sized arrays; the pages check them against
@@ -50,7 +50,7 @@ MAX_ID = 2**31 - 1
 MAX_LASSO_IN_URL = 500  # longer selections are not put in the link (URLs get too long to share)
 
 
-def _choice(default: str, options) -> str:
+def _choice(default: str, options):
     """A field whose link value must be one of ``options``."""
     return field(default=default, metadata={"choices": tuple(options)})
 

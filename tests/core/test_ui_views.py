@@ -13,8 +13,8 @@ from core.ui.images import data_uri, rf_overlay
 from core.ui.state import Selection
 from core.ui.views import map_kwargs
 from core.ui.views.clustering import cluster_view
-from core.ui.views.image_space import PER_PAGE, image_space_view
-from core.ui.views.receptive_fields import context_view, rf_view
+from core.ui.views.image_space import PER_PAGE, image_space_view, with_subset
+from core.ui.views.receptive_fields import context_view, pair_view, rf_view
 from core.ui.views.selected_clusters import selected_rfs
 
 PAIR, NEURON, STRIDE = 0, 11, 4  # stride 4: the cheapest maps of a 32-px store
@@ -65,11 +65,12 @@ def test_rf_view_is_what_the_page_shows(analysis, cifar20_store):
     sel = Selection(experiment="cifar20", pair=PAIR, neuron=NEURON, stride=STRIDE, top=0.1,
                     clusters=((2, 5),), set_op="intersection")
     view = rf_view(analysis, sel)
-    assert view.stride == STRIDE and view.strides == analysis.map_strides
+    assert view.stride == STRIDE and view.strides == analysis.map_strides and view.rf_kw["mode"] == "quantile"
     bmap, amap = analysis.vulnerability_maps(PAIR, stride=STRIDE, precision="auto")
     classes = cifar20_store.classes
     bc, ac = analysis.classes_of(PAIR)
     assert view.title == f"**Neuron {NEURON}** on **pair #{PAIR}**: {classes[bc]} → {classes[ac]}"
+    view = pair_view(analysis, sel)
     images = cifar20_store.pair_images(PAIR)
     for side, vmap, image in (("benign", bmap, images[0]), ("adversarial", amap, images[1])):
         v = view.sides[side]
@@ -82,8 +83,8 @@ def test_rf_view_is_what_the_page_shows(analysis, cifar20_store):
         picture, caption = view.cluster_pictures[side]
         assert picture == data_uri(rf_overlay(image, both))
         assert caption.startswith(f"intersection on the {side} image")
-    assert rf_view(analysis, Selection(experiment="cifar20", pair=PAIR, neuron=NEURON, stride=STRIDE)
-                   ).cluster_pictures == {}
+    alone = pair_view(analysis, Selection(experiment="cifar20", pair=PAIR, neuron=NEURON, stride=STRIDE))
+    assert alone.cluster_pictures == {} and alone.clusters is None
 
 
 def test_context_view_follows_the_reading(analysis, cifar20_store):
@@ -141,3 +142,13 @@ def test_image_space_view_filters_sorts_and_pages(cifar20_store):
                                                                    "experiment: it is ignored."]
     assert len(everything.shown) == len(pairs) and everything.page_no == min(1, everything.pages - 1)
     assert everything.heading == f"**All {len(pairs)} pairs** — select a cell or lasso points to narrow down."
+
+
+def test_another_class_subset_clears_a_cell_outside_it(cifar20_store):
+    pairs, n = cifar20_store.pairs, len(cifar20_store.classes)
+    sel = Selection(experiment="cifar20", cell=(2, 3), grid_page=4)
+    moved = with_subset(sel, pairs, n, [2, 0], [3])
+    assert (moved.benign_classes, moved.adversarial_classes) == ((0, 2), (3,))
+    assert (moved.cell, moved.grid_page) == ((2, 3), 0)
+    assert with_subset(sel, pairs, n, [0], [3]).cell is None
+    assert with_subset(moved, pairs, n, None, None).benign_classes is None

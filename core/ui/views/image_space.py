@@ -76,6 +76,14 @@ def _subset(store, sel):
     return False, None, [], class_colors(len(classes)), list(range(len(classes)))
 
 
+def with_subset(sel, pairs, n_classes: int, benign, adversarial):
+    """``sel`` with another class subset (``Selection.with_classes``; None: the top-10 rule for that
+    side); a selected cell outside the new subset is cleared."""
+    sel = sel.with_classes(benign, adversarial)
+    rows, cols, _ = image_space.resolve_subset(pairs, n_classes, sel.benign_classes, sel.adversarial_classes)
+    return sel if image_space.cell_in_subset(sel.cell, rows, cols) else sel.with_cell(None)
+
+
 def _card(store, pair: int, sel, colors) -> PairCard:
     classes, r = store.classes, store.pairs.iloc[pair]
     b_lab, a_lab = int(r["label"]), int(r["adv_label"])

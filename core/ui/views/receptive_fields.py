@@ -1,9 +1,10 @@
-"""The Receptive Field View (paper §5.2–5.3, Fig. 2-d, Fig. 5) as data: ``rf_view`` gives, for the
-selected neuron and pair, each image with the neuron's RF, its class probabilities, its vulnerability map
-(bMap on the benign image, aMap on the adversarial one) binarized at the top share and the map's IoU
-with the RF, plus the union/intersection of the selected clusters' RFs; ``context_view`` the context
-images (§5.3). Pictures are data URIs (``core.ui.images``), texts are final (class names through
-``text.plain``), so the page only places them."""
+"""The Receptive Field View (paper §5.2–5.3, Fig. 2-d, Fig. 5) as data: ``rf_view`` gives the heading
+and the controls' values; ``pair_view``, for the selected neuron and pair, each image with the neuron's
+RF, its class probabilities, its vulnerability map (bMap on the benign image, aMap on the adversarial
+one) binarized at the top share and the map's IoU with the RF, plus the union/intersection of the
+selected clusters' RFs; ``context_view`` the context images (§5.3). Pictures are data URIs
+(``core.ui.images``), texts are final (class names through ``text.plain``), so the page only places
+them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -97,12 +98,18 @@ class SideView:
 
 @dataclass(frozen=True)
 class RFView:
+    """The page's heading and controls (cheap: drawn before the maps are computed)."""
     pair: int
     neuron: int
     title: str                   # Markdown
     rf_kw: dict                  # the RF threshold (Analysis mode/value keywords)
     stride: int                  # the map stride in use
     strides: tuple[int, ...]     # the strides offered
+
+
+@dataclass(frozen=True)
+class PairView:
+    """The pair's two images with the neuron's RF and the maps, and the selected clusters' RFs."""
     sides: dict[str, SideView]
     clusters: SelectedRFs | None  # None: no cluster selected
     cluster_pictures: dict[str, tuple[str, str]]  # side -> (the clusters' combined RF, its caption)
@@ -114,8 +121,18 @@ def absolute_default(analysis) -> float:
 
 
 def rf_view(analysis, sel) -> RFView:
-    """Everything the Receptive fields page draws for ``sel`` (pair and neuron checked by the page).
-    Computes the pair's vulnerability maps the first time (seconds): see ``views.maps_ready``."""
+    """The Receptive fields page's heading and controls for ``sel`` (pair and neuron checked by the
+    page)."""
+    pair, j, classes = sel.pair, sel.neuron, analysis.store.classes
+    bc, ac = analysis.classes_of(pair)
+    return RFView(pair=pair, neuron=j, rf_kw=nc.rf_kw(sel, analysis),
+                  stride=map_kwargs(analysis, sel)["stride"], strides=analysis.map_strides,
+                  title=f"**Neuron {j}** on **pair #{pair}**: {plain(classes[bc])} → {plain(classes[ac])}")
+
+
+def pair_view(analysis, sel) -> PairView:
+    """What the Receptive fields page draws under its controls for ``sel``. Computes the pair's
+    vulnerability maps the first time (seconds): see ``views.maps_ready``."""
     store, pair, j = analysis.store, sel.pair, sel.neuron
     classes = store.classes
     colors = class_colors(len(classes))
@@ -154,9 +171,7 @@ def rf_view(analysis, sel) -> RFView:
     cluster_pictures = {side: (data_uri(rf_overlay(images[side], mask)),
                                f"{sel.set_op} on the {side} image · {coverage(mask)} of the pixels")
                         for side, mask in (clusters.masks.items() if clusters else ())}
-    return RFView(pair=pair, neuron=j, rf_kw=rf_kw, stride=maps["stride"], strides=analysis.map_strides,
-                  title=f"**Neuron {j}** on **pair #{pair}**: {plain(classes[bc])} → {plain(classes[ac])}",
-                  sides=sides, clusters=clusters, cluster_pictures=cluster_pictures)
+    return PairView(sides=sides, clusters=clusters, cluster_pictures=cluster_pictures)
 
 
 @dataclass(frozen=True)
