@@ -10,23 +10,14 @@ from pathlib import Path
 import streamlit as st
 from streamlit.logger import get_logger
 
-from core.ui import auth, services, session, sidebar
+from core.ui import auth, pages, services, session, sidebar
 
 # a local favicon: a page icon would make the browser fetch it from Google (offline servers: an error)
 st.set_page_config(page_title="Neuron Vulnerability Explorer", layout="wide",
                    page_icon=str(Path(__file__).parent / "core" / "assets" / "favicon.png"))
 auth.require_login()  # open unless .streamlit/secrets.toml has an [auth] section (README, hosting)
-PAGES = {
-    "experiments": st.Page("pages/experiments.py", title="Experiments", icon=":material/science:",
-                           default=True),
-    "image_space": st.Page("pages/image_space.py", title="Image space", icon=":material/grid_view:"),
-    "neuron_ranking": st.Page("pages/neuron_ranking.py", title="Neuron ranking",
-                              icon=":material/leaderboard:"),
-    "receptive_fields": st.Page("pages/receptive_fields.py", title="Receptive fields",
-                                icon=":material/center_focus_strong:"),
-    "clustering": st.Page("pages/clustering.py", title="Clustering", icon=":material/account_tree:"),
-    "prepare": st.Page("pages/prepare.py", title="Prepare an experiment", icon=":material/add_circle:"),
-}
+PAGES = {key: st.Page(p.path, title=p.title, icon=p.icon, default=key == pages.DEFAULT)
+         for key, p in pages.PAGES.items()}
 log = get_logger("nve.app")  # the server's log (stderr), as Streamlit's own messages
 
 
@@ -44,10 +35,8 @@ def guarded(step, where: str) -> None:
                  "id (the details are in the server log).")
 
 
-page = st.navigation({"Explore": [PAGES[k] for k in ("experiments", "image_space", "neuron_ranking",
-                                                     "receptive_fields", "clustering")],
-                      "Set up": [PAGES["prepare"]]})
-guarded(lambda: sidebar.render(PAGES), "the sidebar")
+page = st.navigation({section: [PAGES[k] for k in keys] for section, keys in pages.SECTIONS.items()})
+guarded(sidebar.render, "the sidebar")
 # The address holds the whole selection before the page runs: a page change resets it to the bare page
 # (the navigation menu) and a page that stops early could not write it afterwards (core.ui.session);
 # changes made while the page runs are written as they happen (session.put).

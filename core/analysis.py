@@ -425,12 +425,13 @@ class Analysis:
 
     # -- context images ---------------------------------------------------------------------------
     def context_images(self, neuron: int, pairs=None, *, m: int = 6, sort: str = "activation",
-                       side: str = "benign", mode: str = receptive_fields.DEFAULT_MODE,
-                       value: float | None = None):
+                       side: str = "benign", ranked_by: str | None = None,
+                       mode: str = receptive_fields.DEFAULT_MODE, value: float | None = None):
         """(table, [(image (C,H,W), RF mask (H,W))]) of the top ``m`` pairs of ``pairs`` (None: all)
-        for ``neuron`` on ``side`` (core.context), each with the neuron's RF on that image."""
+        for ``neuron``, ranked on ``ranked_by``'s images (None: ``side``; core.context.READINGS), each
+        with the neuron's RF on its ``side`` image (threshold ``mode``/``value``, as ``rf_masks_for``)."""
         neuron = _int("neuron", neuron, 0, self.num_neurons)
-        table = context.top_images(self.store, neuron, pairs, m=m, sort=sort, side=side)
+        table = context.top_images(self.store, neuron, pairs, m=m, sort=sort, side=side, ranked_by=ranked_by)
         kw = self._mask_kw(mode, value)
         if "neuron_thresholds" in kw:
             kw["neuron_thresholds"] = kw["neuron_thresholds"][[neuron]]

@@ -37,9 +37,9 @@ Rows of ``store.pairs`` are in pair-id order (``pair`` is the row number of ever
 order, the side's image (float32 (C,H,W) in [0,1], ``store.pair_images``) and the neuron's RF mask
 computed by the injected ``rf_fn(fmap, image)`` from the stored feature map
 ``store.array(f"{side}_fmaps")[pair, neuron]`` (h,w) as float32. The RF method is injected so this
-module stays independent of it. ``context_images(analysis, ...)`` does both for a page: the frame, and
-each listed pair's ``side`` image with the neuron's RF from ``analysis.rf_masks_for`` (the page's RF
-threshold), for either reading.
+module stays independent of it; ``core.analysis.Analysis.context_images`` does both for a page (the
+frame, and each listed pair's ``side`` image with the neuron's RF at the page's threshold), for either
+reading.
 """
 from __future__ import annotations
 
@@ -151,19 +151,3 @@ def context_receptive_fields(store, neuron: int, pairs, *, side: str,
         out.append((image, mask))
     return out
 
-
-def context_images(analysis, neuron: int, pairs=None, *, m: int = 6, sort: str = "activation",
-                   side: str = "benign", ranked_by: str | None = None, mode: str | None = None,
-                   value: float | None = None) -> tuple[pd.DataFrame, list[tuple[np.ndarray, np.ndarray]]]:
-    """(``top_images`` frame, [(image, RF mask)]) of one row of context images, through an
-    ``core.analysis.Analysis`` (duck-typed): the pairs are ranked on ``ranked_by`` (default ``side``),
-    the images and the neuron's RFs are ``side``'s, each mask ``analysis.rf_masks_for(pair, side,
-    [neuron], mode=mode, value=value)`` (the RF threshold of the page; ``mode=None``: its default)."""
-    store = analysis.store
-    table = top_images(store, neuron, pairs, m=m, sort=sort, side=side, ranked_by=ranked_by)
-    kw = {"value": value} if mode is None else {"mode": mode, "value": value}
-    items = []
-    for p in table["pair"].tolist():
-        image = store.pair_images(p)[0 if side == "benign" else 1]
-        items.append((image, np.asarray(analysis.rf_masks_for(p, side, [neuron], **kw)[0], dtype=bool)))
-    return table, items

@@ -262,3 +262,13 @@ def intersection(masks) -> torch.Tensor:
     if m.ndim == 0 or m.shape[0] == 0:
         raise ValueError("the intersection of zero masks is undefined: select at least one neuron")
     return m.all(dim=0)
+
+
+COMBINE = {"union": union, "intersection": intersection}  # how the RFs of selected neurons combine
+
+
+def combine(masks, how: str) -> torch.Tensor:
+    """``union`` or ``intersection`` (``how``, a key of ``COMBINE``) of (m,...,H,W) bool masks."""
+    if how not in COMBINE:
+        raise ValueError(f"how must be one of {tuple(COMBINE)}, got {how!r}")
+    return COMBINE[how](masks)

@@ -1,8 +1,9 @@
 """Image space (paper §5.1, Fig. 2-a/b): the Data Overview (two t-SNE scatterplots and the prediction
 matrix) filters the Image Grid View, where the user picks the pair to explain.
 
-Wiring only: selections go into the shared ``Selection`` from widget callbacks; charts come from
-``core.ui.overview_charts``; filtering, sorting and paging from ``core.image_space``.
+Layout only: selections go into the shared ``Selection`` from widget callbacks; charts come from
+``core.ui.overview_charts``; what the page shows (subset, cell, filtered, sorted and paged pairs, the
+grid's cards) from ``core.ui.views.image_space``.
 A selected pair that falls outside a new cell/lasso selection stays selected (the other pages keep
 working on it); the grid says that it is outside the current selection.
 The matrix is an Altair chart handed to ``st.vega_lite_chart`` as its cached dict: the same widget as
@@ -19,18 +20,15 @@ from functools import partial
 import streamlit as st
 
 from core import image_space
-from core.store import StoreError, image_classes
+from core.store import StoreError
 from core.ui import overview_charts, services, session
-from core.ui.images import show
-from core.ui.palette import class_colors
 from core.ui.state import COLOR_BY
 from core.ui.text import one_line, plain
+from core.ui.views import image_space as isv
 
 session.require_app()  # first: a deep link must not run a page outside app.py
 
-PER_PAGE = 12           # pairs per grid page
 PER_ROW = 3             # pairs per grid row (fits 1280 px with the sidebar open)
-IMAGE_SIZE = 128        # 32 px images at 4x, nearest-neighbour
 CHART_HEIGHT = 300
 COLOR_NAMES = {"true": "true label", "predicted": "predicted label"}
 
@@ -54,16 +52,13 @@ def _matrix_spec(experiment: str, stamp: str, rows=None, cols=None):
 
 @st.cache_resource(show_spinner=False, max_entries=32)
 def _scatter(experiment: str, stamp: str, side: str, color_by: str, highlight_key, _highlight,
-             subset=None):
-    """``subset``: None, or the class subset as (benign ids, adversarial ids) tuples."""
+             subset, colors: tuple[str, ...]):
+    """``subset``: None, or the class subset as (benign ids, adversarial ids) tuples; ``colors``: per
+    class (the view's)."""
     store = services.store(experiment)
     inside = None if subset is None else image_space.in_subset(store.pairs, *subset)
-    if len(store.classes) > image_space.SUBSET_ABOVE:  # the palette's colours go to the subset only
-        colors = overview_charts.subset_colors(len(store.classes), subset[0] + subset[1])
-    else:  # every class keeps the colour it has on the other pages
-        colors = class_colors(len(store.classes))
-    return overview_charts.scatter_figure(store.pairs, store.classes, colors, side, color_by, _highlight,
-                                          height=CHART_HEIGHT, subset=inside)
+    return overview_charts.scatter_figure(store.pairs, store.classes, list(colors), side, color_by,
+                                          _highlight, height=CHART_HEIGHT, subset=inside)
 
 
 # -- callbacks: every change of the selection goes through them ------------------------------------
@@ -82,24 +77,15 @@ def _on_matrix(key: str, matrix):
 
 def _on_classes(side: str, pairs, n_classes: int):
     """A class multiselect changed; the other side keeps its list (None keeps following the rule, so
-    new benign classes bring their top adversarial labels). A cell outside the new subset is cleared."""
+    new benign classes bring their top adversarial labels)."""
     sel = session.get()
     picked = st.session_state[f"image_space_{side}_classes"]
-    sel = sel.with_classes(picked if side == "benign" else sel.benign_classes,
-                           picked if side == "adversarial" else sel.adversarial_classes)
-    _put_subset(sel, pairs, n_classes)
+    session.put(isv.with_subset(sel, pairs, n_classes, picked if side == "benign" else sel.benign_classes,
+                                picked if side == "adversarial" else sel.adversarial_classes))
 
 
 def _reset_classes(pairs, n_classes: int):
-    _put_subset(session.get().with_classes(None, None), pairs, n_classes)
-
-
-def _put_subset(sel, pairs, n_classes: int):
-    benign, adversarial, _ = image_space.resolve_subset(pairs, n_classes, sel.benign_classes,
-                                                        sel.adversarial_classes)
-    if not image_space.cell_in_subset(sel.cell, benign, adversarial):
-        sel = sel.with_cell(None)
-    session.put(sel)
+    session.put(isv.with_subset(session.get(), pairs, n_classes, None, None))
 
 
 def _clear():
@@ -119,11 +105,8 @@ def _pick(pair: int):
 
 
 # -- page ------------------------------------------------------------------------------------------
-sel = session.get()
-if sel.experiment is None:
-    st.info("No experiment is chosen yet: pick one in the sidebar, or prepare one first.")
-    session.page_link("pages/prepare.py", label="Prepare an experiment", icon=":material/add_circle:")
-    st.stop()
+sel = session.require_experiment("No experiment is chosen yet: pick one in the sidebar, or prepare one "
+                                 "first.")
 try:
     store = services.store(sel.experiment)
     pairs = store.pairs
@@ -131,23 +114,16 @@ except StoreError as e:
     st.error(plain(e))
     st.stop()
 classes = store.classes
-prepared_on = image_classes(store.manifest)  # the classes whose images it holds (a [data] classes subset)
 stamp = str(store.manifest.get("created", ""))
 matrix = _matrix(sel.experiment, stamp)
 st.header("Image space")
+view = isv.image_space_view(store, sel)
+subset, colors, cell = view.subset, view.colors, view.cell
 
 # -- Class subset (many classes only) ----------------------------------------------------------------
-subset = None  # (benign ids, adversarial ids) as tuples of ints, or None: every class
-if len(classes) > image_space.SUBSET_ABOVE:
-    benign_ids, adv_ids, ignored = image_space.resolve_subset(pairs, len(classes), sel.benign_classes,
-                                                              sel.adversarial_classes)
-    subset = (tuple(benign_ids.tolist()), tuple(adv_ids.tolist()))
-    if ignored:  # a stale or hand-edited link
-        st.warning(f"Class ids {', '.join(map(str, ignored))} do not exist in this experiment: ignored.")
-    st.caption(f"{len(classes)} classes are too many to tell apart by colour or to show in the "
-               f"prediction matrix, so the views show a class subset (paper §6.2.2). By default: the "
-               f"{image_space.TOP_CLASSES} true classes with the most successful attacks, and the "
-               f"{image_space.TOP_CLASSES} adversarial labels most frequent among their pairs.")
+for kind, text in view.notes:
+    (st.warning if kind == "warning" else st.caption)(text)
+if view.many:
     pick = st.columns([2.6, 2.6, 1.2], vertical_alignment="bottom")
     names = {i: one_line(c) for i, c in enumerate(classes)}  # options are plain text
     for col, side, ids, label in ((pick[0], "benign", subset[0], "Benign (true) classes: matrix rows"),
@@ -161,29 +137,8 @@ if len(classes) > image_space.SUBSET_ABOVE:
                    on_click=_reset_classes, args=(pairs, len(classes)),
                    disabled=sel.benign_classes is None and sel.adversarial_classes is None,
                    icon=":material/restart_alt:", help="The paper's rule for both lists", width="stretch")
-    colors = overview_charts.subset_colors(len(classes), subset[0] + subset[1])
-    key_classes = sorted(set(subset[0] + subset[1]))
-elif len(prepared_on) < len(classes):  # prepared on a class subset: its classes, the labels it reached
-    subset = overview_charts.prepared_subset(pairs, prepared_on)
-    st.caption(f"This experiment holds the images of {len(prepared_on)} of the model's {len(classes)} "
-               "classes: the matrix rows are those classes, its columns those and the adversarial labels "
-               "their attacks reached.")
-    colors = class_colors(len(classes))
-    key_classes = sorted(set(subset[0] + subset[1]))
-else:
-    colors = class_colors(len(classes))
-    key_classes = list(range(len(classes)))
-
-cell = sel.cell
-if cell is not None and not all(0 <= c < len(classes) for c in cell):  # a stale or hand-edited link
-    st.warning(f"Cell {cell} does not exist in this experiment: it is ignored.")
-    cell = None
-if subset is not None and not image_space.cell_in_subset(cell, *subset):
-    st.warning(f"Cell {plain(classes[cell[0]])} → {plain(classes[cell[1]])} is outside the class subset: "
-               "it is ignored.")
-    cell = None
-narrowed = cell is not None or sel.lasso is not None
-shown = image_space.select(pairs, cell, sel.lasso, *(subset or (None, None)))
+for text in view.cell_warnings:
+    st.warning(text)
 
 # -- Data overview -----------------------------------------------------------------------------------
 controls = st.columns([1.6, 3.2, 1], vertical_alignment="center")
@@ -191,18 +146,18 @@ st.session_state["image_space_color_by"] = sel.color_by
 controls[0].radio("Colour points by", COLOR_BY, format_func=COLOR_NAMES.get, horizontal=True,
                   key="image_space_color_by", on_change=_on_color_by)
 # HTML for the colour swatches; the names in it are escaped (overview_charts.legend)
-controls[1].markdown(overview_charts.legend([classes[c] for c in key_classes],
-                                            [colors[c] for c in key_classes]), unsafe_allow_html=True)
-controls[2].button("Clear", key="image_space_clear", on_click=_clear, disabled=not narrowed,
+controls[1].markdown(overview_charts.legend([classes[c] for c in view.key_classes],
+                                            [colors[c] for c in view.key_classes]), unsafe_allow_html=True)
+controls[2].button("Clear", key="image_space_clear", on_click=_clear, disabled=not view.narrowed,
                    icon=":material/filter_alt_off:", help="Clear the cell and the scatterplot selection",
                    width="stretch")
 
-highlight = shown if narrowed else None
-highlight_key = (cell, hash(sel.lasso)) if narrowed else None
+highlight = view.shown if view.narrowed else None
+highlight_key = (cell, hash(sel.lasso)) if view.narrowed else None
 charts = st.columns([1, 1, 1.2], gap="small")
 for col, side in zip(charts[:2], ("benign", "adversarial"), strict=True):
     key = f"image_space_scatter_{side}"
-    fig = _scatter(sel.experiment, stamp, side, sel.color_by, highlight_key, highlight, subset)
+    fig = _scatter(sel.experiment, stamp, side, sel.color_by, highlight_key, highlight, subset, tuple(colors))
     col.plotly_chart(fig, key=key, on_select=partial(_on_scatter, key), selection_mode=("box", "lasso"),
                      width="stretch", config={"displaylogo": False})
 # A fresh key per selected cell: the chart's own click state starts empty, so clicking the selected
@@ -214,59 +169,29 @@ charts[2].vega_lite_chart(spec=matrix_spec, key=matrix_key, on_select=partial(_o
                           selection_mode=overview_charts.MATRIX_PARAM, width="stretch")
 
 # -- Image grid --------------------------------------------------------------------------------------
-what = []
-if cell is not None:
-    what.append(f"cell {plain(classes[cell[0]])} → {plain(classes[cell[1]])}")
-if sel.lasso is not None:
-    what.append(f"{len(sel.lasso)} points lassoed")
-if narrowed:
-    st.markdown(f"**{len(shown)} pair{'' if len(shown) == 1 else 's'} selected** ({' and '.join(what)})")
-elif subset is not None and len(shown) < len(pairs):
-    st.markdown(f"**All {len(shown)} pairs of the class subset** ({len(pairs)} in all) — select a cell "
-                "or lasso points to narrow down.")
-else:
-    st.markdown(f"**All {len(shown)} pairs** — select a cell or lasso points to narrow down.")
-if sel.pair is not None and 0 <= sel.pair < len(pairs) and sel.pair not in set(shown.tolist()):
-    st.caption(f"Pair #{sel.pair} stays selected but is outside the current selection.")
-
-ordered = image_space.sort_pairs(pairs, shown, sel.grid_sort)
-page_ids, page_no, pages = image_space.page(ordered, sel.grid_page, PER_PAGE)
+st.markdown(view.heading)
+if view.outside:
+    st.caption(view.outside)
 bar = st.columns([2.6, 0.8, 1, 0.8], vertical_alignment="bottom")
 st.session_state["image_space_sort"] = sel.grid_sort
 bar[0].selectbox("Sort pairs by", list(image_space.SORTS), format_func=image_space.SORTS.get,
                  key="image_space_sort", on_change=_on_sort)
-bar[1].button("Prev", key="image_space_prev", on_click=_to_page, args=(page_no - 1,),
-              disabled=page_no == 0, icon=":material/chevron_left:", width="stretch")
-bar[2].markdown(f"Page {page_no + 1} of {pages}")
-bar[3].button("Next", key="image_space_next", on_click=_to_page, args=(page_no + 1,),
-              disabled=page_no >= pages - 1, icon=":material/chevron_right:", width="stretch")
-
-if not len(shown) and (subset is None or len(classes) <= image_space.SUBSET_ABOVE):
-    st.info("No pair is in both the cell and the scatterplot selection: clear one of them.")
-elif not len(shown) and not (subset[0] and subset[1]):
-    st.info("The class subset is empty: choose benign and adversarial classes, or reset it.")
-elif not len(shown):
-    st.info("No pair of the class subset is in the current selection: clear the selection or widen "
-            "the subset.")
-for start in range(0, len(page_ids), PER_ROW):
-    row = st.columns(PER_ROW, gap="small")
-    for col, pair in zip(row, page_ids[start:start + PER_ROW], strict=False):
-        pair = int(pair)
-        r = pairs.iloc[pair]
-        b_lab, a_lab = int(r["label"]), int(r["adv_label"])
-        benign, adversarial = store.pair_images(pair)
-        chosen = pair == sel.pair
+bar[1].button("Prev", key="image_space_prev", on_click=_to_page, args=(view.page_no - 1,),
+              disabled=view.page_no == 0, icon=":material/chevron_left:", width="stretch")
+bar[2].markdown(f"Page {view.page_no + 1} of {view.pages}")
+bar[3].button("Next", key="image_space_next", on_click=_to_page, args=(view.page_no + 1,),
+              disabled=view.page_no >= view.pages - 1, icon=":material/chevron_right:", width="stretch")
+if view.empty:
+    st.info(view.empty)
+for start in range(0, len(view.cards), PER_ROW):
+    for col, card in zip(st.columns(PER_ROW, gap="small"), view.cards[start:start + PER_ROW], strict=False):
         with col.container(border=True):
-            left, right = st.columns(2, gap="small")
-            for side, img, lab, prob in ((left, benign, b_lab, r["benign_prob"]),
-                                         (right, adversarial, a_lab, r["adv_prob"])):
-                side.html(overview_charts.probability_bar(prob, colors[lab], classes[lab]))
-                side.image(show(img, colors[lab], size=IMAGE_SIZE, uri=True), width="stretch")
-            st.caption(("✓ selected · " if chosen else "")
-                       + f"#{pair} · L2 {r['l2']:.3f} · {plain(classes[b_lab])} {r['benign_prob']:.1%} → "
-                       f"{plain(classes[a_lab])} {r['adv_prob']:.1%}")
-            st.button(f"Select pair #{pair}", key=f"image_space_pick_{pair}", on_click=_pick, args=(pair,),
-                      type="primary" if chosen else "secondary", width="stretch")
+            for side, (bar_html, picture) in zip(st.columns(2, gap="small"), card.sides, strict=True):
+                side.html(bar_html)
+                side.image(picture, width="stretch")
+            st.caption(card.caption)
+            st.button(f"Select pair #{card.pair}", key=f"image_space_pick_{card.pair}", on_click=_pick,
+                      args=(card.pair,), type="primary" if card.chosen else "secondary", width="stretch")
 if sel.pair is not None:
-    session.page_link("pages/neuron_ranking.py", label=f"Next: the neurons of pair #{sel.pair}",
-                 icon=":material/arrow_forward:")
+    session.page_link("neuron_ranking", label=f"Next: the neurons of pair #{sel.pair}",
+                      icon=":material/arrow_forward:")

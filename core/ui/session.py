@@ -15,7 +15,11 @@ from dataclasses import replace
 
 import streamlit as st
 
+from core.store import StoreError
+from core.ui import services
+from core.ui.pages import PAGES
 from core.ui.state import KEY, Selection, from_query, to_query
+from core.ui.text import plain, quoted
 
 
 def _ensure_router() -> None:
@@ -88,16 +92,57 @@ def link_params() -> dict[str, str]:
     return to_query(get())
 
 
-def page_link(page, **kwargs) -> None:
-    """``st.page_link`` to a page of this app, carrying the selection (see ``link_params``)."""
-    st.page_link(page, query_params=link_params(), **kwargs)
+def page_link(page: str, *, label: str, icon: str | None = None, **kwargs) -> None:
+    """``st.page_link`` to a page of this app, carrying the selection (see ``link_params``). ``page``:
+    its key in ``core.ui.pages.PAGES`` (or, still accepted, its script path); ``icon``: the page's own
+    unless given."""
+    known = PAGES.get(page)
+    st.page_link(known.path if known else page, query_params=link_params(), label=label,
+                 icon=icon or (known.icon if known else None), **kwargs)
 
 
-def require_experiment() -> Selection:
+# -- guards: a page that needs something says how to get it, links there and stops -----------------------
+def require_experiment(text: str = "Choose an experiment in the sidebar, or prepare one first.") -> Selection:
     """The selection of a page that needs an experiment; without one, say what to do and stop."""
     sel = get()
     if sel.experiment is None:
-        st.info("Choose an experiment in the sidebar, or prepare one first.")
-        page_link("pages/prepare.py", label="Prepare an experiment", icon=":material/add_circle:")
+        st.info(text)
+        page_link("prepare", label="Prepare an experiment")
         st.stop()
     return sel
+
+
+def require_analysis(sel: Selection):
+    """The ``core.analysis.Analysis`` of the selected experiment; a store removed or damaged since the
+    sidebar listed it is said in one plain sentence, and the page stops."""
+    try:
+        return services.analysis(sel.experiment)
+    except StoreError as e:
+        st.error(plain(e))
+        st.stop()
+
+
+def require_pair(analysis, sel: Selection,
+                 why: str = "click a prediction-matrix cell, then a pair of the grid.") -> int:
+    """The selected pair of a page that needs one. With none: "pick a pair first" (``why``: how, or
+    what the page does with it); with one the experiment does not have (a stale or edited link): which
+    and how many there are. Either way a link to Image space, and the page stops."""
+    if sel.pair is None:
+        st.info(f"Pick a pair in Image space first: {why}")
+    elif not 0 <= sel.pair < analysis.num_pairs:
+        st.warning(f"Pair #{sel.pair} is not in experiment {quoted(sel.experiment)} (it has "
+                   f"{analysis.num_pairs} pairs); pick a pair in Image space.")
+    else:
+        return sel.pair
+    page_link("image_space", label="Go to Image space")
+    st.stop()
+
+
+def require_neuron(analysis, sel: Selection) -> int:
+    """The selected neuron of a page that needs one (after ``require_pair``); without one of this
+    experiment: "pick a neuron first", a link to Neuron ranking, and the page stops."""
+    if sel.neuron is None or not 0 <= sel.neuron < analysis.num_neurons:
+        st.info(f"Pick a neuron of pair #{sel.pair} in Neuron ranking: click it on the chart or type its id.")
+        page_link("neuron_ranking", label="Go to Neuron ranking")
+        st.stop()
+    return sel.neuron

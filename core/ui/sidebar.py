@@ -55,7 +55,7 @@ def _say_missing(sel) -> None:
     say(f"Experiment {quoted(asked)} {plain(why)}; {then}")
 
 
-def render(pages: dict) -> None:
+def render() -> None:
     sel = session.get()
     infos = experiments(str(cache_dir()))
     usable = [i.id for i in infos if i.manifest]
@@ -96,9 +96,9 @@ def render(pages: dict) -> None:
         st.markdown("\n".join(f"- {x}" for x in lines) if lines else "_nothing selected yet_")
         # the links carry the selection: "open in a new tab" opens the same case
         if sel.pair is None:
-            session.page_link(pages["image_space"], label="Next: pick a cell and a pair", icon=NEXT)
+            session.page_link("image_space", label="Next: pick a cell and a pair", icon=NEXT)
         elif sel.neuron is None:
-            session.page_link(pages["neuron_ranking"], label="Next: pick a neuron", icon=NEXT)
+            session.page_link("neuron_ranking", label="Next: pick a neuron", icon=NEXT)
         else:
-            session.page_link(pages["receptive_fields"], label="Next: its receptive fields", icon=NEXT)
-            session.page_link(pages["clustering"], label="Or: similar neurons", icon=NEXT)
+            session.page_link("receptive_fields", label="Next: its receptive fields", icon=NEXT)
+            session.page_link("clustering", label="Or: similar neurons", icon=NEXT)

@@ -28,8 +28,9 @@ Coupling rules (what a change clears), so no view ever shows a stale combination
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 from core import clustering, neuron_measures, receptive_fields
 from core.image_space import DEFAULT_SORT, SORTS
@@ -42,36 +43,65 @@ NEURON_SORTS = {"band_gap": "band gap (neuron perturbation)", "curve_difference"
                 "adversarial_increase": "direct substitution: adversarial probability rise"}
 SET_OPS = ("union", "intersection")
 COLOR_BY = ("true", "predicted")
+# Bounds of what a link may ask for; anything outside is ignored (the default is kept). Ids (pairs,
+# neurons, classes, dendrogram nodes) are indices into int32-sized arrays; the pages check them against
+# the store. The other bounds are the widgets' (a value a widget refuses would stop the page).
+MAX_ID = 2**31 - 1
+MAX_LASSO_IN_URL = 500  # longer selections are not put in the link (URLs get too long to share)
+
+
+def _choice(default: str, options):
+    """A field whose link value must be one of ``options``."""
+    return field(default=default, metadata={"choices": tuple(options)})
+
+
+def _bounded(default, lo, hi):
+    """A number whose link value must lie in [lo, hi]."""
+    return field(default=default, metadata={"bounds": (lo, hi)})
+
+
+def _ids(most: int, default=None, in_link: int | None = None):
+    """A list of ids (or of sets of ids) of at most ``most`` entries in a link; a list longer than
+    ``in_link`` is left out of the links this app writes."""
+    meta = {"most": most} if in_link is None else {"most": most, "in_link": in_link}
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class Selection:
-    experiment: str | None = None
+    """Everything a link can hold. The URL codec (``to_query``/``from_query``) is derived from these
+    fields: the type decides the encoding (int, float, str, tuple of ids, the cell pair, the clusters),
+    the metadata the bounds (``_bounded``), the options (``_choice``) and the list lengths (``_ids``)."""
+    experiment: str | None = field(default=None, metadata={"param": "exp"})
     cell: tuple[int, int] | None = None         # (true label, adversarial label)
-    lasso: tuple[int, ...] | None = None        # pair ids chosen with a box/lasso on a scatterplot
-    color_by: str = "true"
+    # pair ids chosen with a box/lasso on a scatterplot
+    lasso: tuple[int, ...] | None = _ids(100_000, in_link=MAX_LASSO_IN_URL)
+    color_by: str = _choice("true", COLOR_BY)
     # The class subset of an experiment with many classes (paper §6.2.2); None: the paper's top-10 rule
     # (core.image_space.class_subset), so a link stays short and follows the store.
-    benign_classes: tuple[int, ...] | None = None
-    adversarial_classes: tuple[int, ...] | None = None
-    grid_sort: str = DEFAULT_SORT
-    grid_page: int = 0
-    pair: int | None = None
-    neuron: int | None = None
-    neuron_sort: str = "band_gap"
-    zoom: int = 0                               # show the top N neurons of the sort (0: all)
-    clusters: tuple[tuple[int, ...], ...] = ()  # selected neuron sets (each sorted), in click order
-    set_op: str = "union"
-    n_clusters: int = 8                         # colouring of the dendrogram
-    rf_mode: str = receptive_fields.DEFAULT_MODE
-    rf_value: float | None = None               # q for quantile, fraction, or absolute value
-    top: float = 0.2                            # binarization of the vulnerability maps
-    stride: int = 2
-    interval: str = neuron_measures.DEFAULT_INTERVAL
-    coverage: float = neuron_measures.DEFAULT_COVERAGE
-    distance: str = clustering.DEFAULT_DISTANCE
-    method: str = clustering.DEFAULT_METHOD
-    extra: dict = field(default_factory=dict, compare=False)  # page-local odds and ends (not in URL)
+    benign_classes: tuple[int, ...] | None = _ids(10_000)
+    adversarial_classes: tuple[int, ...] | None = _ids(10_000)
+    grid_sort: str = _choice(DEFAULT_SORT, SORTS)
+    grid_page: int = _bounded(0, 0, 10**6)
+    pair: int | None = _bounded(None, 0, MAX_ID)
+    neuron: int | None = _bounded(None, 0, MAX_ID)
+    neuron_sort: str = _choice("band_gap", NEURON_SORTS)
+    zoom: int = _bounded(0, 0, MAX_ID)          # show the top N neurons of the sort (0: all)
+    # selected neuron sets (each sorted), in click order
+    clusters: tuple[tuple[int, ...], ...] = _ids(1000, ())
+    set_op: str = _choice("union", SET_OPS)
+    n_clusters: int = _bounded(8, 1, 1000)      # colouring of the dendrogram
+    rf_mode: str = _choice(receptive_fields.DEFAULT_MODE, receptive_fields.THRESHOLD_MODES)
+    rf_value: float | None = _bounded(None, 0.0, 1e6)  # q for quantile, fraction, or absolute value
+    top: float = _bounded(0.2, 0.01, 1.0)       # binarization of the vulnerability maps
+    # vulnerability maps: the stride of the patch positions and the patch half-size k; None: the default
+    # for the experiment's image size (``Analysis.map_stride``, ``vulnerability.default_k``)
+    stride: int | None = _bounded(None, 1, 64)
+    k: int | None = _bounded(None, 1, 64)
+    interval: str = _choice(neuron_measures.DEFAULT_INTERVAL, neuron_measures.INTERVALS)
+    coverage: float = _bounded(neuron_measures.DEFAULT_COVERAGE, 1e-6, 1.0)
+    distance: str = _choice(clustering.DEFAULT_DISTANCE, clustering.DISTANCES)
+    method: str = _choice(clustering.DEFAULT_METHOD, clustering.LINKAGE_METHODS)
 
     # -- transitions ------------------------------------------------------------------------------
     def with_experiment(self, experiment: str | None) -> Selection:
@@ -217,52 +247,19 @@ def decode_set(text: str, budget: int) -> tuple[int, ...]:
 
 
 # -- URL query string -------------------------------------------------------------------------------
-_INTS = ("grid_page", "pair", "neuron", "zoom", "n_clusters", "stride")
-_FLOATS = ("rf_value", "top", "coverage")
-_CHOICES = {"color_by": COLOR_BY, "grid_sort": tuple(SORTS), "neuron_sort": tuple(NEURON_SORTS),
-            "set_op": SET_OPS, "rf_mode": receptive_fields.THRESHOLD_MODES,
-            "interval": neuron_measures.INTERVALS, "distance": clustering.DISTANCES,
-            "method": clustering.LINKAGE_METHODS}
-_LISTS = ("benign_classes", "adversarial_classes")
-_DEFAULT = Selection()
-MAX_LASSO_IN_URL = 500  # longer selections are not put in the link (URLs get too long to share)
-# Bounds of what a link may ask for; anything outside is ignored (the default is kept). Ids (pairs,
-# neurons, classes, dendrogram nodes) are indices into int32-sized arrays; the pages check them against
-# the store. The other bounds are the widgets' (a value a widget refuses would stop the page).
-MAX_ID = 2**31 - 1
-INT_RANGES = {"grid_page": (0, 10**6), "pair": (0, MAX_ID), "neuron": (0, MAX_ID), "zoom": (0, MAX_ID),
-              "n_clusters": (1, 1000), "stride": (1, 64)}
-FLOAT_RANGES = {"top": (0.01, 1.0), "coverage": (1e-6, 1.0), "rf_value": (0.0, 1e6)}
+# Everything below is derived from the ``Selection`` fields: their types pick the codec, their metadata
+# the bounds, options and lengths (see the class).
 RF_RELATIVE_MAX = 1.0      # quantile q and fraction of the max lie in [0, 1]
-MAX_LIST = {"lasso": 100_000, "clusters": 1000, "benign_classes": 10_000, "adversarial_classes": 10_000}
 MAX_CLUSTER_NEURONS = 100_000  # neuron ids in all the selected clusters of a link (ranges expanded)
 MAX_VALUE_CHARS = 1_000_000  # a longer value is not even parsed
 MAX_EXPERIMENT_CHARS = 64    # store ids are at most 64 characters (core.store); longer ones are cut
-
-
-def to_query(sel: Selection) -> dict[str, str]:
-    """The non-default fields as short strings (lists comma-separated)."""
-    out: dict[str, str] = {}
-    for f in fields(Selection):
-        v = getattr(sel, f.name)
-        if f.name == "extra" or v == getattr(_DEFAULT, f.name):
-            continue
-        if f.name == "experiment":
-            out["exp"] = v
-        elif f.name == "cell":
-            out["cell"] = f"{v[0]}-{v[1]}"
-        elif f.name == "lasso":
-            if len(v) <= MAX_LASSO_IN_URL:
-                out["lasso"] = ",".join(map(str, v))
-        elif f.name == "clusters":
-            out["clusters"] = ",".join(encode_set(c) for c in v)
-        elif f.name in _LISTS:
-            out[f.name] = ",".join(map(str, v))
-        else:
-            out[f.name] = f"{v:g}" if isinstance(v, float) else str(v)
-    if sel.distance == "iou" and sel.method in clustering.EUCLIDEAN_ONLY:
-        out["method"] = sel.method  # the default linkage would decode as the IoU's own (from_query)
-    return out
+_DEFAULT = Selection()
+_TYPES = typing.get_type_hints(Selection)
+INT_RANGES = {f.name: f.metadata["bounds"] for f in fields(Selection) if _TYPES[f.name] in (int, int | None)}
+FLOAT_RANGES = {f.name: f.metadata["bounds"] for f in fields(Selection)
+                if _TYPES[f.name] in (float, float | None)}
+CHOICES = {f.name: f.metadata["choices"] for f in fields(Selection) if "choices" in f.metadata}
+MAX_LIST = {f.name: f.metadata["most"] for f in fields(Selection) if "most" in f.metadata}
 
 
 def _first(v):
@@ -296,6 +293,76 @@ def _in_range(v, key: str, ranges: dict):
     return v
 
 
+def _experiment(text: str, key: str) -> str:
+    if not text.strip():
+        raise ValueError("no experiment")
+    # a longer id cannot be a store's: cut, and the sidebar says it is not here
+    return text if len(text) <= MAX_EXPERIMENT_CHARS else text[:MAX_EXPERIMENT_CHARS] + "…"
+
+
+def _short(v: float) -> str:
+    """A float in a link: ``%g`` when it reads back exactly (short), else every digit (``repr``)."""
+    text = f"{v:g}"
+    return text if float(text) == v else repr(v)
+
+
+def _float(text: str, key: str) -> float:
+    v = float(text)
+    if not math.isfinite(v):
+        raise ValueError(f"{key}={v} is not finite")
+    return _in_range(v, key, FLOAT_RANGES)
+
+
+def _option(text: str, key: str) -> str:
+    if text not in CHOICES[key]:
+        raise ValueError(f"{key}={text!r} is not an option")
+    return text
+
+
+def _cell(text: str, key: str) -> tuple[int, int]:
+    a, b = text.split("-")
+    return _id(a), _id(b)
+
+
+class _Codec(typing.NamedTuple):
+    """How one type of field travels in a link: ``encode(value) -> str`` and ``decode(text, field
+    name)``, which raises ValueError (or TypeError) for a value to ignore."""
+    encode: typing.Callable
+    decode: typing.Callable
+
+
+# by the field's type; "" is a list the user emptied (ids are checked against the store by the pages)
+_CODECS = {
+    str | None: _Codec(str, _experiment),
+    str: _Codec(str, _option),
+    int: _Codec(str, lambda t, key: _in_range(int(t), key, INT_RANGES)),
+    float: _Codec(_short, _float),
+    tuple[int, int] | None: _Codec(lambda v: f"{v[0]}-{v[1]}", _cell),
+    tuple[int, ...] | None: _Codec(lambda v: ",".join(map(str, v)),
+                                   lambda t, key: tuple(sorted(set(_id_list(t, key))))),
+    tuple[tuple[int, ...], ...]: _Codec(lambda v: ",".join(encode_set(c) for c in v),
+                                        lambda t, key: _clusters(t)),
+}
+_CODECS[int | None], _CODECS[float | None] = _CODECS[int], _CODECS[float]
+# query parameter -> (field, codec); a field's parameter is its name unless its metadata names another
+PARAMS = {f.metadata.get("param", f.name): (f, _CODECS[_TYPES[f.name]]) for f in fields(Selection)}
+
+
+def to_query(sel: Selection) -> dict[str, str]:
+    """The non-default fields as short strings (lists comma-separated)."""
+    out: dict[str, str] = {}
+    for param, (f, codec) in PARAMS.items():
+        v = getattr(sel, f.name)
+        if v == getattr(_DEFAULT, f.name):
+            continue
+        if "in_link" in f.metadata and len(v) > f.metadata["in_link"]:
+            continue  # too long to share
+        out[param] = codec.encode(v)
+    if sel.distance == "iou" and sel.method in clustering.EUCLIDEAN_ONLY:
+        out["method"] = sel.method  # the default linkage would decode as the IoU's own (from_query)
+    return out
+
+
 def from_query(query: Mapping) -> Selection:
     """A Selection from a query string; a malformed, unknown or out-of-range value is ignored (default
     kept), so a hand-edited, stale or hostile link never breaks the app. Ids are checked by the pages
@@ -303,32 +370,13 @@ def from_query(query: Mapping) -> Selection:
     sel = Selection()
     values: dict = {}
     for key, raw in query.items():
+        if key not in PARAMS:
+            continue
+        f, codec = PARAMS[key]
         try:
             text = str(_first(raw))
-            if len(text) > MAX_VALUE_CHARS:
-                continue
-            if key == "exp":
-                if text.strip():
-                    values["experiment"] = text if len(text) <= MAX_EXPERIMENT_CHARS else \
-                        text[:MAX_EXPERIMENT_CHARS] + "…"  # cannot be an id; the sidebar says it is not here
-            elif key == "cell":
-                a, b = text.split("-")
-                values["cell"] = (_id(a), _id(b))
-            elif key == "lasso":
-                values["lasso"] = tuple(sorted(set(_id_list(text, key))))
-            elif key == "clusters":
-                values["clusters"] = _clusters(text)
-            elif key in ("benign_classes", "adversarial_classes"):
-                # "" is a list the user emptied; the page checks ids against the store's classes
-                values[key] = tuple(sorted(set(_id_list(text, key))))
-            elif key in _INTS:
-                values[key] = _in_range(int(text), key, INT_RANGES)
-            elif key in _FLOATS:
-                v = float(text)
-                if math.isfinite(v):
-                    values[key] = _in_range(v, key, FLOAT_RANGES)
-            elif key in _CHOICES and text in _CHOICES[key]:
-                values[key] = text
+            if len(text) <= MAX_VALUE_CHARS:
+                values[f.name] = codec.decode(text, f.name)
         except (ValueError, TypeError):
             continue
     # a quantile or a fraction of the max lies in [0, 1]; the absolute mode takes any value >= 0
@@ -356,9 +404,3 @@ def _clusters(text: str) -> tuple[tuple[int, ...], ...]:
         budget -= len(s)
         sets.append(s)
     return tuple(dict.fromkeys(sets))
-
-
-def as_dict(sel: Selection) -> dict:
-    d = asdict(sel)
-    d.pop("extra")
-    return d

@@ -234,6 +234,6 @@ def test_linear_axis_toggle_draws_heights_to_scale(analysis):
     nodes = next(t for t in chart(at)["data"] if t.get("name") == dendrogram.NODES_TRACE)
     np.testing.assert_allclose(array(nodes["y"]), dendrogram.drawn_heights(Z, "log")[n:])
     at.toggle(key="clustering_linear").set_value(True).run()
-    assert not at.exception and selection(at).extra["dendrogram_linear"] is True
+    assert not at.exception and at.session_state["clustering_linear_axis"] is True
     nodes = next(t for t in chart(at)["data"] if t.get("name") == dendrogram.NODES_TRACE)
     np.testing.assert_allclose(array(nodes["y"]), dendrogram.drawn_heights(Z, "linear")[n:])

@@ -1,6 +1,7 @@
 """The selection model's transitions and its URL round trip (pure, no Streamlit), and the codec under
 hostile links (a property test: every value is clamped or ignored)."""
 import math
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -16,18 +17,31 @@ from core.ui.state import MAX_LASSO_IN_URL, Selection, from_query, to_query
 def test_default_selection_has_an_empty_query():
     assert to_query(Selection()) == {}
     assert from_query({}) == Selection()
+    assert to_query(Selection(experiment="a", pair=3)) == {"exp": "a", "pair": "3"}  # defaults left out
 
 
 def test_round_trip_of_every_field():
     sel = Selection(experiment="cifar10-resnet18", cell=(3, 5), lasso=(1, 4, 9), color_by="predicted",
-                    grid_sort="benign_drop", grid_page=2, pair=17, neuron=403, neuron_sort="iou_bmap",
-                    zoom=25, clusters=((3, 4, 5, 6, 9), (12,)), set_op="intersection", n_clusters=5,
-                    rf_mode="fraction",
-                    rf_value=0.4, top=0.1, stride=1, interval="ci", coverage=0.9, distance="iou",
-                    method="complete")
+                    benign_classes=(2, 7), adversarial_classes=(), grid_sort="benign_drop", grid_page=2,
+                    pair=17, neuron=403, neuron_sort="iou_bmap", zoom=25, clusters=((3, 4, 5, 6, 9), (12,)),
+                    set_op="intersection", n_clusters=5, rf_mode="fraction", rf_value=0.4, top=0.1,
+                    stride=1, k=3, interval="ci", coverage=0.9, distance="iou", method="complete")
+    default = Selection()
+    assert [f.name for f in fields(Selection) if getattr(sel, f.name) == getattr(default, f.name)] == []
     q = to_query(sel)
-    assert all(isinstance(v, str) for v in q.values())
+    assert len(q) == len(fields(Selection)) and all(isinstance(v, str) for v in q.values())
     assert from_query(q) == sel
+
+
+def test_the_codec_follows_the_fields():
+    """Every field has one link parameter (the experiment's is ``exp``), with its bounds or options."""
+    assert sorted(f.name for f, _ in state.PARAMS.values()) == sorted(f.name for f in fields(Selection))
+    assert "exp" in state.PARAMS and "experiment" not in state.PARAMS
+    assert state.INT_RANGES["k"] == state.INT_RANGES["stride"] == (1, 64)
+    assert state.CHOICES["neuron_sort"] == tuple(state.NEURON_SORTS)
+    assert from_query({"k": "0"}).k is None and from_query({"k": "65"}).k is None
+    assert from_query({"k": "64", "stride": "2"}) == Selection(k=64, stride=2)
+    assert Selection().stride is None and Selection().k is None  # the image size decides (Analysis)
 
 
 def test_malformed_or_hostile_values_are_ignored():
@@ -71,7 +85,7 @@ HOSTILE = ["", " ", "-1", "0", "1e-300", "-1e308", "1e308", "nan", "NaN", "inf",
 HOSTILE += ["0-2147483647", "5-3", "1.2-", "1..2", "1-3.2,4", "0-99999,0-99999"]
 KEYS = ["exp", "cell", "lasso", "color_by", "benign_classes", "adversarial_classes", "grid_sort",
         "grid_page", "pair", "neuron", "neuron_sort", "zoom", "clusters", "set_op", "n_clusters", "rf_mode",
-        "rf_value", "top", "stride", "interval", "coverage", "distance", "method", "unknown"]
+        "rf_value", "top", "stride", "k", "interval", "coverage", "distance", "method", "unknown"]
 
 
 def _check_bounds(sel: Selection) -> None:
@@ -91,7 +105,7 @@ def _check_bounds(sel: Selection) -> None:
     assert all(c and list(c) == sorted(set(c)) for c in sel.clusters)
     assert sum(len(c) for c in sel.clusters) <= state.MAX_CLUSTER_NEURONS
     assert sel.experiment is None or len(sel.experiment) <= state.MAX_EXPERIMENT_CHARS + 1
-    for key, options in state._CHOICES.items():
+    for key, options in state.CHOICES.items():
         assert getattr(sel, key) in options
 
 
