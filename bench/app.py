@@ -84,11 +84,13 @@ def _app_walk(experiment: str, cell: tuple[int, int], pair: int, stride: int, an
     from streamlit.testing.v1 import AppTest
 
     from core.ui.neuron_charts import rf_kw
+    from core.ui.pages import path
     from core.ui.state import KEY, Selection
+    from core.ui.views import map_settings
     at = AppTest.from_file(str(APP), default_timeout=timeout)
     at.session_state[KEY] = Selection(experiment=experiment, stride=stride)
     at.run()  # registers app.py's pages (st.navigation), so switch_page finds them
-    at.switch_page("pages/image_space.py").run()
+    at.switch_page(path("image_space")).run()
     _check(at.selectbox(key="sidebar_experiment").value == experiment, "app.py's sidebar is not rendered")
     times: dict[str, float] = {}
 
@@ -108,19 +110,19 @@ def _app_walk(experiment: str, cell: tuple[int, int], pair: int, stride: int, an
     picks = [b.key for b in at.button if (b.key or "").startswith("image_space_pick_")]
     _check(picks[:1] == [f"image_space_pick_{pair}"], f"the grid starts with {picks[:1]}, not pair {pair}")
     timed("3_select_pair", at.button(key=picks[0]).click().run)
-    timed("4a_open_ranking", at.switch_page("pages/neuron_ranking.py").run)
+    timed("4a_open_ranking", at.switch_page(path("neuron_ranking")).run)
     timed("4b_sort_iou_bmap", at.selectbox(key="neuron_ranking_sort").set_value("iou_bmap").run)
     s = sel()
-    top = int(analysis.iou_ranking(pair, "bmap", top=s.top, stride=s.stride, precision="auto",
+    top = int(analysis.iou_ranking(pair, "bmap", top=s.top, settings=map_settings(analysis, s),
                                    **rf_kw(s, analysis))[1][0])
     at.session_state[KEY] = s.with_neuron(top)
     timed("5_select_neuron", at.run)
-    timed("6_open_receptive_fields", at.switch_page("pages/receptive_fields.py").run)
+    timed("6_open_receptive_fields", at.switch_page(path("receptive_fields")).run)
     images = len(at.get("image"))
     at.session_state["receptive_fields_context"] = True
     timed("7_open_context", at.run)
     _check(len(at.get("image")) > images, "the context images are not shown")
-    timed("8a_open_clustering", at.switch_page("pages/clustering.py").run)
+    timed("8a_open_clustering", at.switch_page(path("clustering")).run)
     timed("8b_parent_node", at.button(key="clustering_parent").click().run)
     s = sel()
     _check((s.cell, s.grid_sort, s.pair, s.neuron_sort, s.neuron, len(s.clusters))
@@ -136,12 +138,13 @@ def bench_app(experiment: str = "cifar10-resnet18", walks: int = 10, cache_dir=N
     from core.image_space import prediction_matrix, select, sort_pairs
     from core.store import open_store
     from core.ui.state import Selection
+    from core.ui.views import map_settings
     if walks < 1:
         raise ValueError(f"walks must be at least 1, got {walks}")
     cache = Path(cache_dir or default_cache())
     store = open_store(experiment, cache)
     an = Analysis(store)
-    stride = an.map_stride(Selection().stride) if stride is None else int(stride)
+    stride = map_settings(an, Selection()).stride if stride is None else int(stride)
     counts = prediction_matrix(store.pairs, len(store.classes))
     flat = [i for i in np.argsort(-counts, axis=None, kind="stable") if counts.flat[i]]
     cells = [tuple(int(v) for v in np.unravel_index(i, counts.shape)) for i in flat]
@@ -151,7 +154,8 @@ def bench_app(experiment: str = "cifar10-resnet18", walks: int = 10, cache_dir=N
     with served(cache):
         for cell in plan:
             pair = int(sort_pairs(store.pairs, select(store.pairs, cell), L2_UP)[0])
-            _, t_maps = timed(an.vulnerability_maps, pair, stride=stride, precision="auto")
+            maps = map_settings(an, Selection(stride=stride))
+            _, t_maps = timed(an.vulnerability_maps, pair, maps)
             runs.append({"cell": list(cell), "pair": pair, "maps_precompute_s": round(t_maps, 2),
                          "times": _app_walk(experiment, cell, pair, stride, an, timeout)})
     cold, counted = runs[0], runs[1:]

@@ -274,11 +274,6 @@ class Analysis:
         return MapSettings.resolve(self.image_shape[1:], self.device, k=k, stride=stride, output=output,
                                    precision=precision, offered=offered)
 
-    def map_stride(self, requested: int | None) -> int:
-        """The stride the pages use for a selection's ``requested`` stride (``MapSettings`` with
-        ``offered``: the default for this image size when it is not one of ``map_strides``)."""
-        return self.map_settings(stride=requested, offered=True).stride
-
     def _settings(self, settings: MapSettings | None, map_kw: dict) -> MapSettings:
         """``settings``, or the settings the keyword arguments (k, stride, output, precision) ask for."""
         if settings is None:

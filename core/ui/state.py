@@ -95,7 +95,7 @@ class Selection:
     rf_value: float | None = _bounded(None, 0.0, 1e6)  # q for quantile, fraction, or absolute value
     top: float = _bounded(0.2, 0.01, 1.0)       # binarization of the vulnerability maps
     # vulnerability maps: the stride of the patch positions and the patch half-size k; None: the default
-    # for the experiment's image size (``Analysis.map_stride``, ``vulnerability.default_k``)
+    # for the experiment's image size (``core.map_settings``)
     stride: int | None = _bounded(None, 1, 64)
     k: int | None = _bounded(None, 1, 64)
     interval: str = _choice(neuron_measures.DEFAULT_INTERVAL, neuron_measures.INTERVALS)

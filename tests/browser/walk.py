@@ -11,6 +11,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from core import clustering, image_space
 from core.analysis import Analysis
 from core.ui.state import Selection, encode_set
+from core.ui.views import map_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "test-output" / "browser"
@@ -183,8 +184,7 @@ def walk(pg, base_url: str, store, *, cell_rank: int = 0, shots: str | None = ""
     _select(pg, "neuron_ranking_sort", "IoU with bMap (image perturbation)")
     pg.wait_for_selector(".st-key-neuron_ranking_chart .js-plotly-plot", timeout=TIMEOUT)
     _idle(pg)
-    _, order = an.iou_ranking(first, "bmap", top=defaults.top, stride=an.map_stride(defaults.stride),
-                              precision="auto")
+    _, order = an.iou_ranking(first, "bmap", top=defaults.top, settings=map_settings(an, defaults))
     top_neuron = int(order[0])
 
     # -- 5. click the top neuron (the first position of the chart) ------------------------------------

@@ -67,4 +67,5 @@ def test_analysis_takes_settings_or_keywords_alike(cifar20_store):
     assert np.array_equal(iou_s, iou_k)
     with pytest.raises(TypeError):
         an.vulnerability_maps(0, s, stride=1)
-    assert an.map_stride(None) == 2 and an.map_stride(3) == 2 and an.map_stride(4) == 4
+    for asked, used in ((None, 2), (3, 2), (4, 4)):
+        assert an.map_settings(stride=asked, offered=True).stride == used

@@ -104,7 +104,7 @@ def test_224_prepare_with_a_precomputed_map(photo_store_224):
     assert stored.shape == (2, 224, 224)
 
     an = Analysis(s)
-    assert an.map_strides == (7, 14, 28) and an.map_stride(2) == 14
+    assert an.map_strides == (7, 14, 28) and an.map_settings(stride=2, offered=True).stride == 14
     # the app finds the precomputed map (any precision for "auto") without computing or caching one
     assert an.has_vulnerability_maps(0, stride=14, precision="auto")
     b, a = an.vulnerability_maps(0, stride=14, precision="auto")

@@ -11,7 +11,7 @@ from core.analysis import Analysis
 from core.ui import pages
 from core.ui.images import data_uri, rf_overlay
 from core.ui.state import Selection
-from core.ui.views import map_kwargs
+from core.ui.views import map_settings
 from core.ui.views.clustering import cluster_view
 from core.ui.views.image_space import PER_PAGE, image_space_view, with_subset
 from core.ui.views.receptive_fields import context_view, pair_view, rf_view
@@ -34,9 +34,10 @@ def test_every_page_of_the_table_exists():
 
 def test_map_arguments_follow_the_image_size(analysis):
     default = vulnerability.default_stride(*analysis.image_shape[1:])
-    assert map_kwargs(analysis, Selection()) == {"stride": default, "precision": "auto"}
-    assert map_kwargs(analysis, Selection(stride=STRIDE))["stride"] == STRIDE
-    assert map_kwargs(analysis, Selection(stride=3))["stride"] == default  # not offered at 32 px
+    assert map_settings(analysis, Selection()) == analysis.map_settings(stride=default, precision="auto")
+    assert map_settings(analysis, Selection(stride=STRIDE)).stride == STRIDE
+    assert map_settings(analysis, Selection(stride=3)).stride == default  # not offered at 32 px
+    assert map_settings(analysis, Selection(k=3)).k == 3 and map_settings(analysis, Selection()).k == 2
 
 
 def test_selected_rfs_combine_the_members_once(analysis):

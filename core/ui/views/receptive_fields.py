@@ -17,7 +17,7 @@ from core.ui import neuron_charts as nc
 from core.ui.images import coverage, data_uri, heatmap, map_scale, rf_overlay, show
 from core.ui.palette import class_colors
 from core.ui.text import number, plain
-from core.ui.views import map_kwargs
+from core.ui.views import map_settings
 from core.ui.views.selected_clusters import SelectedRFs, selected_rfs
 
 SIDES = ("benign", "adversarial")
@@ -126,7 +126,7 @@ def rf_view(analysis, sel) -> RFView:
     pair, j, classes = sel.pair, sel.neuron, analysis.store.classes
     bc, ac = analysis.classes_of(pair)
     return RFView(pair=pair, neuron=j, rf_kw=nc.rf_kw(sel, analysis),
-                  stride=map_kwargs(analysis, sel)["stride"], strides=analysis.map_strides,
+                  stride=map_settings(analysis, sel).stride, strides=analysis.map_strides,
                   title=f"**Neuron {j}** on **pair #{pair}**: {plain(classes[bc])} → {plain(classes[ac])}")
 
 
@@ -138,8 +138,8 @@ def pair_view(analysis, sel) -> PairView:
     colors = class_colors(len(classes))
     bc, ac = analysis.classes_of(pair)
     rf_kw = nc.rf_kw(sel, analysis)
-    maps = map_kwargs(analysis, sel)
-    vmaps = dict(zip(("bmap", "amap"), analysis.vulnerability_maps(pair, **maps), strict=True))
+    vmaps = dict(zip(("bmap", "amap"), analysis.vulnerability_maps(pair, map_settings(analysis, sel)),
+                     strict=True))
     predicted = {"benign": bc, "adversarial": ac}
     map_text = {"bmap": f"bMap: where the perturbation lowers P({plain(classes[bc])})",
                 "amap": f"aMap: where the perturbation raises P({plain(classes[ac])})"}
