@@ -1,5 +1,6 @@
 """Neuron-perturbation measure (paper §5.2.1): activation×weight curves, class bands, band gap,
-curve difference, direct neuron substitution, and the IoU ranking of the image-perturbation measure.
+curve difference, activation difference, direct neuron substitution, and the IoU ranking of the
+image-perturbation measure.
 
 Notation: ``p`` is a pooled vector (n,) (last-conv feature maps average-pooled, one value per neuron),
 ``W`` (classes, n) and ``b`` (classes,) are the final dense layer (``logits = W p + b``), ``B`` the benign
@@ -62,8 +63,15 @@ when entirely above (the attack excites it, region A); touching or overlapping b
 B). NaN bounds give NaN. Ranked descending (``rank``), region A is on the left and C on the right, as
 in Fig. 4; the most vulnerable neurons are at both ends.
 
-**Curve difference** (``curve_difference``): adversarial curve − benign curve, per neuron: the
-"straightforward" per-image sort the paper compares the band gap with.
+**Curve difference** (``curve_difference``): adversarial curve − benign curve, per neuron: the band
+gap's per-image counterpart (one pair's curves instead of the classes' bands).
+
+**Activation difference** (``activation_difference``): adversarial pooled activation − benign pooled
+activation, per neuron, without any weight: the paper's first, "straightforward" answer to "how to
+identify the most vulnerable neurons" (§5.2.1: "sort the neurons based on the difference between neuron
+activations for the benign and adversarial images"), which it sets aside because activations alone do
+not say which class a neuron speaks for. Ranked descending like the others: the neurons the attack
+excites most on the left, those it silences most on the right.
 
 **Rank** (``rank``): neuron ids ordered by a measure, descending by default; NaNs last, ties broken by
 the lower neuron id (a stable, reproducible order).
@@ -294,6 +302,11 @@ def curve_difference(benign_axw, adversarial_axw) -> np.ndarray:
     return _np(adversarial_axw) - _np(benign_axw)
 
 
+def activation_difference(benign_pooled, adversarial_pooled) -> np.ndarray:
+    """Adversarial − benign pooled activation (no weights), per neuron, float64."""
+    return _np(adversarial_pooled) - _np(benign_pooled)
+
+
 def rank(values, *, descending: bool = True) -> np.ndarray:
     """Neuron ids ordered by ``values`` (descending by default); NaNs last, ties by lower id."""
     v = _np(values).ravel()
@@ -493,6 +506,16 @@ MEASURES: tuple[Measure, ...] = (
               "class's probability rises. Large: this neuron alone carries much of the attack."),
         compute=lambda p: p.substitution["adversarial_increase"], fmt=".3g", reads="increase",
         phrase="P({adversarial})", hover_line="substitution", detail_line="substitution"),
+    Measure(
+        "activation_difference", "activation difference (no weights)", "activation difference",
+        summary=("how much more the neuron is active on the attacked image than on the original one, "
+                 "whatever class it speaks for (the paper's first, simplest sort)."),
+        help=("The neuron's average activity on the attacked image minus its average activity on the "
+              "original image, without the weights of the model's last layer, so it does not say which "
+              "class the change helps. Positive: the attack makes the neuron more active (the left end of "
+              "the chart); negative: less active (the right end). The paper's straightforward first answer, "
+              "which it replaces by the measures that bring in the classes."),
+        compute=lambda p: activation_difference(p.benign_pooled, p.adversarial_pooled)),
 )
 BY_KEY = {m.key: m for m in MEASURES}
 SORT_KEYS = tuple(BY_KEY)  # what the neurons can be ranked by (core.ui.state.NEURON_SORTS)

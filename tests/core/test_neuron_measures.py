@@ -381,3 +381,25 @@ def test_every_measure_on_a_real_pair(cifar20_store, weight20):
         else:
             with pytest.raises(ValueError, match="vulnerability maps"):
                 m.compute(inp)
+
+
+# -- the paper's "straightforward" sort (§5.2.1) -----------------------------------------------------------
+def test_activation_difference_vs_loop_and_as_a_sort_of_the_link(cifar20_store):
+    from core import neuron_measures as nm
+    from core.analysis import Analysis
+    from core.ui.state import NEURON_SORTS, Selection, from_query, to_query
+    an = Analysis(cifar20_store)
+    for pair in (0, 3, 7):
+        pb = cifar20_store.array("benign_pooled")[pair]
+        pa = cifar20_store.array("adversarial_pooled")[pair]
+        ref = []
+        for j in range(len(pb)):  # the paper's words, one neuron at a time: adversarial minus benign
+            ref.append(float(pa[j]) - float(pb[j]))
+        got = an.neuron_measures(pair)["activation_difference"]
+        assert got.dtype == np.float64 and got.tolist() == ref
+        assert nm.activation_difference(pb, pa).tolist() == ref
+        assert rank(got).tolist() == sorted(range(len(ref)), key=lambda j: (-ref[j], j))  # descending
+    assert NEURON_SORTS["activation_difference"] == "activation difference (no weights)"
+    sel = Selection(experiment="cifar20", pair=3, neuron=5, neuron_sort="activation_difference")
+    query = to_query(sel)
+    assert query["neuron_sort"] == "activation_difference" and from_query(query) == sel
