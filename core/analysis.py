@@ -373,24 +373,19 @@ class Analysis:
     def neuron_measures(self, pair: int, *, interval: str = neuron_measures.DEFAULT_INTERVAL,
                         coverage: float = neuron_measures.DEFAULT_COVERAGE,
                         adversarial_band: str = neuron_measures.DEFAULT_ADVERSARIAL_BAND,
-                        output: str = "probability") -> dict[str, np.ndarray]:
+                        output: str = "probability", maps: dict | None = None) -> dict[str, np.ndarray]:
         """Everything the Neuron Vulnerability View plots for one pair, per neuron (n,) float64:
-        activation×weight curves, both bands, band gap, curve difference, substitution effects."""
+        activation×weight curves, both bands and every registered measure (``neuron_measures.MEASURES``,
+        ``neuron_measures.pair_measures``). ``maps``: None computes the measures that need no
+        vulnerability maps; else the keywords of ``iou_ranking`` (top, RF threshold, map settings) for
+        the IoU arrays of the measures that need them too (computing the maps if they are not there)."""
         W, b = self.head
         bc, ac = self.classes_of(pair)
         pb, pa = self.pooled(pair)
-        bands = neuron_measures.pair_bands(self.store.class_stats, W, bc, ac, interval=interval,
-                                           coverage=coverage, adversarial_band=adversarial_band)
-        benign_axw = neuron_measures.activation_times_weight(pb, W, bc)
-        adversarial_axw = neuron_measures.activation_times_weight(pa, W, ac)
-        sub = neuron_measures.substitution_effect(W, b, pb, pa, bc, ac, output=output)
-        return {"benign_axw": benign_axw, "adversarial_axw": adversarial_axw,
-                "benign_lo": bands["benign"][0], "benign_hi": bands["benign"][1],
-                "adversarial_lo": bands["adversarial"][0], "adversarial_hi": bands["adversarial"][1],
-                "band_gap": neuron_measures.band_gap(bands["adversarial"], bands["benign"]),
-                "curve_difference": neuron_measures.curve_difference(benign_axw, adversarial_axw),
-                "benign_decrease": sub["benign_decrease"],
-                "adversarial_increase": sub["adversarial_increase"]}
+        iou = None if maps is None else {w: self.iou_ranking(pair, w, **maps)[0] for w in MAPS}
+        return neuron_measures.pair_measures(neuron_measures.pair_input(
+            self.store.class_stats, W, b, pb, pa, bc, ac, interval=interval, coverage=coverage,
+            adversarial_band=adversarial_band, output=output, iou=iou))
 
     # -- clustering -------------------------------------------------------------------------------
     def linkage(self, pair: int, *, distance: str = clustering.DEFAULT_DISTANCE,

@@ -1,5 +1,6 @@
 """Neuron-perturbation measure (paper §5.2.1): activation×weight curves, class bands, band gap,
-curve difference, direct neuron substitution, and the IoU ranking of the image-perturbation measure.
+curve difference, activation difference, direct neuron substitution, and the IoU ranking of the
+image-perturbation measure.
 
 Notation: ``p`` is a pooled vector (n,) (last-conv feature maps average-pooled, one value per neuron),
 ``W`` (classes, n) and ``b`` (classes,) are the final dense layer (``logits = W p + b``), ``B`` the benign
@@ -62,8 +63,15 @@ when entirely above (the attack excites it, region A); touching or overlapping b
 B). NaN bounds give NaN. Ranked descending (``rank``), region A is on the left and C on the right, as
 in Fig. 4; the most vulnerable neurons are at both ends.
 
-**Curve difference** (``curve_difference``): adversarial curve − benign curve, per neuron: the
-"straightforward" per-image sort the paper compares the band gap with.
+**Curve difference** (``curve_difference``): adversarial curve − benign curve, per neuron: the band
+gap's per-image counterpart (one pair's curves instead of the classes' bands).
+
+**Activation difference** (``activation_difference``): adversarial pooled activation − benign pooled
+activation, per neuron, without any weight: the paper's first, "straightforward" answer to "how to
+identify the most vulnerable neurons" (§5.2.1: "sort the neurons based on the difference between neuron
+activations for the benign and adversarial images"), which it sets aside because activations alone do
+not say which class a neuron speaks for. Ranked descending like the others: the neurons the attack
+excites most on the left, those it silences most on the right.
 
 **Rank** (``rank``): neuron ids ordered by a measure, descending by default; NaNs last, ties broken by
 the lower neuron id (a stable, reproducible order).
@@ -85,8 +93,19 @@ float64.
 receptive-field mask RF_j (H, W) and one binarized vulnerability map V (bMap or aMap),
 ``IoU_j = |RF_j ∧ V| / |RF_j ∨ V|``, 0 when both masks are empty (nothing to overlap), computed for all
 neurons at once; neurons are ranked by descending IoU.
+
+**The registry** (``MEASURES``): one ``Measure`` per way the neurons can be ranked (the sorts of the
+Neuron ranking page), in menu order: its key, label, plain words, the function from one pair's inputs
+(``PairInput``: pooled vectors, head, classes, bands, curves, substitution effects, the IoU arrays when
+the maps are there) to its (n,) values, whether it needs the vulnerability maps, and how its value reads.
+The sort menu, the selection's and the link's validation (``core.ui.state.NEURON_SORTS``), the chart's
+hover columns, the neuron's detail text, ``Analysis.neuron_measures`` and the tests iterate over it, so
+a new measure is its function, its entry here and its test.
 """
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -103,41 +122,14 @@ DEFAULT_ADVERSARIAL_BAND = "benign"
 OUTPUTS = ("probability", "logit")
 
 # -- plain words -----------------------------------------------------------------------------------------
-# What each measure and setting means, for a reader who knows the images but not the code: the app's "?"
-# tooltips read them from here, so every page says the same thing. Keys of HELP: the neuron sorts
-# (core.ui.state.NEURON_SORTS, all in SORT_KEYS) and the other terms shown; INTERVAL_HELP: the band
-# intervals; SUMMARY: one line per sort, where all of them are listed at once. The words follow the
-# page's: "benign" is the original image and its true class, "adversarial" the attacked image and the
-# class the attack made the model predict.
-HELP = {
-    "band_gap": (
-        "How far apart the two class bands are at this neuron. Positive: the adversarial class's usual "
-        "range lies entirely above the benign class's, so the attack must push the neuron up (region A, "
-        "the left end of the chart). Negative: entirely below, the attack pushes it down (region C, the "
-        "right end). Zero: the two ranges overlap (region B). The paper's neuron-perturbation measure; "
-        "it compares whole classes, so it is steadier than the curve difference of one image pair."),
-    "curve_difference": (
-        "The adversarial curve minus the benign curve at this neuron: how much more the neuron speaks "
-        "for the adversarial class on the attacked image than it spoke for the benign class on the "
-        "original image. It depends on this one image pair only, so it is noisier than the band gap."),
-    "benign_decrease": (
-        "Put only this neuron's value from the attacked image into the original image's, keep every "
-        "other neuron as it was, and recompute the class probabilities: how much the benign class's "
-        "probability falls. Large: this neuron alone carries much of the attack."),
-    "adversarial_increase": (
-        "Put only this neuron's value from the attacked image into the original image's, keep every "
-        "other neuron as it was, and recompute the class probabilities: how much the adversarial "
-        "class's probability rises. Large: this neuron alone carries much of the attack."),
-    "iou_bmap": (
-        "How well the part of the original image this neuron looks at (its receptive field) matches "
-        "the pixels where the attack lowers the benign class's probability most (bMap, the top share "
-        "set on the Receptive fields page): the pixels in both divided by the pixels in either. 1: the "
-        "same pixels; 0: none in common. The paper's image-perturbation measure."),
-    "iou_amap": (
-        "How well the part of the attacked image this neuron looks at (its receptive field) matches "
-        "the pixels where the attack raises the adversarial class's probability most (aMap, the top "
-        "share set on the Receptive fields page): the pixels in both divided by the pixels in either. "
-        "1: the same pixels; 0: none in common."),
+# What each term and setting means, for a reader who knows the images but not the code: the app's "?"
+# tooltips read them from here, so every page says the same thing. Each measure's own words are in its
+# registry entry (``MEASURES``: ``help``, and ``summary`` for the sort menu, where all of them are listed at
+# once); ``HELP`` (built at the end of the module) holds them under the measure's key beside the other
+# terms below; INTERVAL_HELP: the band intervals. The words follow the page's: "benign" is the original
+# image and its true class, "adversarial" the attacked image and the class the attack made the model
+# predict.
+TERMS = {
     "activation_times_weight": (
         "How much the neuron pushes the model towards a class on one image: the neuron's average "
         "activity on the image times the weight the model's last layer gives it for that class. "
@@ -176,20 +168,6 @@ INTERVAL_HELP = {
         "The range in which the class's average probably lies (the paper's \"confidence interval\"). "
         "It narrows as the class has more images, so with many images the bands look like thin lines."),
 }
-SUMMARY = {  # one line per sort, for the sort menu's tooltip (the full words: HELP)
-    "band_gap": ("how far the attack moves the neuron from the benign class's usual range towards the "
-                 "adversarial class's (the paper's neuron-perturbation measure)."),
-    "curve_difference": "the same for this image pair alone: the adversarial curve minus the benign curve.",
-    "iou_bmap": ("overlap of the neuron's receptive field on the original image with the pixels where the "
-                 "attack hurts the benign class most (the paper's image-perturbation measure)."),
-    "iou_amap": "the same on the attacked image, with the pixels that help the adversarial class most.",
-    "benign_decrease": ("how much the benign class's probability falls when only this neuron takes its "
-                        "attacked value."),
-    "adversarial_increase": ("how much the adversarial class's probability rises when only this neuron "
-                             "takes its attacked value."),
-}
-SORT_KEYS = ("band_gap", "curve_difference", "iou_bmap", "iou_amap", "benign_decrease",
-             "adversarial_increase")  # what the neurons can be ranked by (core.ui.state.NEURON_SORTS)
 INTERVAL_LABELS = {"quantile": "quantiles of the class's images", "std": "mean ± z·std",
                    "ci": "confidence interval of the mean"}
 
@@ -324,6 +302,11 @@ def curve_difference(benign_axw, adversarial_axw) -> np.ndarray:
     return _np(adversarial_axw) - _np(benign_axw)
 
 
+def activation_difference(benign_pooled, adversarial_pooled) -> np.ndarray:
+    """Adversarial − benign pooled activation (no weights), per neuron, float64."""
+    return _np(adversarial_pooled) - _np(benign_pooled)
+
+
 def rank(values, *, descending: bool = True) -> np.ndarray:
     """Neuron ids ordered by ``values`` (descending by default); NaNs last, ties by lower id."""
     v = _np(values).ravel()
@@ -369,3 +352,186 @@ def iou_ranking(rf_masks, vulnerability_mask) -> tuple[np.ndarray, np.ndarray]:
     union = np.count_nonzero(rf | v, axis=1)
     iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
     return iou, rank(iou)
+
+
+# -- the registry ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PairInput:
+    """Everything a measure may read about one pair, per neuron (n,) float64 unless said: the pooled
+    vectors ``benign_pooled`` (p_B) and ``adversarial_pooled`` (p_A); the head ``weight`` (classes, n) and
+    ``bias`` (classes,); the ``benign_class`` B and ``adversarial_class`` A; the class ``bands``
+    ({"benign"|"adversarial": (lo, hi)}, ``pair_bands``); the activation×weight curves ``benign_axw``
+    (p_B·W[B]) and ``adversarial_axw`` (p_A·W[A]); the direct ``substitution`` effects
+    (``substitution_effect``); and ``iou`` ({"bmap"|"amap": IoU of each neuron's RF with the binarized
+    map}, ``iou_ranking``), None when the vulnerability maps were not asked for."""
+    benign_pooled: np.ndarray
+    adversarial_pooled: np.ndarray
+    weight: np.ndarray
+    bias: np.ndarray
+    benign_class: int
+    adversarial_class: int
+    bands: dict
+    benign_axw: np.ndarray
+    adversarial_axw: np.ndarray
+    substitution: dict
+    iou: dict | None = None
+
+
+def pair_input(stats: dict, weight, bias, benign_pooled, adversarial_pooled, benign_class: int,
+               adversarial_class: int, *, interval: str = DEFAULT_INTERVAL,
+               coverage: float = DEFAULT_COVERAGE, adversarial_band: str = DEFAULT_ADVERSARIAL_BAND,
+               output: str = "probability", iou: dict | None = None) -> PairInput:
+    """The ``PairInput`` of one pair from the store's class statistics, the head and the pair's pooled
+    vectors (the band and substitution settings as for ``pair_bands`` and ``substitution_effect``)."""
+    W, b = _np(weight), _np(bias)
+    pb, pa = _np(benign_pooled), _np(adversarial_pooled)
+    return PairInput(
+        benign_pooled=pb, adversarial_pooled=pa, weight=W, bias=b, benign_class=benign_class,
+        adversarial_class=adversarial_class,
+        bands=pair_bands(stats, W, benign_class, adversarial_class, interval=interval, coverage=coverage,
+                         adversarial_band=adversarial_band),
+        benign_axw=activation_times_weight(pb, W, benign_class),
+        adversarial_axw=activation_times_weight(pa, W, adversarial_class),
+        substitution=substitution_effect(W, b, pb, pa, benign_class, adversarial_class, output=output),
+        iou=None if iou is None else {k: _np(v) for k, v in iou.items()})
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One way to rank the neurons of a pair: a sort of the Neuron ranking page.
+
+    ``key``: its id (selection, link, dict keys); ``label``: the sort menu's words; ``name``: the value's
+    short name (the table column, and by default the words before its value); ``summary``: one plain line
+    for the sort menu's tooltip; ``help``: the full plain words (the "?" of its value); ``compute``:
+    ``PairInput`` → (n,) float64, ranked descending (``rank``); ``needs_maps``: ``compute`` reads
+    ``PairInput.iou`` (the vulnerability maps must be computed first); ``vmap``: the map ("bmap"/"amap")
+    whose binarized mask it compares the RFs with (the page warns when that mask is empty).
+
+    How its value reads: ``fmt``, the number format; ``reads``: "value" (``phrase: number``), "decrease"
+    or "increase" (a change in words, ``phrase falls by x``: a decrease is shown as a fall);
+    ``phrase``: the words before the value (default ``name``; "{benign}"/"{adversarial}" become the class
+    names), ``hover_phrase``/``detail_phrase`` the same for the chart's hover or the neuron's detail text
+    only. ``hover_line``/``detail_line``: measures naming the same line share one line there (default:
+    a line of its own); lines come in registry order, those of the measures that need maps last."""
+    key: str
+    label: str
+    name: str
+    summary: str
+    help: str
+    compute: Callable[[PairInput], np.ndarray]
+    needs_maps: bool = False
+    vmap: str | None = None
+    fmt: str = ".4g"
+    reads: str = "value"
+    phrase: str | None = None
+    hover_phrase: str | None = None
+    detail_phrase: str | None = None
+    hover_line: str | None = None
+    detail_line: str | None = None
+
+    def words(self, where: str) -> str:
+        """The words before the value in the ``"hover"`` or the ``"detail"`` text."""
+        own = self.hover_phrase if where == "hover" else self.detail_phrase
+        return own or self.phrase or self.name
+
+    def line(self, where: str) -> str:
+        """The key of the ``"hover"`` or ``"detail"`` line the value is on."""
+        return (self.hover_line if where == "hover" else self.detail_line) or self.key
+
+
+def _iou(which: str) -> Callable[[PairInput], np.ndarray]:
+    def compute(p: PairInput) -> np.ndarray:
+        if p.iou is None or which not in p.iou:
+            raise ValueError(f"the IoU with {which} needs the vulnerability maps: pass the IoU arrays")
+        return p.iou[which]
+    return compute
+
+
+MEASURES: tuple[Measure, ...] = (
+    Measure(
+        "band_gap", "band gap (neuron perturbation)", "band gap",
+        summary=("how far the attack moves the neuron from the benign class's usual range towards the "
+                 "adversarial class's (the paper's neuron-perturbation measure)."),
+        help=("How far apart the two class bands are at this neuron. Positive: the adversarial class's usual "
+              "range lies entirely above the benign class's, so the attack must push the neuron up (region "
+              "A, the left end of the chart). Negative: entirely below, the attack pushes it down (region "
+              "C, the right end). Zero: the two ranges overlap (region B). The paper's neuron-perturbation "
+              "measure; it compares whole classes, so it is steadier than the curve difference of one "
+              "image pair."),
+        compute=lambda p: band_gap(p.bands["adversarial"], p.bands["benign"])),
+    Measure(
+        "curve_difference", "curve difference", "curve difference",
+        summary="the same for this image pair alone: the adversarial curve minus the benign curve.",
+        help=("The adversarial curve minus the benign curve at this neuron: how much more the neuron speaks "
+              "for the adversarial class on the attacked image than it spoke for the benign class on the "
+              "original image. It depends on this one image pair only, so it is noisier than the band "
+              "gap."),
+        compute=lambda p: curve_difference(p.benign_axw, p.adversarial_axw), hover_line="band_gap"),
+    Measure(
+        "iou_bmap", "IoU with bMap (image perturbation)", "IoU with bMap",
+        summary=("overlap of the neuron's receptive field on the original image with the pixels where the "
+                 "attack hurts the benign class most (the paper's image-perturbation measure)."),
+        help=("How well the part of the original image this neuron looks at (its receptive field) matches "
+              "the pixels where the attack lowers the benign class's probability most (bMap, the top share "
+              "set on the Receptive fields page): the pixels in both divided by the pixels in either. 1: "
+              "the same pixels; 0: none in common. The paper's image-perturbation measure."),
+        compute=_iou("bmap"), needs_maps=True, vmap="bmap", fmt=".3f",
+        detail_phrase="IoU of its receptive field with bMap"),
+    Measure(
+        "iou_amap", "IoU with aMap (image perturbation)", "IoU with aMap",
+        summary="the same on the attacked image, with the pixels that help the adversarial class most.",
+        help=("How well the part of the attacked image this neuron looks at (its receptive field) matches "
+              "the pixels where the attack raises the adversarial class's probability most (aMap, the top "
+              "share set on the Receptive fields page): the pixels in both divided by the pixels in "
+              "either. 1: the same pixels; 0: none in common."),
+        compute=_iou("amap"), needs_maps=True, vmap="amap", fmt=".3f", hover_phrase="with aMap",
+        detail_phrase="IoU of its receptive field with aMap", hover_line="iou_bmap"),
+    Measure(
+        "benign_decrease", "direct substitution: benign probability drop",
+        "direct substitution: benign probability drop",
+        summary=("how much the benign class's probability falls when only this neuron takes its "
+                 "attacked value."),
+        help=("Put only this neuron's value from the attacked image into the original image's, keep every "
+              "other neuron as it was, and recompute the class probabilities: how much the benign class's "
+              "probability falls. Large: this neuron alone carries much of the attack."),
+        compute=lambda p: p.substitution["benign_decrease"], fmt=".3g", reads="decrease",
+        phrase="P({benign})", hover_line="substitution", detail_line="substitution"),
+    Measure(
+        "adversarial_increase", "direct substitution: adversarial probability rise",
+        "direct substitution: adversarial probability rise",
+        summary=("how much the adversarial class's probability rises when only this neuron takes its "
+                 "attacked value."),
+        help=("Put only this neuron's value from the attacked image into the original image's, keep every "
+              "other neuron as it was, and recompute the class probabilities: how much the adversarial "
+              "class's probability rises. Large: this neuron alone carries much of the attack."),
+        compute=lambda p: p.substitution["adversarial_increase"], fmt=".3g", reads="increase",
+        phrase="P({adversarial})", hover_line="substitution", detail_line="substitution"),
+    Measure(
+        "activation_difference", "activation difference (no weights)", "activation difference",
+        summary=("how much more the neuron is active on the attacked image than on the original one, "
+                 "whatever class it speaks for (the paper's first, simplest sort)."),
+        help=("The neuron's average activity on the attacked image minus its average activity on the "
+              "original image, without the weights of the model's last layer, so it does not say which "
+              "class the change helps. Positive: the attack makes the neuron more active (the left end of "
+              "the chart); negative: less active (the right end). The paper's straightforward first answer, "
+              "which it replaces by the measures that bring in the classes."),
+        compute=lambda p: activation_difference(p.benign_pooled, p.adversarial_pooled)),
+)
+BY_KEY = {m.key: m for m in MEASURES}
+SORT_KEYS = tuple(BY_KEY)  # what the neurons can be ranked by (core.ui.state.NEURON_SORTS)
+SUMMARY = {m.key: m.summary for m in MEASURES}  # one line per sort, for the sort menu's tooltip
+HELP = {**{m.key: m.help for m in MEASURES}, **TERMS}  # the "?" words of every measure and term
+
+
+def pair_measures(p: PairInput) -> dict[str, np.ndarray]:
+    """Everything the Neuron Vulnerability View plots for one pair, per neuron (n,) float64: the
+    activation×weight curves (``benign_axw``, ``adversarial_axw``), both bands (``benign_lo``,
+    ``benign_hi``, ``adversarial_lo``, ``adversarial_hi``) and every registered measure under its key,
+    those that need the maps only when ``p.iou`` is given."""
+    out = {"benign_axw": p.benign_axw, "adversarial_axw": p.adversarial_axw,
+           "benign_lo": p.bands["benign"][0], "benign_hi": p.bands["benign"][1],
+           "adversarial_lo": p.bands["adversarial"][0], "adversarial_hi": p.bands["adversarial"][1]}
+    for m in MEASURES:
+        if p.iou is not None or not m.needs_maps:
+            out[m.key] = np.asarray(m.compute(p), dtype=np.float64)
+    return out

@@ -23,6 +23,7 @@ category labels through ``text.plotly_text`` (plotly reads HTML and ``%{...}`` t
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -36,8 +37,11 @@ REGIONS = ("A", "B", "C")
 REGION_LABELS = {"A": "A: excited", "B": "B: unaffected", "C": "C: inhibited", "?": "no band"}
 REGION_COLORS = {"A": "#b35806", "B": "#bdbdbd", "C": "#542788", "?": "#ffffff"}  # PuOr: not class colours
 REGION_SHADES = {"A": "rgba(179,88,6,0.07)", "B": "rgba(189,189,189,0.10)", "C": "rgba(84,39,136,0.07)"}
-MEASURES = ("band_gap", "curve_difference", "benign_decrease", "adversarial_increase")  # in neuron_measures()
-IOU_SORTS = {"iou_bmap": "bmap", "iou_amap": "amap"}
+# the sorts Analysis.neuron_measures computes without maps, and those ranking by a map's mask (-> map)
+MEASURES = tuple(m.key for m in neuron_measures.MEASURES if not m.needs_maps)
+IOU_SORTS = {m.key: m.vmap for m in neuron_measures.MEASURES if m.vmap}
+HOVER_FIXED = ("neuron", "rank", "benign_axw", "adversarial_axw")  # the hover's first columns, then measures
+LINE_STYLE = {"substitution": ("substituted alone: ", ", ")}  # a shared line's (prefix, separator)
 OTHER_COVERAGES = (0.5, 0.8, 0.9, 0.95, 0.99)  # std / ci intervals (any value in (0, 1) is valid)
 MAX_TICKS = 25
 CURVE_NAMES = ("benign curve", "adversarial curve")
@@ -47,15 +51,24 @@ SELECTED_MARK = "▶"
 
 
 # -- values and order ------------------------------------------------------------------------------------
+def with_iou(measures: dict, iou: dict | None = None) -> dict:
+    """``measures`` (``Analysis.neuron_measures``) with the IoU arrays ``iou`` ({"bmap", "amap"}, as
+    ``Analysis.iou_ranking`` gives them) added under their measures' keys (``IOU_SORTS``)."""
+    if not iou:
+        return measures
+    return {**measures, **{key: iou[which] for key, which in IOU_SORTS.items() if which in iou}}
+
+
 def sort_values(sort: str, measures: dict, iou: dict | None = None) -> np.ndarray:
-    """The per-neuron values a sort of ``core.ui.state.NEURON_SORTS`` orders by (descending)."""
-    if sort in IOU_SORTS:
-        if not iou or IOU_SORTS[sort] not in iou:
-            raise ValueError(f"sort {sort!r} needs the IoU with {IOU_SORTS[sort]}")
-        return np.asarray(iou[IOU_SORTS[sort]], dtype=np.float64)
-    if sort not in MEASURES:
+    """The per-neuron values a sort of ``core.ui.state.NEURON_SORTS`` orders by (descending): its
+    measure's values in ``measures`` (or, for an IoU sort, in ``iou``)."""
+    if sort not in neuron_measures.BY_KEY:
         raise ValueError(f"unknown neuron sort {sort!r}")
-    return np.asarray(measures[sort], dtype=np.float64)
+    values = with_iou(measures, iou)
+    if sort not in values:
+        raise ValueError(f"sort {sort!r} needs the vulnerability maps (the IoU of the RFs with "
+                         f"{IOU_SORTS.get(sort, 'them')})")
+    return np.asarray(values[sort], dtype=np.float64)
 
 
 def shown_order(values, zoom: int = 0) -> np.ndarray:
@@ -147,35 +160,83 @@ def substitution_text(benign_decrease, adversarial_increase, classes: tuple[str,
             f"P({classes[1]}) {change_text(float(adversarial_increase))}")
 
 
+def shown_measures(values: dict) -> list:
+    """The registered measures whose values ``values`` holds, those that need no maps first (the
+    maps' come only once they are computed), each group in registry order."""
+    have = [m for m in neuron_measures.MEASURES if m.key in values]
+    return [m for m in have if not m.needs_maps] + [m for m in have if m.needs_maps]
+
+
+def has_maps(values: dict) -> bool:
+    """Whether ``values`` holds every measure that needs the vulnerability maps."""
+    return all(m.key in values for m in neuron_measures.MEASURES if m.needs_maps)
+
+
+def hover_columns(iou: bool = False) -> list[str]:
+    """The names of the benign curve's customdata columns, in order (``hover_rows``): ``HOVER_FIXED``
+    (the id first, for a click), then one per measure (those that need maps only with ``iou``). The
+    hover template and the tests address the columns by these names, never by position."""
+    keys = [m.key for m in neuron_measures.MEASURES if not m.needs_maps]
+    keys += [m.key for m in neuron_measures.MEASURES if m.needs_maps] if iou else []
+    return [*HOVER_FIXED, *keys]
+
+
+def measure_text(measure, value) -> str:
+    """One measure's value as shown: ``value_text`` at its format, or a change in words (``change_text``:
+    a decrease is shown as the fall it is)."""
+    if measure.reads == "value":
+        return value_text(value, measure.fmt)
+    return change_text(-float(value) if measure.reads == "decrease" else float(value), measure.fmt)
+
+
+def _lines(measures: list, where: str) -> list[tuple[str, list]]:
+    """(line key, its measures) in order of first appearance (``Measure.line``)."""
+    lines: dict[str, list] = {}
+    for m in measures:
+        lines.setdefault(m.line(where), []).append(m)
+    return list(lines.items())
+
+
+def _line_text(key: str, parts: list[tuple]) -> str:
+    """One line of (measure, value text, class names, "hover"|"detail") parts, e.g. "band gap: 0.5 ·
+    curve difference: 0.2", "substituted alone: P(cat) falls by 0.1, P(dog) rises by 0.2" (``LINE_STYLE``)."""
+    prefix, sep = LINE_STYLE.get(key, ("", " · "))
+    return prefix + sep.join(
+        m.words(where).format(benign=names[0], adversarial=names[1]) + (": " if m.reads == "value" else " ")
+        + text for m, text, names, where in parts)
+
+
 def hover_rows(measures: dict, order, iou: dict | None = None) -> list[list]:
-    """Per neuron of ``order``, the benign curve's customdata: [id, rank, benign act×w, adversarial
-    act×w, band gap, curve difference, benign probability change, adversarial probability change
-    (+ IoU with bMap, with aMap)], the id and rank as integers, the rest as finished text
-    (``value_text``, ``change_text``) that ``hover_template`` places; the id first, for a click."""
-    cols = [np.asarray(measures[k], dtype=np.float64) for k in (
-        "benign_axw", "adversarial_axw", "band_gap", "curve_difference")]
-    dec = np.asarray(measures["benign_decrease"], dtype=np.float64)
-    inc = np.asarray(measures["adversarial_increase"], dtype=np.float64)
+    """Per neuron of ``order``, the benign curve's customdata in ``hover_columns`` order: the id and
+    rank as integers, the rest as finished text (``value_text``, ``measure_text``) that
+    ``hover_template`` places; the id first, for a click. ``iou``: {"bmap", "amap"} when computed (or
+    the IoU measures already in ``measures``)."""
+    values = with_iou(measures, iou)
+    cols = hover_columns(has_maps(values))
+    shown = [neuron_measures.BY_KEY[k] for k in cols[len(HOVER_FIXED):]]
+    arrays = [np.asarray(values[k], dtype=np.float64) for k in cols[2:]]
+    fmt = [value_text, value_text, *(partial(measure_text, m) for m in shown)]
     rows = []
     for r, j in enumerate(np.asarray(order, dtype=np.int64).tolist(), start=1):
-        row = [j, r, *(value_text(c[j]) for c in cols), change_text(-dec[j]), change_text(inc[j])]
-        if iou:
-            row += [value_text(iou["bmap"][j], ".3f"), value_text(iou["amap"][j], ".3f")]
-        rows.append(row)
+        rows.append([j, r, *(f(a[j]) for f, a in zip(fmt, arrays, strict=True))])
     return rows
 
 
 def hover_template(classes: tuple[str, str], iou: bool = False) -> str:
     """The benign curve's hover template over ``hover_rows`` (``classes`` already escaped with
-    ``plotly_text``): the fixed words once, the per-neuron text from the customdata."""
-    t = ("<b>neuron %{customdata[0]}</b> · rank %{customdata[1]}<br>"
-         f"{classes[0]} (benign) act×w: %{{customdata[2]}}<br>"
-         f"{classes[1]} (adversarial) act×w: %{{customdata[3]}}<br>"
-         "band gap: %{customdata[4]} · curve difference: %{customdata[5]}<br>"
-         f"substituted alone: P({classes[0]}) %{{customdata[6]}}, P({classes[1]}) %{{customdata[7]}}")
-    if iou:
-        t += "<br>IoU with bMap: %{customdata[8]} · with aMap: %{customdata[9]}"
-    return t + "<extra></extra>"
+    ``plotly_text``): the fixed words once, the per-neuron text from the customdata, addressed by the
+    column names of ``hover_columns``; one line per hover line of the measures (``Measure.line``)."""
+    cols = hover_columns(iou)
+
+    def cell(name: str) -> str:
+        return f"%{{customdata[{cols.index(name)}]}}"
+    lines = [f"<b>neuron {cell('neuron')}</b> · rank {cell('rank')}",
+             f"{classes[0]} (benign) act×w: {cell('benign_axw')}",
+             f"{classes[1]} (adversarial) act×w: {cell('adversarial_axw')}"]
+    shown = [neuron_measures.BY_KEY[k] for k in cols[len(HOVER_FIXED):]]
+    lines += [_line_text(key, [(m, cell(m.key), classes, "hover") for m in ms])
+              for key, ms in _lines(shown, "hover")]
+    return "<br>".join(lines) + "<extra></extra>"
 
 
 # -- help ------------------------------------------------------------------------------------------------
@@ -202,25 +263,24 @@ def options_help(intro: str, labels: dict, helps: dict, outro: str = "") -> str:
 
 def detail_lines(measures: dict, j: int, *, rank: int, total: int, classes: tuple[str, str],
                  iou: dict | None = None, shown: int = 0) -> list[tuple[str, str]]:
-    """The selected neuron's numbers as (Markdown line, help) pairs, numbers through ``value_text`` and
-    ``change_text``. ``classes``: the benign and adversarial class names already escaped for Markdown
-    (``text.plain``); ``shown``: the zoom (0: all shown), to say when the neuron is outside it."""
+    """The selected neuron's numbers as (Markdown line, help) pairs: its rank and region, its
+    activation×weight, then one line per detail line of the measures in ``measures`` (``iou``: the IoU
+    arrays when computed), numbers through ``measure_text``; a line of one measure has its help, a
+    shared line the help of the line's key. ``classes``: the benign and adversarial class names already
+    escaped for Markdown (``text.plain``); ``shown``: the zoom (0: all shown), to say when the neuron is
+    outside it."""
     help_ = neuron_measures.HELP
+    values = with_iou(measures, iou)
     where = "" if not shown or rank <= shown else f" (outside the top {shown} shown)"
-    region = REGION_LABELS[regions(np.asarray(measures["band_gap"], dtype=np.float64)[[j]])[0]]
+    region = REGION_LABELS[regions(np.asarray(values["band_gap"], dtype=np.float64)[[j]])[0]]
     lines = [(f"**Neuron {j}**: rank {rank} of {total}{where}, region {region}",
               help_["rank"] + "\n\n" + help_["regions"]),
-             (f"act×weight: {value_text(measures['benign_axw'][j])} ({classes[0]}) → "
-              f"{value_text(measures['adversarial_axw'][j])} ({classes[1]})",
-              help_["activation_times_weight"]),
-             (f"band gap: {value_text(measures['band_gap'][j])}", help_["band_gap"]),
-             (f"curve difference: {value_text(measures['curve_difference'][j])}", help_["curve_difference"]),
-             ("substituted alone: " + substitution_text(measures["benign_decrease"][j],
-                                                        measures["adversarial_increase"][j], classes),
-              help_["substitution"])]
-    if iou:
-        lines += [(f"IoU of its receptive field with {name}: {value_text(iou[w][j], '.3f')}",
-                   help_[f"iou_{w}"]) for w, name in (("bmap", "bMap"), ("amap", "aMap"))]
+             (f"act×weight: {value_text(values['benign_axw'][j])} ({classes[0]}) → "
+              f"{value_text(values['adversarial_axw'][j])} ({classes[1]})",
+              help_["activation_times_weight"])]
+    for key, ms in _lines(shown_measures(values), "detail"):
+        text = _line_text(key, [(m, measure_text(m, values[m.key][j]), classes, "detail") for m in ms])
+        lines.append((text, ms[0].help if len(ms) == 1 else help_[key]))
     return lines
 
 
@@ -326,8 +386,10 @@ def ranking_figure(measures: dict, order, *, classes: tuple[str, str], colors: t
     # so a selected point's customdata comes back from the browser as a list
     ids = [[int(j)] for j in order]
     rows = hover_rows(measures, order, iou)
-    custom = {"benign": rows, "adversarial": [[row[0], row[3]] for row in rows]}
-    template = {"benign": hover_template(classes, bool(iou)),
+    maps = has_maps(with_iou(measures, iou))
+    at = [hover_columns(maps).index(name) for name in ("neuron", "adversarial_axw")]
+    custom = {"benign": rows, "adversarial": [[row[i] for i in at] for row in rows]}
+    template = {"benign": hover_template(classes, maps),
                 "adversarial": f"{classes[1]} act×w: %{{customdata[1]}}<extra></extra>"}
 
     def values(a) -> list:

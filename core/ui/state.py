@@ -36,11 +36,7 @@ from core import clustering, neuron_measures, receptive_fields
 from core.image_space import DEFAULT_SORT, SORTS
 
 KEY = "nve_selection"
-NEURON_SORTS = {"band_gap": "band gap (neuron perturbation)", "curve_difference": "curve difference",
-                "iou_bmap": "IoU with bMap (image perturbation)",
-                "iou_amap": "IoU with aMap (image perturbation)",
-                "benign_decrease": "direct substitution: benign probability drop",
-                "adversarial_increase": "direct substitution: adversarial probability rise"}
+NEURON_SORTS = {m.key: m.label for m in neuron_measures.MEASURES}  # sort key -> menu label
 SET_OPS = ("union", "intersection")
 COLOR_BY = ("true", "predicted")
 # Bounds of what a link may ask for; anything outside is ignored (the default is kept). Ids (pairs,

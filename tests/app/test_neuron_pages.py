@@ -86,8 +86,9 @@ def test_ranking_by_iou_with_bmap(cifar20_store, analysis, monkeypatch):
     benign = next(t for t in json.loads(at.get("plotly_chart")[0].proto.spec)["data"]
                   if t.get("meta") == "benign curve")
     assert benign["customdata"][0][0] == int(neuron_measures.rank(iou)[0])
-    assert "IoU with bMap: %{customdata[8]}" in benign["hovertemplate"]
-    assert benign["customdata"][0][8] == f"{iou.max():.3f}"
+    at_iou = nc.hover_columns(iou=True).index("iou_bmap")  # hover columns are addressed by name
+    assert f"IoU with bMap: %{{customdata[{at_iou}]}}" in benign["hovertemplate"]
+    assert benign["customdata"][0][at_iou] == f"{iou.max():.3f}"
     details = [md.value for md in at.markdown]
     assert f"IoU of its receptive field with bMap: {iou[NEURON]:.3f}" in details
 
@@ -117,7 +118,10 @@ def test_ranking_explains_every_measure_and_number_in_plain_words(cifar20_store,
     details = [md for md in at.markdown if md.proto.help]
     assert details[0].value.startswith(f"**Neuron {NEURON}**")
     keys = ["activation_times_weight", "band_gap", "curve_difference", "substitution"]
-    keys += ["iou_bmap", "iou_amap"] if len(details) > 5 else []  # once the maps are computed
+    keys += [x.key for x in neuron_measures.MEASURES  # every other measure: its own line, in registry order
+             if not x.needs_maps and x.key not in ("band_gap", "curve_difference", "benign_decrease",
+                                                   "adversarial_increase")]
+    keys += ["iou_bmap", "iou_amap"] if len(details) > len(keys) + 1 else []  # once the maps are computed
     assert [md.proto.help for md in details[1:]] == [neuron_measures.HELP[k] for k in keys]
     substituted = details[4].value
     change = -m["benign_decrease"][NEURON]

@@ -13,14 +13,19 @@ RED, BLUE = "#d62728", "#1f77b4"
 
 
 def _measures(n: int = 8) -> dict:
-    """Made-up measures of n neurons: band gaps +, 0 and − (and one NaN) in a scrambled order."""
+    """Made-up measures of n neurons: band gaps +, 0 and − (and one NaN) in a scrambled order; every other
+    registered measure that needs no maps gets made-up values too, so the charts show all of them."""
     gap = np.array([0.0, 0.5, -0.2, 0.0, 1.5, -1.0, np.nan, 0.1])[:n]
     b = np.linspace(0.1, 0.8, n)
     a = b + gap
-    return {"benign_axw": b, "adversarial_axw": np.nan_to_num(a), "benign_lo": b - 0.05,
-            "benign_hi": b + 0.05, "adversarial_lo": b - 0.1, "adversarial_hi": b + 0.1, "band_gap": gap,
-            "curve_difference": np.nan_to_num(a) - b, "benign_decrease": np.arange(n) * 0.01,
-            "adversarial_increase": np.arange(n)[::-1] * 0.02}
+    m = {"benign_axw": b, "adversarial_axw": np.nan_to_num(a), "benign_lo": b - 0.05,
+         "benign_hi": b + 0.05, "adversarial_lo": b - 0.1, "adversarial_hi": b + 0.1, "band_gap": gap,
+         "curve_difference": np.nan_to_num(a) - b, "benign_decrease": np.arange(n) * 0.01,
+         "adversarial_increase": np.arange(n)[::-1] * 0.02}
+    for i, measure in enumerate(neuron_measures.MEASURES):
+        if not measure.needs_maps and measure.key not in m:
+            m[measure.key] = np.linspace(-0.3, 0.4, n) * (i + 1)
+    return m
 
 
 def _trace(spec, meta):
@@ -187,8 +192,7 @@ def _hovered_first(spec: dict, position: int):
 @pytest.mark.parametrize("n", [8, 256])  # visible markers, and invisible ones beyond MARKER_MAX
 def test_a_click_anywhere_in_a_column_selects_its_neuron(n):
     rng = np.random.default_rng(0)
-    m = {k: rng.normal(size=n) for k in ("benign_axw", "adversarial_axw", "band_gap", "curve_difference",
-                                         "benign_decrease", "adversarial_increase")}
+    m = {k: rng.normal(size=n) for k in ("benign_axw", "adversarial_axw", *nc.MEASURES)}  # every measure
     m |= {"benign_lo": m["benign_axw"] - 1, "benign_hi": m["benign_axw"] + 1,
           "adversarial_lo": m["adversarial_axw"] - 1, "adversarial_hi": m["adversarial_axw"] + 1}
     m["benign_axw"][3] = np.nan  # a missing point on the first curve: the second curve's is hovered
@@ -282,8 +286,13 @@ def test_hover_and_detail_texts_have_no_negative_zero_and_say_falls_or_rises():
         assert not re.search(r"(rises|falls) by -", text), text
     for t in spec["data"]:  # no plotly number format (d3 writes "-0"): the numbers come as text
         assert not re.search(r"%\{[^}]*:", t.get("hovertemplate", "")), t["hovertemplate"]
-    assert nc.hover_rows(m, [2], iou)[0] == [2, 1, "0.5667", "0.3667", "0.5", "0.5", "does not change",
-                                             "does not change", "1.000", "0.000"]
+    row = dict(zip(nc.hover_columns(iou=True), nc.hover_rows(m, [2], iou)[0], strict=True))
+    assert {k: row[k] for k in ("neuron", "rank", "benign_axw", "adversarial_axw", "band_gap",
+                                "curve_difference", "benign_decrease", "adversarial_increase", "iou_bmap",
+                                "iou_amap")} == {
+        "neuron": 2, "rank": 1, "benign_axw": "0.5667", "adversarial_axw": "0.3667", "band_gap": "0.5",
+        "curve_difference": "0.5", "benign_decrease": "does not change",
+        "adversarial_increase": "does not change", "iou_bmap": "1.000", "iou_amap": "0.000"}
 
 
 def test_detail_lines_each_come_with_plain_words():
@@ -292,11 +301,16 @@ def test_detail_lines_each_come_with_plain_words():
     texts = [t for t, _ in lines]
     assert texts[0] == "**Neuron 1**: rank 2 of 4 (outside the top 1 shown), region B: unaffected"
     assert texts[1] == "act×weight: 0.3333 (cat) → 0.8333 (dog)"
-    assert texts[2:] == ["band gap: 0", "curve difference: -1e-09",
-                         "substituted alone: P(cat) rises by 0.00094, P(dog) rises by 0.00094"]
+    assert texts[2:5] == ["band gap: 0", "curve difference: -1e-09",
+                          "substituted alone: P(cat) rises by 0.00094, P(dog) rises by 0.00094"]
     words = neuron_measures.HELP
-    assert [h for _, h in lines] == [words["rank"] + "\n\n" + words["regions"], *(words[k] for k in (
+    assert [h for _, h in lines][:5] == [words["rank"] + "\n\n" + words["regions"], *(words[k] for k in (
         "activation_times_weight", "band_gap", "curve_difference", "substitution"))]
+    # every other registered measure without maps: a line of its own, with its words, after those
+    others = [x for x in neuron_measures.MEASURES
+              if not x.needs_maps and x.key not in ("band_gap", "curve_difference", "benign_decrease",
+                                                    "adversarial_increase")]
+    assert lines[5:] == [(f"{x.words('detail')}: {nc.measure_text(x, m[x.key][1])}", x.help) for x in others]
     iou = {"bmap": np.full(4, 0.25), "amap": np.full(4, 0.5)}
     more = nc.detail_lines(m, 1, rank=2, total=4, classes=("cat", "dog"), iou=iou)
     assert more[-2:] == [("IoU of its receptive field with bMap: 0.250", neuron_measures.HELP["iou_bmap"]),
@@ -314,3 +328,34 @@ def test_every_sort_option_and_control_has_help():
     intervals = nc.options_help("x", neuron_measures.INTERVAL_LABELS, neuron_measures.INTERVAL_HELP)
     assert all(label in intervals for label in neuron_measures.INTERVAL_LABELS.values())
     assert {"zoom", "neuron_id", "sort", "sort_more", "chart", "selected"} <= set(nc.CONTROL_HELP)
+
+
+# -- the registry drives the hover and the detail text ---------------------------------------------------
+def test_hover_columns_are_named_and_every_measure_is_in_the_hover_and_the_details():
+    m = _measures()
+    iou = {"bmap": np.linspace(0, 0.7, 8), "amap": np.linspace(0.7, 0, 8)}
+    without, full = nc.hover_columns(), nc.hover_columns(iou=True)
+    assert full[:len(without)] == without
+    assert without[:4] == ["neuron", "rank", "benign_axw", "adversarial_axw"]
+    assert set(full[4:]) == set(neuron_measures.SORT_KEYS) and len(full) == len(set(full))
+    assert set(without[4:]) == {x.key for x in neuron_measures.MEASURES if not x.needs_maps}
+    order = nc.shown_order(m["band_gap"])
+    spec = json.loads(nc.ranking_figure(m, order, classes=("cat", "dog"), colors=(RED, BLUE), sort="band_gap",
+                                        sort_label="band gap", iou=iou).to_json())
+    benign = _trace(spec, "benign curve")
+    cells = [int(i) for i in re.findall(r"%\{customdata\[(\d+)\]\}", benign["hovertemplate"])]
+    assert sorted(cells) == list(range(len(full)))  # every column placed once
+    text, values = _hover(benign)[0], nc.with_iou(m, iou)
+    j = int(order[0])
+    details = " ".join(t for t, _ in nc.detail_lines(m, j, rank=1, total=8, classes=("cat", "dog"), iou=iou))
+    for x in neuron_measures.MEASURES:  # its words, then its value as the registry formats it
+        value = re.escape(nc.measure_text(x, values[x.key][j]))
+        for where, shown in (("hover", text), ("detail", details)):
+            words = re.escape(x.words(where).format(benign="cat", adversarial="dog"))
+            assert re.search(words + ":? " + value, shown), (x.key, where)
+    # the adversarial curve's customdata: the id and its act×w, found by name
+    at = full.index("adversarial_axw")
+    assert _trace(spec, "adversarial curve")["customdata"][0] == [j, benign["customdata"][0][at]]
+    assert nc.IOU_SORTS == {"iou_bmap": "bmap", "iou_amap": "amap"}
+    for sort in neuron_measures.SORT_KEYS:
+        assert np.array_equal(nc.sort_values(sort, m, iou), values[sort], equal_nan=True)

@@ -15,6 +15,7 @@ from core.neuron_measures import (
     DEFAULT_COVERAGE,
     DEFAULT_INTERVAL,
     INTERVALS,
+    MEASURES,
     activation_times_weight,
     band_gap,
     class_band,
@@ -322,3 +323,83 @@ def test_every_measure_sort_and_setting_has_plain_words():
         assert len(words) > 40 and words.strip() == words, key
         # for a reader who does not code: no identifiers, code or formulas
         assert not any(mark in words for mark in ("_", "`", "==", "np.", "[", "]")), (key, words)
+
+
+# -- the registry ---------------------------------------------------------------------------------------
+def test_registry_entries_are_complete_and_in_menu_order():
+    from core import neuron_measures as nm
+    from core.ui.state import NEURON_SORTS
+    keys = [m.key for m in nm.MEASURES]
+    assert keys[:6] == ["band_gap", "curve_difference", "iou_bmap", "iou_amap", "benign_decrease",
+                        "adversarial_increase"]  # the paper's sorts first, in the menu's order
+    assert len(set(keys)) == len(keys) and list(NEURON_SORTS) == keys == list(nm.SORT_KEYS)
+    assert len({m.label for m in nm.MEASURES}) == len(keys) == len({m.name for m in nm.MEASURES})
+    for m in nm.MEASURES:
+        assert NEURON_SORTS[m.key] == m.label and m.label.split(" (")[0] == m.name
+        assert nm.HELP[m.key] == m.help and nm.SUMMARY[m.key] == m.summary
+        assert m.reads in ("value", "increase", "decrease") and format(0.5, m.fmt)
+        assert m.vmap in (None, "bmap", "amap") and (m.vmap is None or m.needs_maps)
+
+
+@pytest.mark.parametrize("key", [m.key for m in MEASURES])
+def test_every_measure_is_a_sort_of_the_link(key):
+    from core.ui.state import Selection, from_query, to_query
+    sel = Selection(experiment="cifar20", pair=3, neuron_sort=key)
+    default = key == Selection().neuron_sort  # the default sort stays out of the link
+    assert to_query(sel).get("neuron_sort") == (None if default else key) and from_query(to_query(sel)) == sel
+    assert from_query({"exp": "cifar20", "neuron_sort": key}).neuron_sort == key
+
+
+def test_every_measure_on_a_real_pair(cifar20_store, weight20):
+    from core import neuron_measures as nm
+    from core.analysis import Analysis
+    an = Analysis(cifar20_store)
+    pair = 0  # the pair whose maps (stride 4) the page and view tests compute too
+    plain = an.neuron_measures(pair)
+    curves = {"benign_axw", "adversarial_axw", "benign_lo", "benign_hi", "adversarial_lo", "adversarial_hi"}
+    assert set(plain) == curves | {m.key for m in nm.MEASURES if not m.needs_maps}
+    maps = {"top": 0.2, "stride": 4, "precision": "auto"}
+    full = an.neuron_measures(pair, maps=maps)
+    assert set(full) == curves | set(nm.SORT_KEYS)
+    for key, values in full.items():
+        assert values.shape == (an.num_neurons,) and values.dtype == np.float64, key
+        if key in plain:  # asking for the maps changes no other number
+            np.testing.assert_array_equal(values, plain[key])
+    for m in nm.MEASURES:
+        if m.vmap:
+            np.testing.assert_array_equal(full[m.key], an.iou_ranking(pair, m.vmap, **maps)[0])
+    # compute reads only the PairInput: the same numbers from the store's arrays directly
+    row = cifar20_store.pairs.iloc[pair]
+    head = an.head
+    inp = nm.pair_input(cifar20_store.class_stats, head[0], head[1],
+                        cifar20_store.array("benign_pooled")[pair],
+                        cifar20_store.array("adversarial_pooled")[pair],
+                        int(row["label"]), int(row["adv_label"]))
+    for m in nm.MEASURES:
+        if not m.needs_maps:
+            np.testing.assert_array_equal(m.compute(inp), plain[m.key])
+        else:
+            with pytest.raises(ValueError, match="vulnerability maps"):
+                m.compute(inp)
+
+
+# -- the paper's "straightforward" sort (§5.2.1) -----------------------------------------------------------
+def test_activation_difference_vs_loop_and_as_a_sort_of_the_link(cifar20_store):
+    from core import neuron_measures as nm
+    from core.analysis import Analysis
+    from core.ui.state import NEURON_SORTS, Selection, from_query, to_query
+    an = Analysis(cifar20_store)
+    for pair in (0, 3, 7):
+        pb = cifar20_store.array("benign_pooled")[pair]
+        pa = cifar20_store.array("adversarial_pooled")[pair]
+        ref = []
+        for j in range(len(pb)):  # the paper's words, one neuron at a time: adversarial minus benign
+            ref.append(float(pa[j]) - float(pb[j]))
+        got = an.neuron_measures(pair)["activation_difference"]
+        assert got.dtype == np.float64 and got.tolist() == ref
+        assert nm.activation_difference(pb, pa).tolist() == ref
+        assert rank(got).tolist() == sorted(range(len(ref)), key=lambda j: (-ref[j], j))  # descending
+    assert NEURON_SORTS["activation_difference"] == "activation difference (no weights)"
+    sel = Selection(experiment="cifar20", pair=3, neuron=5, neuron_sort="activation_difference")
+    query = to_query(sel)
+    assert query["neuron_sort"] == "activation_difference" and from_query(query) == sel
