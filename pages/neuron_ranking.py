@@ -9,11 +9,9 @@ from functools import partial
 import streamlit as st
 
 from core import neuron_measures
-from core.store import StoreError
 from core.ui import neuron_charts as nc
-from core.ui import services, session
+from core.ui import session
 from core.ui.state import NEURON_SORTS
-from core.ui.text import plain, quoted
 from core.ui.views import ranking
 
 session.require_app()  # first: a deep link must not run a page outside app.py
@@ -44,21 +42,8 @@ def _on_interval(coverages) -> None:
 sel = session.require_experiment()
 
 st.header("Neuron ranking")
-if sel.pair is None:
-    st.info("Pick a pair in Image space first: click a prediction-matrix cell, then a pair of the grid.")
-    session.page_link("pages/image_space.py", label="Go to Image space", icon=":material/grid_view:")
-    st.stop()
-
-try:
-    analysis = services.analysis(sel.experiment)
-except StoreError as e:  # removed or damaged since the sidebar listed it
-    st.error(plain(e))
-    st.stop()
-if not 0 <= sel.pair < analysis.num_pairs:
-    st.warning(f"Pair #{sel.pair} is not in experiment {quoted(sel.experiment)} "
-               f"(it has {analysis.num_pairs} pairs). Pick another pair in Image space.")
-    session.page_link("pages/image_space.py", label="Go to Image space", icon=":material/grid_view:")
-    st.stop()
+analysis = session.require_analysis(sel)
+session.require_pair(analysis, sel)
 
 with st.spinner(SPINNER) if ranking.computes_maps(analysis, sel) else nullcontext():
     view = ranking.ranking_view(analysis, sel)
@@ -116,7 +101,7 @@ with right:
     else:
         for line, words in view.details:
             st.markdown(line, help=words)
-        session.page_link("pages/receptive_fields.py", label=f"See neuron {view.neuron}'s receptive fields",
+        session.page_link("receptive_fields", label=f"See neuron {view.neuron}'s receptive fields",
                           icon=":material/arrow_forward:")
-        session.page_link("pages/clustering.py", label="Find neurons that behave like it",
+        session.page_link("clustering", label="Find neurons that behave like it",
                           icon=":material/account_tree:")

@@ -17,10 +17,12 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from core import neuron_measures
+from core.map_settings import MapSettings
 from core.ui import neuron_charts as nc
 from core.ui.palette import class_colors
 from core.ui.state import NEURON_SORTS, Selection
 from core.ui.text import number, plain
+from core.ui.views import map_settings
 
 STRIP = (" The strip under the curves colours each neuron by its band-gap region (A: excited, B: unaffected, "
          "C: inhibited); sort by band gap to see them as regions.")
@@ -52,15 +54,10 @@ class RankingView:
     details: list[tuple[str, str]]       # its numbers: (Markdown line, help)
 
 
-def map_kw(analysis, sel: Selection) -> dict:
-    """The vulnerability-map settings of a selection (the one place the view decides them)."""
-    return {"stride": analysis.map_stride(sel.stride), "precision": "auto"}
-
-
 def computes_maps(analysis, sel: Selection) -> bool:
     """Whether ``ranking_view`` will compute the pair's vulnerability maps (slow: the page says so)."""
     return (neuron_measures.BY_KEY[sel.neuron_sort].needs_maps
-            and not analysis.has_vulnerability_maps(sel.pair, **map_kw(analysis, sel)))
+            and not analysis.has_vulnerability_maps(sel.pair, map_settings(analysis, sel)))
 
 
 def coverages(analysis) -> dict[str, list[float]]:
@@ -78,13 +75,13 @@ def _header(analysis, pair: int, names: tuple[str, str]) -> str:
             f"P({a}) {row['adv_prob_benign']:.1%} → {row['adv_prob']:.1%}")
 
 
-def _notice(analysis, sel: Selection, values: np.ndarray, maps: dict) -> tuple[str, str] | None:
+def _notice(analysis, sel: Selection, values: np.ndarray, maps: MapSettings) -> tuple[str, str] | None:
     """The words that qualify a ranking by a vulnerability map's mask: an empty or partial top-% mask,
     or no RF overlapping it (every value 0: the order is just the neuron ids)."""
     which = neuron_measures.BY_KEY[sel.neuron_sort].vmap
     if which is None:
         return None
-    info = analysis.map_mask_status(sel.pair, which, top=sel.top, **maps)
+    info = analysis.map_mask_status(sel.pair, which, top=sel.top, settings=maps)
     name = f"{which[0]}Map"
     if info.empty:
         return ("warning", f"This ranking is degenerate: no pixel of {name} is above 0 on this pair, so "
@@ -119,11 +116,11 @@ def ranking_view(analysis, sel: Selection) -> RankingView:
     offered = coverages(analysis)
     coverage = nc.valid_coverage(sel.coverage, offered[sel.interval])
     measure = neuron_measures.BY_KEY[sel.neuron_sort]
-    maps = map_kw(analysis, sel)
-    with_maps = measure.needs_maps or analysis.has_vulnerability_maps(pair, **maps)
+    maps = map_settings(analysis, sel)
+    with_maps = measure.needs_maps or analysis.has_vulnerability_maps(pair, maps)
     measures = analysis.neuron_measures(
         pair, interval=sel.interval, coverage=coverage,
-        maps={"top": sel.top, **maps, **nc.rf_kw(sel, analysis)} if with_maps else None)
+        maps={"top": sel.top, "settings": maps, **nc.rf_kw(sel, analysis)} if with_maps else None)
     values = nc.sort_values(sel.neuron_sort, measures)
     full_order = neuron_measures.rank(values)
     order = nc.shown_order(values, sel.zoom)
