@@ -94,11 +94,10 @@ def link_params() -> dict[str, str]:
 
 def page_link(page: str, *, label: str, icon: str | None = None, **kwargs) -> None:
     """``st.page_link`` to a page of this app, carrying the selection (see ``link_params``). ``page``:
-    its key in ``core.ui.pages.PAGES`` (or, still accepted, its script path); ``icon``: the page's own
-    unless given."""
-    known = PAGES.get(page)
-    st.page_link(known.path if known else page, query_params=link_params(), label=label,
-                 icon=icon or (known.icon if known else None), **kwargs)
+    its key in ``core.ui.pages.PAGES`` (KeyError for another: a typo fails the tests); ``icon``: the
+    page's own unless given."""
+    known = PAGES[page]
+    st.page_link(known.path, query_params=link_params(), label=label, icon=icon or known.icon, **kwargs)
 
 
 # -- guards: a page that needs something says how to get it, links there and stops -----------------------
