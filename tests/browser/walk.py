@@ -139,6 +139,10 @@ def walk(pg, base_url: str, store, *, cell_rank: int = 0, shots: str | None = ""
 
     pg.goto(base_url + "/")
     pg.wait_for_selector("[data-testid=stSidebarNav]", timeout=TIMEOUT)
+    # the page drawn, not its loading skeleton: the summary numbers and the table's canvas
+    pg.wait_for_selector("[data-testid=stMetricValue]", timeout=TIMEOUT)
+    pg.wait_for_selector("[data-testid=stDataFrame] canvas", timeout=TIMEOUT)
+    _idle(pg)
     _shot(pg, shots, "0-experiments")
 
     # -- image space: a lasso on the benign scatterplot filters the grid ------------------------------
