@@ -29,36 +29,7 @@ from core.ui.views import image_space as isv
 session.require_app()  # first: a deep link must not run a page outside app.py
 
 PER_ROW = 3             # pairs per grid row (fits 1280 px with the sidebar open)
-CHART_HEIGHT = 300
 COLOR_NAMES = {"true": "true label", "predicted": "predicted label"}
-
-
-# -- cached builders (shared by sessions, never mutated) ------------------------------------------
-@st.cache_resource(show_spinner=False, max_entries=16)
-def _matrix(experiment: str, stamp: str):
-    store = services.store(experiment)
-    return image_space.prediction_matrix(store.pairs, len(store.classes))
-
-
-@st.cache_data(show_spinner=False, max_entries=16)
-def _matrix_spec(experiment: str, stamp: str, rows=None, cols=None):
-    """The matrix (or its class subset ``rows`` × ``cols``) as a Vega-Lite dict, built (and
-    schema-validated by Altair, ~0.1 s) once per experiment and subset; cache_data hands out a copy
-    each time, which the page points at the selected cell."""
-    store = services.store(experiment)
-    return overview_charts.matrix_spec(_matrix(experiment, stamp), store.classes, height=CHART_HEIGHT,
-                                       rows=rows, cols=cols)
-
-
-@st.cache_resource(show_spinner=False, max_entries=32)
-def _scatter(experiment: str, stamp: str, side: str, color_by: str, highlight_key, _highlight,
-             subset, colors: tuple[str, ...]):
-    """``subset``: None, or the class subset as (benign ids, adversarial ids) tuples; ``colors``: per
-    class (the view's)."""
-    store = services.store(experiment)
-    inside = None if subset is None else image_space.in_subset(store.pairs, *subset)
-    return overview_charts.scatter_figure(store.pairs, store.classes, list(colors), side, color_by,
-                                          _highlight, height=CHART_HEIGHT, subset=inside)
 
 
 # -- callbacks: every change of the selection goes through them ------------------------------------
@@ -115,7 +86,7 @@ except StoreError as e:
     st.stop()
 classes = store.classes
 stamp = str(store.manifest.get("created", ""))
-matrix = _matrix(sel.experiment, stamp)
+matrix = services.prediction_matrix(sel.experiment, stamp)
 st.header("Image space")
 view = isv.image_space_view(store, sel)
 subset, colors, cell = view.subset, view.colors, view.cell
@@ -157,14 +128,15 @@ highlight_key = (cell, hash(sel.lasso)) if view.narrowed else None
 charts = st.columns([1, 1, 1.2], gap="small")
 for col, side in zip(charts[:2], ("benign", "adversarial"), strict=True):
     key = f"image_space_scatter_{side}"
-    fig = _scatter(sel.experiment, stamp, side, sel.color_by, highlight_key, highlight, subset, tuple(colors))
+    fig = services.scatter(sel.experiment, stamp, side, sel.color_by, highlight_key, highlight, subset,
+                           tuple(colors))
     col.plotly_chart(fig, key=key, on_select=partial(_on_scatter, key), selection_mode=("box", "lasso"),
                      width="stretch", config={"displaylogo": False})
 # A fresh key per selected cell: the chart's own click state starts empty, so clicking the selected
 # cell again reaches the callback (and clears it).
 matrix_key = f"image_space_matrix_{cell[0]}_{cell[1]}" if cell else "image_space_matrix"
 st.html(overview_charts.MATRIX_CSS)
-matrix_spec = overview_charts.with_cell(_matrix_spec(sel.experiment, stamp, *(subset or ())), cell)
+matrix_spec = overview_charts.with_cell(services.matrix_spec(sel.experiment, stamp, *(subset or ())), cell)
 charts[2].vega_lite_chart(spec=matrix_spec, key=matrix_key, on_select=partial(_on_matrix, matrix_key, matrix),
                           selection_mode=overview_charts.MATRIX_PARAM, width="stretch")
 

@@ -7,8 +7,10 @@ import threading
 
 import streamlit as st
 
+from core import image_space
 from core.analysis import Analysis
 from core.store import Store, cache_dir, open_store
+from core.ui import overview_charts
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
@@ -60,3 +62,34 @@ def freeze_heap() -> None:
             gc.collect()
             gc.freeze()
             _frozen = True
+
+
+CHART_HEIGHT = 300  # of Image space's three overview charts
+
+
+# -- Image space's charts, built once per experiment (and subset) and shared by sessions, never mutated --
+@st.cache_resource(show_spinner=False, max_entries=16)
+def prediction_matrix(experiment: str, stamp: str):
+    """The (classes, classes) counts of pairs per (true, adversarial) label (``image_space``)."""
+    s = store(experiment)
+    return image_space.prediction_matrix(s.pairs, len(s.classes))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def matrix_spec(experiment: str, stamp: str, rows=None, cols=None):
+    """The matrix (or its class subset ``rows`` × ``cols``) as a Vega-Lite dict, built (and
+    schema-validated by Altair, ~0.1 s) once per experiment and subset; cache_data hands out a copy
+    each time, which the page points at the selected cell."""
+    return overview_charts.matrix_spec(prediction_matrix(experiment, stamp), store(experiment).classes,
+                                       height=CHART_HEIGHT, rows=rows, cols=cols)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def scatter(experiment: str, stamp: str, side: str, color_by: str, highlight_key, _highlight,
+            subset, colors: tuple[str, ...]):
+    """``subset``: None, or the class subset as (benign ids, adversarial ids) tuples; ``colors``: per
+    class (the view's)."""
+    s = store(experiment)
+    inside = None if subset is None else image_space.in_subset(s.pairs, *subset)
+    return overview_charts.scatter_figure(s.pairs, s.classes, list(colors), side, color_by,
+                                          _highlight, height=CHART_HEIGHT, subset=inside)
