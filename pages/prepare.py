@@ -1,17 +1,18 @@
 """Prepare an experiment: a form for non-programmers (a preset, or a dataset folder, an architecture and a
 checkpoint; the class subset; the attack), which runs ``core.pipeline.prepare`` in the background with
-visible progress (core.ui.jobs), then offers the new experiment."""
+visible progress (core.jobs), then offers the new experiment."""
 from pathlib import Path
 
 import streamlit as st
 
 from core import data as datasets
+from core import jobs
 from core.config import ConfigError
 from core.hosting import settings
 from core.models import ARCHITECTURES, CHECKPOINT_SUFFIXES, ModelError
 from core.presets import PRESETS
 from core.store import Store, StoreError, validate_id
-from core.ui import jobs, session
+from core.ui import prepare_form, session
 from core.ui.stores import cache_dir, experiments
 from core.ui.text import one_line, plain  # every message may hold user or file text (paths, names)
 
@@ -39,8 +40,8 @@ def _numbers(values) -> str:
 def _preset_values(name: str) -> dict:
     """The form's values for a preset (or the custom start)."""
     if name == CUSTOM:
-        cfg = jobs.build_config(None, {"data.source": "image_folder", "model.arch": "resnet18"})
-        mean, std = jobs.default_normalization("resnet18")
+        cfg = prepare_form.build_config(None, {"data.source": "image_folder", "model.arch": "resnet18"})
+        mean, std = prepare_form.default_normalization("resnet18")
         ident = "my-experiment"
     else:
         cfg, (mean, std), ident = PRESETS[name], (PRESETS[name].model.mean, PRESETS[name].model.std), name
@@ -55,7 +56,7 @@ def _preset_values(name: str) -> dict:
             "prepare_early_stop": a.early_stop, "prepare_random_start": a.random_start,
             "prepare_batch_size": p.batch_size, "prepare_maps": p.maps,
             "prepare_perplexity": float(p.tsne_perplexity),
-            "prepare_device": p.device, "prepare_id": jobs.suggest_id(ident, cache_dir())}
+            "prepare_device": p.device, "prepare_id": prepare_form.suggest_id(ident, cache_dir())}
 
 
 def _on_preset() -> None:
@@ -63,7 +64,7 @@ def _on_preset() -> None:
 
 
 def _on_arch() -> None:
-    mean, std = jobs.default_normalization(st.session_state["prepare_arch"])
+    mean, std = prepare_form.default_normalization(st.session_state["prepare_arch"])
     st.session_state["prepare_mean"], st.session_state["prepare_std"] = _numbers(mean), _numbers(std)
 
 
@@ -74,7 +75,7 @@ def _on_upload() -> None:
     if f is None:
         return
     try:
-        st.session_state["prepare_upload_path"] = str(jobs.save_upload(
+        st.session_state["prepare_upload_path"] = str(prepare_form.save_upload(
             f.getvalue(), f.name, cache_dir(), max_bytes=int(st.get_option("server.maxUploadSize")) * 2**20))
     except jobs.USER_ERRORS as e:
         st.session_state["prepare_upload_error"] = str(e)
@@ -221,7 +222,7 @@ with left:
         st.info("Enter the folder that holds your images, one sub-folder per class.")
     else:
         try:
-            classes_all = jobs.dataset_classes(source, st.session_state.get("prepare_root"), cache)
+            classes_all = prepare_form.dataset_classes(source, st.session_state.get("prepare_root"), cache)
         except datasets.DataError as e:
             st.error(plain(str(e)))
     if classes_all:
@@ -252,7 +253,7 @@ with left:
                       "server, e.g. /models/my-model.pth (.pth, .pt, .th, .tar or .safetensors).")
         path = st.session_state["prepare_ckpt_path"].strip()
         try:  # nothing is looked up outside the folders the server lets the app read
-            if path and not jobs.server_path(path, cache, "checkpoint file", ModelError).is_file():
+            if path and not prepare_form.server_path(path, cache, "checkpoint file", ModelError).is_file():
                 st.error(plain(f"the checkpoint file {path!r} does not exist on the server"))
         except ModelError as e:
             st.error(plain(str(e)))
@@ -354,13 +355,13 @@ if start:
         ident = validate_id(ident)
         if (cache / ident).exists():
             raise StoreError(f"an experiment named {ident!r} already exists; choose another id")
-        classes_all = jobs.dataset_classes(source, st.session_state.get("prepare_root"), cache)
-        cfg = jobs.build_config(None if st.session_state["prepare_preset"] == CUSTOM
+        classes_all = prepare_form.dataset_classes(source, st.session_state.get("prepare_root"), cache)
+        cfg = prepare_form.build_config(None if st.session_state["prepare_preset"] == CUSTOM
                                 else st.session_state["prepare_preset"], _config_values(classes_all))
-        jobs.check_server_paths(cfg, cache)
+        prepare_form.check_server_paths(cfg, cache)
         jobs.check_capacity()  # before loading the checkpoint: a busy server says so at once
         with st.spinner("Checking the checkpoint…"):
-            jobs.check_model(cfg)
+            prepare_form.check_model(cfg)
         jobs.start(cfg, ident, cache)
     except jobs.USER_ERRORS as e:
         with right:

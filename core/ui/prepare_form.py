@@ -1,8 +1,7 @@
 """The Prepare page's pure helpers (no Streamlit): the class names of a data source, the server folders
 the page may read, a checked image folder, checkpoint uploads saved under a content-addressed name, a config
 built from a preset plus the form's values, and a model check that loads the checkpoint with the project's
-safe loader before any long run starts. The jobs themselves run in processes of their own
-(``core.jobs``; re-exported here for the page).
+safe loader before any long run starts. The jobs themselves run in processes of their own (``core.jobs``).
 """
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ from core import models
 from core.config import ConfigError, ExperimentConfig
 from core.data import CIFAR10_CLASSES, FASHION_MNIST_CLASSES, DataError
 from core.hosting import settings
-from core.jobs import USER_ERRORS, Job, cancel, check_capacity, get, running, start  # noqa: F401 (the page's)
 from core.models import ARCHITECTURES, CHECKPOINT_SUFFIXES, ModelError
 from core.presets import PRESETS
 
