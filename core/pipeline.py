@@ -3,8 +3,9 @@
 Stages, each with a tqdm bar and the same progress sent to ``progress(stage, done, total)``:
 
 1. ``clean``: predict every image (fp32); keep the correctly classified ones.
-2. ``attack``: attack them (PGD by default); success is decided by an fp32 forward pass, whatever
-   precision the search used; with a bf16 search, images that fail are attacked again in fp32.
+2. ``attack``: attack them (``[attack] method``, from ``core.attacks.ATTACKS``; PGD by default); success is
+   decided by an fp32 forward pass, whatever precision the search used; with a bf16 search, images that
+   fail are attacked again in fp32.
 3. ``features``: logits, probabilities, pooled activations and last-conv maps of every successful
    benign/adversarial pair (fp32; the maps are stored as float16).
 4. ``statistics``: per-class statistics of the pooled activations (the band-gap input).
@@ -536,12 +537,10 @@ class Context:
 
 
 def _attack(model, x, y, a, precision, bs, seed) -> torch.Tensor:
-    if a.method == "fgsm":
-        return attacks.fgsm(model, x, y, eps=a.eps, precision=precision)
-    g = torch.Generator().manual_seed(seed) if a.random_start else None
-    return attacks.pgd(model, x, y, eps=a.eps, alpha=a.alpha, steps=a.steps,
-                       random_start=a.random_start, precision=precision, batch_size=bs,
-                       early_stop=a.early_stop, generator=g)
+    """The configured attack (``core.attacks.ATTACKS``) of one chunk; its noise, if it draws any, from
+    ``seed`` (a fixed seed per chunk: a resumed or sharded run attacks every chunk the same)."""
+    return attacks.run(a.method, model, x, y, precision=precision, batch_size=bs,
+                       generator=torch.Generator().manual_seed(seed), **a.params())
 
 
 def _predict(model, x: torch.Tensor, bs: int) -> torch.Tensor:

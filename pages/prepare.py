@@ -7,6 +7,7 @@ import streamlit as st
 
 from core import data as datasets
 from core import jobs
+from core.attacks import ATTACKS, PARAMS
 from core.config import ConfigError
 from core.hosting import settings
 from core.models import ARCHITECTURES, CHECKPOINT_SUFFIXES, ModelError
@@ -25,9 +26,8 @@ SOURCE_LABELS = {"demo": "Fashion-MNIST sample shipped with the app", "fashion_m
 CKPT_MODES = ("A file on the server", "Upload a file")
 FIELDS = ("prepare_preset", "prepare_source", "prepare_root", "prepare_image_size", "prepare_classes",
           "prepare_per_class", "prepare_arch", "prepare_ckpt_mode", "prepare_ckpt_path", "prepare_channels",
-          "prepare_width", "prepare_mean", "prepare_std", "prepare_method", "prepare_eps", "prepare_alpha",
-          "prepare_steps", "prepare_early_stop", "prepare_random_start", "prepare_batch_size", "prepare_maps",
-          "prepare_perplexity", "prepare_device", "prepare_id")
+          "prepare_width", "prepare_mean", "prepare_std", *prepare_form.attack_fields(), "prepare_batch_size",
+          "prepare_maps", "prepare_perplexity", "prepare_device", "prepare_id")
 limits = settings()
 SAVED = "prepare_saved"  # the form's values, kept while the user visits other pages
 JOB = "prepare_job"      # the experiment id this session started
@@ -45,15 +45,13 @@ def _preset_values(name: str) -> dict:
         ident = "my-experiment"
     else:
         cfg, (mean, std), ident = PRESETS[name], (PRESETS[name].model.mean, PRESETS[name].model.std), name
-    d, m, a, p = cfg.data, cfg.model, cfg.attack, cfg.prepare
+    d, m, p = cfg.data, cfg.model, cfg.prepare
     return {"prepare_source": d.source, "prepare_root": d.root or "", "prepare_image_size": d.image_size or 0,
             "prepare_classes": list(d.classes or []), "prepare_per_class": d.per_class or 0,
             "prepare_arch": m.arch, "prepare_ckpt_mode": CKPT_MODES[0],
             "prepare_ckpt_path": m.checkpoint or "",
             "prepare_channels": m.in_channels, "prepare_width": m.width, "prepare_mean": _numbers(mean),
-            "prepare_std": _numbers(std), "prepare_method": a.method, "prepare_eps": round(a.eps * 255, 2),
-            "prepare_alpha": round(a.alpha * 255, 2), "prepare_steps": a.steps,
-            "prepare_early_stop": a.early_stop, "prepare_random_start": a.random_start,
+            "prepare_std": _numbers(std), **prepare_form.attack_form_values(cfg.attack),
             "prepare_batch_size": p.batch_size, "prepare_maps": p.maps,
             "prepare_perplexity": float(p.tsne_perplexity),
             "prepare_device": p.device, "prepare_id": prepare_form.suggest_id(ident, cache_dir())}
@@ -110,10 +108,7 @@ def _config_values(classes_all: list[str]) -> dict:
             "model.arch": s["prepare_arch"], "model.checkpoint": checkpoint or None,
             "model.num_classes": len(classes_all), "model.in_channels": int(s["prepare_channels"]),
             "model.width": int(s["prepare_width"]), "model.mean": _floats(s["prepare_mean"], "mean"),
-            "model.std": _floats(s["prepare_std"], "std"), "attack.method": s["prepare_method"],
-            "attack.eps": float(s["prepare_eps"]) / 255, "attack.alpha": float(s["prepare_alpha"]) / 255,
-            "attack.steps": int(s["prepare_steps"]), "attack.early_stop": bool(s["prepare_early_stop"]),
-            "attack.random_start": bool(s["prepare_random_start"]),
+            "model.std": _floats(s["prepare_std"], "std"), **prepare_form.attack_config_values(s),
             "prepare.batch_size": int(s["prepare_batch_size"]), "prepare.maps": int(s["prepare_maps"]),
             "prepare.tsne_perplexity": float(s["prepare_perplexity"]), "prepare.device": s["prepare_device"]}
 
@@ -285,29 +280,17 @@ with left:
 
 with right:
     st.markdown("#### 3. Attack")
-    st.radio("Method", ("pgd", "fgsm"), key="prepare_method", horizontal=True,
-             format_func=lambda m: "PGD (the paper's)" if m == "pgd" else "FGSM (one step)",
-             help="How the images are changed to fool the model. PGD takes several small steps, each in "
-             "the direction that most lowers the model's confidence in the true class; FGSM takes one "
-             "step of the full size ε (faster, weaker).")
-    pgd = st.session_state["prepare_method"] == "pgd"
-    c1, c2, c3 = st.columns(3)
-    c1.number_input("ε (/255)", min_value=0.0, max_value=255.0, step=0.5, key="prepare_eps",
-                    help="The largest change of any pixel, in 1/255 of the pixel range; the paper uses 8.")
-    c2.number_input("Step α (/255)", min_value=0.0, max_value=255.0, step=0.5,
-                    key="prepare_alpha", disabled=not pgd,
-                    help="The change per step, in 1/255; the paper uses 2.")
-    c3.number_input("Steps κ", min_value=0, max_value=1000, step=1, key="prepare_steps", disabled=not pgd,
-                    help="How many small steps PGD takes; more steps find stronger attacks but take "
-                    "longer. The paper uses 7.")
-    st.checkbox("Early stop (faster; not the paper's PGD)", key="prepare_early_stop", disabled=not pgd,
-                help="Stop each image's attack as soon as the model gets it wrong: much faster, and the "
-                "changes stay smaller, but it is not the attack the paper used.")
-    st.checkbox("Random start inside the ε-ball", key="prepare_random_start", disabled=not pgd,
-                help="Off (the paper's PGD): the attack starts from the image itself. On: it starts from "
-                "the image plus random noise of at most ε per pixel, as in Madry et al.'s own code. The "
-                "noise comes from the run's seed: preparing again with the same settings gives the same "
-                "attacks.")
+    st.radio("Method", tuple(ATTACKS), key="prepare_method", horizontal=True,
+             format_func=lambda m: ATTACKS[m].label, help=prepare_form.METHOD_HELP)
+    used = ATTACKS[st.session_state["prepare_method"]].params  # the others are shown, disabled
+    numbers = [p for p in PARAMS.values() if p.kind is not bool]
+    for row in range(0, len(numbers), 3):
+        for column, p in zip(st.columns(3), numbers[row:row + 3], strict=False):
+            low, high = prepare_form.attack_widget_range(p)
+            column.number_input(p.label, min_value=low, max_value=high, step=p.step,
+                                key=prepare_form.attack_key(p.name), disabled=p.name not in used, help=p.help)
+    for p in (p for p in PARAMS.values() if p.kind is bool):
+        st.checkbox(p.label, key=prepare_form.attack_key(p.name), disabled=p.name not in used, help=p.help)
     st.caption(f"ε = {st.session_state['prepare_eps']:g}/255 = {st.session_state['prepare_eps'] / 255:.4f} "
                "in [0, 1] pixel units.")
 
