@@ -103,8 +103,10 @@ def _attacks_help() -> str:
         lines += textwrap.wrap(f"{a.name}: {a.label}. {a.help}", 100, initial_indent="  ",
                                subsequent_indent="    ")
         for p in a.params.values():
-            shown = str(p.default).lower() if p.kind is bool else f"{p.default:.4g}"
-            default = "" if callable(p.default) else f" (default {shown})"
+            if callable(p.default):  # derived from the other parameters: its note says how
+                default = ""
+            else:
+                default = f" (default {str(p.default).lower() if p.kind is bool else f'{p.default:.4g}'})"
             lines += textwrap.wrap(f"{p.name}{default}: {p.expected}", 100, initial_indent="    ",
                                    subsequent_indent="      ")
     return "\n".join(lines)
