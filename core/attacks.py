@@ -1,4 +1,5 @@
-"""Adversarial attacks in [0,1] pixel space: PGD (Madry et al. 2018, the paper's §3.1/§6) and FGSM.
+"""Adversarial attacks in [0,1] pixel space, and their registry ``ATTACKS``: PGD (Madry et al. 2018, the
+paper's §3.1/§6) and FGSM.
 
 PGD with budget ε, step α and κ steps (paper: κ=7, ε=8/255, α=2/255)::
 
@@ -23,10 +24,24 @@ Choices:
   at once; ``generator`` makes the noise reproducible. docs/method.md compares the two.
 - The model is put in eval mode for the attack and restored afterwards; its weights are untouched
   and no weight gradients are computed (``torch.autograd.grad`` w.r.t. the input only).
+
+The registry: ``ATTACKS`` holds one :class:`Attack` per method (its name, function, parameters with
+defaults, ranges, units and plain-words help). The config's ``[attack]`` keys and their checks
+(``core.config``), the pipeline (through :func:`run`), the CLI's choices and the Prepare page's form are
+generated from it, so adding an attack is its function, its entry (``register``) and its test. A
+parameter's name is its ``[attack]`` key; a key several attacks share (``eps``, ``steps``) is one config
+field, whose type, and its default where the config leaves the key out of a file naming no method, come
+from the first attack that declares it. ``precision``, ``batch_size``, ``generator`` and ``targeted`` are
+not parameters but how to run: :func:`run` passes each to the functions that accept it.
 """
 from __future__ import annotations
 
 import contextlib
+import inspect
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -113,3 +128,180 @@ def _check(images: torch.Tensor, eps: float) -> None:
         raise ValueError("eps must be >= 0")
     if images.numel() and (images.min() < 0 or images.max() > 1):
         raise ValueError("images must be in [0, 1] pixel space (normalization belongs in the model)")
+
+
+# -- the registry ---------------------------------------------------------------------------------------
+MAX_STEPS = 10_000  # iterations; more is a typo, and hours of work per image
+_OPTIONS = ("precision", "batch_size", "generator", "targeted")  # how to run, not what to compute
+
+
+class ParamError(ValueError):
+    """An attack's parameters that cannot run; the message names the parameter and its valid range."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of an attack: its ``[attack]`` key, type, default, range, units and help.
+
+    ``default`` is a value, or a function of the attack's other parameters (a derived default, e.g. a
+    step of ε/steps). ``lo``/``hi`` bound it (inclusive, ``lo`` exclusive with ``lo_open``); ``note`` says
+    what the value means and ends the range's words; ``label``/``help``/``scale``/``step`` are the form's
+    (the form shows ``value × scale``: 255 for pixel units in 1/255)."""
+    name: str
+    kind: type  # float, int or bool
+    default: Any
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    note: str = ""
+    label: str = ""
+    help: str = ""
+    scale: float = 1
+    step: float = 1
+
+    @property
+    def expected(self) -> str:
+        """A good value, in words: ``a number from 0 to 1 (pixel units: 8/255 = 0.0314)``."""
+        note = f" ({self.note})" if self.note else ""
+        if self.kind is bool:
+            return "true or false" + note
+        if self.kind is int:
+            return f"a whole number from {int(self.lo) + self.lo_open} to {int(self.hi)}{note}"
+        if self.lo_open:
+            return f"a number > {self.lo:g} and at most {self.hi:g}{note}"
+        return f"a number from {self.lo:g} to {self.hi:g}{note}"
+
+    def accepts(self, value: Any) -> bool:
+        """Whether ``value`` has this parameter's type and lies in its range."""
+        if self.kind is bool:
+            return isinstance(value, bool)
+        if isinstance(value, bool) or not isinstance(value, int | float) or (
+                self.kind is int and not isinstance(value, int)):
+            return False
+        if not math.isfinite(value):
+            return False
+        return (value > self.lo if self.lo_open else value >= self.lo) and value <= self.hi
+
+    def default_for(self, values: Mapping[str, Any]) -> Any:
+        """The default, given the attack's other parameters (``values``) for a derived one."""
+        return self.default(values) if callable(self.default) else self.default
+
+
+@dataclass(frozen=True)
+class Attack:
+    """One attack: ``fn(model, images, labels, **params, **options)`` returns the adversarial images.
+
+    ``label``/``help`` are the form's words; ``check`` is a rule between parameters (given all of them):
+    None, or what is wrong as ``key = value: expected ...``."""
+    name: str
+    fn: Callable[..., torch.Tensor]
+    label: str
+    help: str
+    params: dict[str, Param]
+    check: Callable[[Mapping[str, Any]], str | None] = lambda p: None
+    options: tuple[str, ...] = field(default=())  # the run options ``fn`` accepts (from its signature)
+
+
+ATTACKS: dict[str, Attack] = {}
+PARAMS: dict[str, Param] = {}  # every parameter name, first declaration wins: the config's fields
+
+
+def register(name: str, fn: Callable[..., torch.Tensor], label: str, help: str, params: tuple[Param, ...],
+             check: Callable[[Mapping[str, Any]], str | None] = lambda p: None) -> Attack:
+    """Add an attack to ``ATTACKS``; a parameter a previous attack declared must keep its type."""
+    if name in ATTACKS:
+        raise ValueError(f"attack {name!r} is registered already")
+    accepted = inspect.signature(fn).parameters
+    for p in params:
+        if p.name not in accepted:
+            raise TypeError(f"{fn.__name__} has no parameter {p.name!r}")
+        if p.name in PARAMS and PARAMS[p.name].kind is not p.kind:
+            raise TypeError(f"parameter {p.name!r} of {name!r} is a {p.kind.__name__}, but a "
+                            f"{PARAMS[p.name].kind.__name__} for {PARAMS[p.name]!r}")
+    attack = Attack(name, fn, label, help, {p.name: p for p in params}, check,
+                    tuple(o for o in _OPTIONS if o in accepted))
+    ATTACKS[name] = attack
+    for p in params:
+        PARAMS.setdefault(p.name, p)
+    return attack
+
+
+def param(method: str, name: str) -> Param:
+    """Parameter ``name`` as attack ``method`` declares it, else as first declared (``PARAMS``)."""
+    spec = ATTACKS.get(method)
+    return spec.params[name] if spec is not None and name in spec.params else PARAMS[name]
+
+
+def resolve(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Every parameter of attack ``name``: ``params`` checked against the registry's types and ranges,
+    the rest its defaults. A ParamError names the parameter and its valid values."""
+    if name not in ATTACKS:
+        raise ParamError(f"unknown attack {name!r}; attacks: {', '.join(ATTACKS)}")
+    spec = ATTACKS[name]
+    unknown = sorted(set(params) - set(spec.params))
+    if unknown:
+        raise ParamError(f"{name} has no parameter(s) {', '.join(unknown)}; its parameters: "
+                         f"{', '.join(spec.params)}")
+    values = dict(params)
+    for p in sorted(spec.params.values(), key=lambda p: callable(p.default)):  # derived defaults last
+        values.setdefault(p.name, p.default_for(values))
+    for p in spec.params.values():
+        value = values[p.name]
+        if p.kind is float and isinstance(value, int) and not isinstance(value, bool):
+            values[p.name] = value = float(value)
+        if not p.accepts(value):
+            raise ParamError(f"{name}: {p.name} = {value!r}: expected {p.expected}")
+    if (problem := spec.check(values)) is not None:
+        raise ParamError(f"{name}: {problem}")
+    return {p: values[p] for p in spec.params}
+
+
+def run(name: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, precision: str = "fp32",
+        batch_size: int | None = None, generator: torch.Generator | None = None, targeted: bool = False,
+        **params) -> torch.Tensor:
+    """Attack ``images`` with the registered attack ``name`` and ``params`` (the rest: its defaults).
+
+    The run options (``precision``, ``batch_size``, ``generator``, ``targeted``) go to the attacks whose
+    function accepts them; an attack without ``batch_size`` takes the images in one batch, one without a
+    ``generator`` draws no noise. Bad parameters raise ParamError."""
+    values = resolve(name, params)
+    spec = ATTACKS[name]
+    given = {"precision": precision, "batch_size": batch_size, "generator": generator, "targeted": targeted}
+    if targeted and "targeted" not in spec.options:
+        raise ParamError(f"{name} has no targeted form")
+    return spec.fn(model, images, labels, **values, **{o: given[o] for o in spec.options})
+
+
+_EPS = Param("eps", float, 8 / 255, 0, 1, note="pixel units: 8/255 = 0.0314", label="ε (/255)",
+             help="The largest change of any pixel, in 1/255 of the pixel range; the paper uses 8.",
+             scale=255, step=0.5)
+
+
+def _pgd_check(p: Mapping[str, Any]) -> str | None:
+    if p["steps"] > 0 and p["alpha"] == 0:
+        return (f"alpha = 0: expected a step > 0 for PGD with {p['steps']} steps (e.g. eps/4, the paper's "
+                "2/255 = 0.00784), or steps = 0")
+    return None
+
+
+register(
+    "pgd", pgd, "PGD (the paper's)",
+    "PGD takes several small steps, each in the direction that most lowers the model's confidence in the "
+    "true class.",
+    (_EPS,
+     Param("alpha", float, 2 / 255, 0, 1, note="the PGD step in pixel units: 2/255 = 0.00784",
+           label="Step α (/255)", help="The change per step, in 1/255; the paper uses 2.", scale=255,
+           step=0.5),
+     Param("steps", int, 7, 0, MAX_STEPS, note="PGD iterations; the paper: 7", label="Steps κ",
+           help="How many small steps PGD takes; more steps find stronger attacks but take longer. The "
+           "paper uses 7."),
+     Param("random_start", bool, False, label="Random start inside the ε-ball",
+           help="Off (the paper's PGD): the attack starts from the image itself. On: it starts from the "
+           "image plus random noise of at most ε per pixel, as in Madry et al.'s own code. The noise comes "
+           "from the run's seed: preparing again with the same settings gives the same attacks."),
+     Param("early_stop", bool, False, label="Early stop (faster; not the paper's PGD)",
+           help="Stop each image's attack as soon as the model gets it wrong: much faster, and the changes "
+           "stay smaller, but it is not the attack the paper used.")),
+    check=_pgd_check)
+register("fgsm", fgsm, "FGSM (one step)", "FGSM takes one step of the full size ε (faster, weaker).",
+         (_EPS,))

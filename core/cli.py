@@ -10,6 +10,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from core.attacks import ATTACKS
 from core.config import ExperimentConfig
 from core.data import DataWarning
 from core.jobs import USER_ERRORS  # the errors a user can fix: one line, exit 2
@@ -28,13 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", default=str(cache_dir()), help="folder of experiment stores")
     sub = p.add_subparsers(dest="command", required=True)
 
-    pr = sub.add_parser("prepare", help="attack a dataset and write an experiment store")
+    pr = sub.add_parser("prepare", help="attack a dataset and write an experiment store",
+                        epilog=_attacks_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     src = pr.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", help="a named config (see `python -m core presets`)")
     src.add_argument("--config", help="a TOML config file")
     pr.add_argument("--out", help="experiment id (default: the preset or config file name)")
     pr.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a config value, e.g. --set data.per_class=50 (repeatable)")
+    pr.add_argument("--attack", choices=list(ATTACKS), help="the attack method (sets [attack] method; "
+                    "its parameters keep the preset's or config's values: change them with --set attack.KEY="
+                    "VALUE, listed below)")
     pr.add_argument("--cache", default=argparse.SUPPRESS, help="folder of experiment stores (may also "
                     "come before the command)")
     pr.add_argument("--force", action="store_true", help="replace an existing experiment")
@@ -89,19 +94,38 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _attacks_help() -> str:
+    """``prepare --help``'s list of the registered attacks and their [attack] keys."""
+    import textwrap
+    lines = ["attacks (--attack NAME, or --set attack.method=NAME) and their parameters",
+             "(--set attack.KEY=VALUE; a config file that leaves a key out gets the attack's default):"]
+    for a in ATTACKS.values():
+        lines += textwrap.wrap(f"{a.name}: {a.label}. {a.help}", 100, initial_indent="  ",
+                               subsequent_indent="    ")
+        for p in a.params.values():
+            if callable(p.default):  # derived from the other parameters: its note says how
+                default = ""
+            else:
+                default = f" (default {str(p.default).lower() if p.kind is bool else f'{p.default:.4g}'})"
+            lines += textwrap.wrap(f"{p.name}{default}: {p.expected}", 100, initial_indent="    ",
+                                   subsequent_indent="      ")
+    return "\n".join(lines)
+
+
 def _run(args) -> int:
     from core.presets import PRESETS, apply_override, preset
     cache = Path(args.cache)
     if args.command == "prepare":
         from core.pipeline import prepare
+        overrides = ([f"attack.method={json.dumps(args.attack)}"] if args.attack else []) + args.set
         if args.preset:
-            cfg = preset(args.preset, args.set)
+            cfg = preset(args.preset, overrides)
             name = args.preset
         else:
             cfg = ExperimentConfig.from_toml(args.config)
-            if args.set:
+            if overrides:
                 d = cfg.to_dict()
-                for item in args.set:
+                for item in overrides:
                     apply_override(d, item)
                 cfg = ExperimentConfig.from_dict(d)
             name = Path(args.config).stem

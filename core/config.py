@@ -4,8 +4,13 @@ A config file has four tables, each mapping to one dataclass below::
 
     [model]   arch, checkpoint, num_classes, in_channels, width, mean, std, feature_layer, head
     [data]    source, root, split, classes, per_class, image_size, on_corrupt, download
-    [attack]  method, eps, alpha, steps, random_start, early_stop, precision
+    [attack]  method, the attacks' parameters (eps, alpha, steps, random_start, early_stop, ...), precision
     [prepare] batch_size, tsne_perplexity, seed, device, maps, maps_stride, maps_output, maps_precision
+
+The [attack] keys come from the attack registry (``core.attacks.ATTACKS``): ``method`` names an attack, and
+every registered attack's parameter is a key, checked against the range the chosen attack declares. A key
+a file leaves out takes the chosen attack's default (for PGD and FGSM, today's: eps = 8/255, alpha =
+2/255, steps = 7).
 
 Relative paths in a config file are resolved against the file's folder, so a config can sit beside
 its checkpoint.
@@ -36,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.attacks import ATTACKS, MAX_STEPS, PARAMS, param  # noqa: F401 (MAX_STEPS: the config's bound)
 from core.hosting import Settings, settings
 
 
@@ -68,17 +74,27 @@ class DataConfig:
     download: bool = False  # torchvision download, only when asked
 
 
-@dataclass
-class AttackConfig:
-    method: str = "pgd"  # pgd | fgsm
-    eps: float = 8 / 255
-    alpha: float = 2 / 255
-    steps: int = 7
-    random_start: bool = False
-    early_stop: bool = False  # stop at the first misclassifying iterate (faster; not the paper's PGD)
+def _attack_config() -> type:
+    """``AttackConfig``: ``method``, one field per parameter of the registered attacks
+    (``core.attacks.PARAMS``: name, type and default of its first declaration), and ``precision``."""
+    def params(self) -> dict[str, Any]:
+        """The parameters of the chosen attack, as ``core.attacks.run`` takes them."""
+        return {name: getattr(self, name) for name in ATTACKS[self.method].params}
+
+    fields = [("method", str, field(default=next(iter(ATTACKS))))]
+    fields += [(p.name, p.kind, field(default=p.default)) for p in PARAMS.values()]
     # Precision of the attack's search: "fp32", "bf16" (autocast; success re-verified in fp32),
     # or "auto" (bf16 where the device has fast bf16, else fp32).
-    precision: str = "auto"
+    fields += [("precision", str, field(default="auto"))]
+    cls = dataclasses.make_dataclass("AttackConfig", fields, namespace={"params": params})
+    cls.__module__ = __name__  # pickled (a job's config) by its name here
+    cls.__doc__ = ("[attack]: the method (a name in core.attacks.ATTACKS), every registered attack's "
+                   "parameters (a file that leaves one out gets the chosen method's default), and the "
+                   "precision of the search.")
+    return cls
+
+
+AttackConfig = _attack_config()
 
 
 @dataclass
@@ -99,11 +115,10 @@ SECTIONS: dict[str, type] = {"model": ModelConfig, "data": DataConfig, "attack":
                              "prepare": PrepareConfig}
 # Bounds that are not server settings (core.hosting) but what the fields mean:
 MIN_IMAGE_SIZE = 8  # every built-in architecture still yields last-conv maps; smaller shows nothing
-MAX_STEPS = 10_000  # PGD iterations (the paper: 7); more is a typo, and hours of work per image
 MAX_WIDTH = 512  # resnet18_cifar's base width (64 = the paper's 512 neurons; 512 = 4096 neurons)
 MAX_STRING = 4096  # characters in a path or name (PATH_MAX on Linux)
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; never read a huge file whole
-_CHOICES = {"on_corrupt": ("skip", "error"), "method": ("pgd", "fgsm"), "precision": ("auto", "fp32", "bf16"),
+_CHOICES = {"on_corrupt": ("skip", "error"), "precision": ("auto", "fp32", "bf16"),
             "maps_output": ("probability", "logit"), "maps_precision": ("auto", "fp32", "bf16")}
 _DEVICE = re.compile(r"auto|cpu|cuda|cuda:\d{1,4}")
 
@@ -162,16 +177,7 @@ def _rules(limits: bool = True) -> dict[str, dict[str, _Rule]]:
             "on_corrupt": _one_of(_CHOICES["on_corrupt"]),
             "download": _Rule("true or false"),
         },
-        "attack": {
-            "method": _one_of(_CHOICES["method"]),
-            "eps": _Rule("a number from 0 to 1 (pixel units: 8/255 = 0.0314)", lambda v: 0 <= v <= 1),
-            "alpha": _Rule("a number from 0 to 1 (the PGD step in pixel units: 2/255 = 0.00784)",
-                           lambda v: 0 <= v <= 1),
-            "steps": _whole(0, MAX_STEPS, " (PGD iterations; the paper: 7)"),
-            "random_start": _Rule("true or false"),
-            "early_stop": _Rule("true or false"),
-            "precision": _one_of(_CHOICES["precision"]),
-        },
+        "attack": _attack_rules(next(iter(ATTACKS))),
         "prepare": {
             "batch_size": _whole(0, GPU_MAX_BATCH, " (0: chosen for the device and image size)"),
             "tsne_perplexity": _Rule("a number > 0 (t-SNE's neighbourhood size, e.g. 30)", lambda v: v > 0),
@@ -184,6 +190,33 @@ def _rules(limits: bool = True) -> dict[str, dict[str, _Rule]]:
             "maps_precision": _one_of(_CHOICES["maps_precision"]),
         },
     }
+
+
+def _attack_rules(method: Any) -> dict[str, _Rule]:
+    """The rules of the [attack] fields when ``method`` is chosen: each parameter's range as that attack
+    declares it (``core.attacks.param``), the first declaration for the parameters it does not use."""
+    rules = {"method": _one_of(tuple(ATTACKS))}
+    for name in PARAMS:
+        p = param(method, name) if isinstance(method, str) else PARAMS[name]
+        rules[name] = _Rule(p.expected, p.accepts)
+    return rules | {"precision": _one_of(_CHOICES["precision"])}
+
+
+def _attack_table(table: dict) -> dict:
+    """The [attack] table with the chosen method's defaults for the parameters it leaves out (a derived
+    default, such as a step of eps/steps, only where the values it is derived from can give one)."""
+    method = table.get("method", next(iter(ATTACKS)))
+    spec = ATTACKS.get(method) if isinstance(method, str) else None
+    if spec is None:
+        return table
+    out = dict(table)
+    for p in sorted(spec.params.values(), key=lambda p: callable(p.default)):
+        if p.name not in out:
+            try:
+                out[p.name] = p.default_for(out)
+            except (TypeError, ValueError, ArithmeticError, KeyError):
+                pass  # the values it derives from are wrong: their own check says so
+    return out
 
 
 # --- type checks against the dataclasses' annotations -------------------------------------------
@@ -375,7 +408,9 @@ class ExperimentConfig:
         if extra:
             raise ConfigError(f"unknown table(s) {', '.join(show(k) for k in extra)}; expected "
                               f"{', '.join(SECTIONS)}")
-        cfg = cls(**{name: sub(**_table(name, d.get(name))) for name, sub in SECTIONS.items()})
+        tables = {name: _table(name, d.get(name)) for name in SECTIONS}
+        tables["attack"] = _attack_table(tables["attack"])
+        cfg = cls(**{name: sub(**tables[name]) for name, sub in SECTIONS.items()})
         cfg.validate(limits)
         if base_dir is not None:
             for obj, key in ((cfg.model, "checkpoint"), (cfg.data, "root")):
@@ -408,8 +443,9 @@ class ExperimentConfig:
             obj = getattr(self, section)
             if not isinstance(obj, sub):
                 raise ConfigError(f"[{section}] must be a table of key = value lines, not {show(obj)}")
+            section_rules = _attack_rules(obj.method) if section == "attack" else rules[section]
             for f in dataclasses.fields(sub):
-                value, rule, hint = getattr(obj, f.name), rules[section][f.name], _hints(sub)[f.name]
+                value, rule, hint = getattr(obj, f.name), section_rules[f.name], _hints(sub)[f.name]
                 ok, normal = _conform(value, hint)
                 if not ok:
                     raise _fail(section, f.name, value, rule.expected, _hint(value, hint))
@@ -420,6 +456,5 @@ class ExperimentConfig:
         if len(m.mean) not in (1, m.in_channels) or len(m.std) != len(m.mean):
             raise ConfigError(f"[model] mean = {show(list(m.mean))} and std = {show(list(m.std))}: expected "
                               f"one value each, or one per input channel (in_channels = {m.in_channels})")
-        if a.method == "pgd" and a.steps > 0 and a.alpha == 0:
-            raise ConfigError(f"[attack] alpha = 0: expected a step > 0 for PGD with {a.steps} steps (e.g. "
-                              "eps/4, the paper's 2/255 = 0.00784), or steps = 0")
+        if (problem := ATTACKS[a.method].check(a.params())) is not None:
+            raise ConfigError(f"[attack] {problem}")

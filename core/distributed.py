@@ -25,9 +25,12 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.config import ExperimentConfig
+
+if TYPE_CHECKING:
+    from core.pipeline import Task
 
 IN_FLIGHT = 2
 
@@ -42,12 +45,13 @@ class _Worker:
         torch.set_num_threads(max(1, threads))
         self.ctx = Context.build(ExperimentConfig.from_dict(cfg))
 
-    def run(self, task: tuple) -> Any:
-        return self.ctx.run(*task)
+    def run(self, task: Task) -> Any:
+        return self.ctx.run(task)
 
 
 class RayRunner:
-    """A ``core.pipeline.Runner`` over Ray actors (see the module notes)."""
+    """A ``core.pipeline.Runner`` over Ray actors (see the module notes): each ``core.pipeline.Task`` is
+    sent (pickled) to an actor, whose ``Context`` runs it."""
 
     def __init__(self, cfg: ExperimentConfig, address: str | None = None, *, workers: int | None = None,
                  cpus_per_worker: int = 1, log=lambda s: None):
@@ -70,7 +74,7 @@ class RayRunner:
         log(f"Ray: {self.workers} worker(s) ({'1 GPU' if gpus else f'{cpus_per_worker} CPU(s)'} each) on "
             f"a cluster of {resources.get('CPU', 0):.0f} CPUs and {gpus} GPUs")
 
-    def __call__(self, tasks: Iterable[tuple]) -> Iterator[Any]:
+    def __call__(self, tasks: Iterable[Task]) -> Iterator[Any]:
         """Results of ``tasks`` in their order; chunk i goes to worker i mod workers."""
         import ray
         pending: deque = deque()

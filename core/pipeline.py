@@ -1,15 +1,23 @@
 """``prepare``: turn a model and a dataset into an experiment store (paper §5.1, §6 set-up).
 
-Stages, each with a tqdm bar and the same progress sent to ``progress(stage, done, total)``:
+Stages, one function each (``_load``, ``_clean_stage`` ... ``_tsne_stage``, then ``pair_table`` and
+``build_manifest``), each with a tqdm bar and the same progress sent to ``progress(stage, done, total)``:
 
+0. ``load``: check the config, scan the dataset, load the model, open (or resume) the partial store.
 1. ``clean``: predict every image (fp32); keep the correctly classified ones.
-2. ``attack``: attack them (PGD by default); success is decided by an fp32 forward pass, whatever
-   precision the search used; with a bf16 search, images that fail are attacked again in fp32.
+2. ``attack``: attack them (``[attack] method``, from ``core.attacks.ATTACKS``; PGD by default); success is
+   decided by an fp32 forward pass, whatever precision the search used; with a bf16 search, images that
+   fail are attacked again in fp32.
 3. ``features``: logits, probabilities, pooled activations and last-conv maps of every successful
    benign/adversarial pair (fp32; the maps are stored as float16).
 4. ``statistics``: per-class statistics of the pooled activations (the band-gap input).
-5. ``tsne``: the benign and the adversarial t-SNE layouts.
-6. ``publish``: the pair table and the manifest, then one rename makes the store visible.
+5. ``maps``: the vulnerability maps of ``[prepare] maps`` pairs (paper §8), if any.
+6. ``tsne``: the benign and the adversarial t-SNE layouts.
+7. ``publish``: the pair table and the manifest, then one rename makes the store visible.
+
+The heavy stages (clean, attack, features, maps) are cut into chunks; each chunk is a typed task
+(``CleanTask``, ``AttackTask``, ``FeaturesTask``, ``MapsTask``) that a ``Context`` computes, in this
+process or on a Ray worker (``core.distributed``).
 
 Chunked stages record how far they got, so an interrupted prepare (Ctrl-C, kill -9, power loss)
 resumes where it stopped when run again with the same config and id; statistics and t-SNE are redone.
@@ -62,9 +70,62 @@ from core.store import (
 
 ProgressFn = Callable[[str, int, int], None]
 STAGES = ("load", "clean", "attack", "features", "statistics", "maps", "tsne", "publish")
-# A runner computes tasks ("clean", positions) ... in order: run(iterable of task tuples) -> iterator of
-# results, one per task, in the same order (Context.run_all here; RayRunner over a cluster).
-Runner = Callable[[Iterable[tuple]], Iterator[Any]]
+
+
+# -- tasks: one chunk of a heavy stage, computed by a Context (here, or on a Ray worker) ---------------
+@dataclass(frozen=True, eq=False)
+class CleanTask:
+    """Clean logits and pooled activations of the images at dataset positions ``pos``."""
+    pos: np.ndarray
+
+    def run(self, ctx: Context) -> dict:
+        return ctx.clean(self.pos)
+
+
+@dataclass(frozen=True, eq=False)
+class AttackTask:
+    """The adversarial images and their fp32 predictions of the images at ``pos``; ``seed`` seeds any
+    noise the attack draws (fixed per chunk: a resumed or sharded run attacks every chunk the same)."""
+    pos: np.ndarray
+    seed: int
+
+    def run(self, ctx: Context) -> dict:
+        return ctx.attack(self.pos, self.seed)
+
+
+@dataclass(frozen=True, eq=False)
+class FeaturesTask:
+    """Images and features of both sides of the pairs whose benign images are at ``pos`` and whose
+    adversarial images are ``adv``."""
+    pos: np.ndarray
+    adv: np.ndarray
+
+    def run(self, ctx: Context) -> dict:
+        return ctx.features(self.pos, self.adv)
+
+
+@dataclass(frozen=True, eq=False)
+class MapsTask:
+    """The vulnerability maps of one pair (benign image at ``pos``, adversarial image ``adv``) with the
+    map settings k, stride, output and precision."""
+    pos: int
+    adv: np.ndarray
+    label: int
+    adv_label: int
+    k: int
+    stride: int
+    output: str
+    precision: str
+
+    def run(self, ctx: Context) -> np.ndarray:
+        return ctx.maps(self.pos, self.adv, self.label, self.adv_label, self.k, self.stride, self.output,
+                        self.precision)
+
+
+Task = CleanTask | AttackTask | FeaturesTask | MapsTask
+# A runner computes tasks in order: run(iterable of tasks) -> iterator of results, one per task, in the
+# same order (Context.run_all here; core.distributed.RayRunner over a cluster).
+Runner = Callable[[Iterable[Task]], Iterator[Any]]
 
 
 class PrepareError(RuntimeError):
@@ -186,9 +247,71 @@ def _disk_full_message(cache: Path, disk: dict) -> str:
 def _prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path, overwrite: bool,
              progress: ProgressFn | None, show_bars: bool, log: Callable[[str], None], runner: Runner | None,
              disk: dict) -> Path:
-    """``prepare``'s work; ``disk`` receives the writer and the store's size estimate once known."""
-    timings: dict[str, float] = {}
+    """``prepare``'s work, stage by stage; ``disk`` receives the writer and the store's size estimate once
+    known."""
     t0 = time.time()
+    job = _load(cfg, experiment_id, cache_dir=cache_dir, overwrite=overwrite, progress=progress,
+                show_bars=show_bars, log=log, runner=runner, disk=disk)
+    job.timings["load"] = time.time() - t0
+    clean = job.timed("clean", _clean_stage, job)
+    attacked = job.timed("attack", _attack_stage, job, clean)
+    out = job.timed("features", _features_stage, job, attacked)
+    labels, adv_labels = job.timed("statistics", _statistics_stage, job, clean, attacked, out)
+    maps_info = job.timed("maps", _maps_stage, job, attacked, labels, adv_labels)
+    coords = job.timed("tsne", _tsne_stage, job, out)
+    t = time.time()
+    table = pair_table(job, attacked, out, labels, adv_labels, coords)
+    table.to_parquet(job.w.out("pairs.parquet"), index=False)
+    manifest = build_manifest(job, clean, attacked, maps_info)
+    job.timings["publish"] = time.time() - t
+    job.timings["total"] = time.time() - t0
+    pause_point("publish")
+    path = job.w.publish(manifest, overwrite=overwrite)
+    counts = manifest["counts"]
+    log(f"wrote {path}: {attacked.n} successful pairs of {clean.n_correct} attacked ({counts['n_images']} "
+        f"images, clean accuracy {counts['clean_accuracy']:.4f}, attack success "
+        f"{counts['attack_success_rate']:.4f}) in {job.timings['total']:.0f}s")
+    return path
+
+
+@dataclass
+class _Job:
+    """What every stage of one ``prepare`` shares: the config, the compute context, the store being
+    written, the runner of chunks, the chunk size, progress reporting and the stages' timings."""
+    cfg: ExperimentConfig
+    experiment_id: str
+    ctx: Context
+    w: StoreWriter
+    run: Runner
+    fingerprints: dict
+    progress: ProgressFn | None
+    show_bars: bool
+    timings: dict[str, float]
+
+    @property
+    def chunk(self) -> int:
+        return self.ctx.batch * 4  # resume granularity of the chunked stages (and the unit of a shard)
+
+    def timed(self, stage: str, fn: Callable[..., Any], *args) -> Any:
+        """``fn(*args)``, its wall time recorded as ``timings[stage]``."""
+        t = time.time()
+        result = fn(*args)
+        self.timings[stage] = time.time() - t
+        return result
+
+    def chunked(self, stage: str, total: int, chunk: int, task: Callable[[np.ndarray], Task],
+                write: Callable[[np.ndarray, Any], None], arrays: list[np.ndarray],
+                unit: str = "img") -> None:
+        """``_chunked`` with this job's writer, runner and progress."""
+        _chunked(self.w, stage, total, chunk, self.run, task, write, arrays, self.progress, self.show_bars,
+                 unit=unit)
+
+
+def _load(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path, overwrite: bool,
+          progress: ProgressFn | None, show_bars: bool, log: Callable[[str], None], runner: Runner | None,
+          disk: dict) -> _Job:
+    """Stage ``load``: check what can be checked cheaply, scan the dataset, load the model, open (or
+    resume) the partial store and check the disk."""
     cfg.validate()
     final = Path(cache_dir) / validate_id(experiment_id)
     if final.exists() and not overwrite:
@@ -201,34 +324,49 @@ def _prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path
     _check_checkpoint(cfg)  # before the dataset scan, which can take minutes
     check_writable(Path(cache_dir))  # a read-only cache: said now, not after the scan
     ctx = Context.build(cfg, log=log)
-    ds, model, device, precision, shape = ctx.ds, ctx.model, ctx.device, ctx.precision, ctx.shape
+    ds, model = ctx.ds, ctx.model
     fingerprints = {"dataset": ds.fingerprint(), "model": model_fingerprint(cfg.model)}
     key = hashlib.sha256(json.dumps([SCHEMA_VERSION, cfg.to_dict(), fingerprints], sort_keys=True,
                                     default=str).encode()).hexdigest()
     w = StoreWriter(experiment_id, key, cache_dir)
     disk["writer"] = w
-    disk["estimate"] = store_size_estimate(len(ds), shape, model.num_classes, model.num_neurons,
+    disk["estimate"] = store_size_estimate(len(ds), ctx.shape, model.num_classes, model.num_neurons,
                                            tuple(model.fmap_size), cfg.prepare.maps)
     _check_disk(w, disk["estimate"])
     if w.resumed:
         done = ", ".join(f"{k.removesuffix('_done')} {v}" for k, v in w.state.items() if k.endswith("_done"))
         log(f"resuming the interrupted prepare of {experiment_id!r} from {w.path} "
             f"(items already done: {done or 'none'})")
-    run = runner if runner is not None else ctx.run_all
-    timings["load"] = time.time() - t0
-    chunk = ctx.batch * 4  # resume granularity of the chunked stages (and the unit of a shard)
+    return _Job(cfg, experiment_id, ctx, w, runner if runner is not None else ctx.run_all, fingerprints,
+                progress, show_bars, {})
 
-    # 1. clean predictions --------------------------------------------------------------------
-    t = time.time()
+
+@dataclass
+class _Clean:
+    """Stage ``clean``'s output: every image's logits and pooled activations (memory-mapped), labels,
+    predictions, and the positions of the correctly classified images."""
+    logits: np.ndarray
+    pooled: np.ndarray
+    labels: np.ndarray
+    pred: np.ndarray
+    correct: np.ndarray
+
+    @property
+    def n_correct(self) -> int:
+        return len(self.correct)
+
+
+def _clean_stage(job: _Job) -> _Clean:
+    """Stage ``clean``: predict every image (fp32); keep the correctly classified ones."""
+    ds, model = job.ctx.ds, job.ctx.model
     n_all = len(ds)
-    logits_all = w.open_memmap("dataset_logits.npy", (n_all, model.num_classes), np.float32)
-    pooled_all = w.open_memmap("dataset_pooled.npy", (n_all, model.num_neurons), np.float32)
+    logits_all = job.w.open_memmap("dataset_logits.npy", (n_all, model.num_classes), np.float32)
+    pooled_all = job.w.open_memmap("dataset_pooled.npy", (n_all, model.num_neurons), np.float32)
 
-    def clean_write(pos: np.ndarray, r: dict) -> None:
+    def write(pos: np.ndarray, r: dict) -> None:
         logits_all[pos], pooled_all[pos] = r["logits"], r["pooled"]
 
-    _chunked(w, "clean", n_all, chunk, run, lambda pos: ("clean", pos), clean_write,
-             [logits_all, pooled_all], progress, show_bars)
+    job.chunked("clean", n_all, job.chunk, CleanTask, write, [logits_all, pooled_all])
     labels_all = np.asarray(ds.labels, dtype=np.int64)
     pred_all = np.asarray(logits_all).argmax(1)
     correct = np.flatnonzero(pred_all == labels_all)
@@ -237,35 +375,50 @@ def _prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path
                            "nothing to attack: check that the checkpoint fits this dataset, that "
                            "[model] mean/std are its normalization, and that the class folders sort "
                            "into the model's class order")
-    timings["clean"] = time.time() - t
+    return _Clean(logits_all, pooled_all, labels_all, pred_all, correct)
 
-    # 2. attack --------------------------------------------------------------------------------
-    t = time.time()
-    nc = len(correct)
-    adv_all = w.open_memmap("work/adv_images.npy", (nc, *shape), np.float32)
-    adv_pred = w.open_memmap("work/adv_pred.npy", (nc,), np.int64)
-    a = cfg.attack
 
-    def attack_write(sel: np.ndarray, r: dict) -> None:
+@dataclass
+class _Attacked:
+    """Stage ``attack``'s output: the adversarial images and predictions of the correct images
+    (memory-mapped), which of them succeeded, and the dataset positions of the successful pairs."""
+    images: np.ndarray
+    pred: np.ndarray
+    success: np.ndarray
+    pairs_pos: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return len(self.pairs_pos)
+
+
+def _attack_stage(job: _Job, clean: _Clean) -> _Attacked:
+    """Stage ``attack``: attack the correct images; success is decided by an fp32 forward pass."""
+    cfg, correct, nc = job.cfg, clean.correct, clean.n_correct
+    adv_all = job.w.open_memmap("work/adv_images.npy", (nc, *job.ctx.shape), np.float32)
+    adv_pred = job.w.open_memmap("work/adv_pred.npy", (nc,), np.int64)
+
+    def write(sel: np.ndarray, r: dict) -> None:
         adv_all[sel], adv_pred[sel] = r["adv"], r["pred"]
 
-    _chunked(w, "attack", nc, chunk, run,
-             lambda sel: ("attack", correct[sel], cfg.prepare.seed + int(sel[0])), attack_write,
-             [adv_all, adv_pred], progress, show_bars)
-    success = np.flatnonzero(np.asarray(adv_pred) != labels_all[correct])
-    pairs_pos = correct[success]  # positions in ds of the successful pairs
-    n = len(pairs_pos)
-    if n == 0:
+    job.chunked("attack", nc, job.chunk, lambda sel: AttackTask(correct[sel], cfg.prepare.seed + int(sel[0])),
+                write, [adv_all, adv_pred])
+    success = np.flatnonzero(np.asarray(adv_pred) != clean.labels[correct])
+    if len(success) == 0:
+        a = cfg.attack
         # A store of no pairs would have nothing to explore: say so now (the attack's results stay in
         # the partial folder, so the same command fails fast; a stronger attack starts afresh).
         raise PrepareError(
             f"the attack ({a.method}, eps = {a.eps:.4g}, {a.steps} steps) succeeded on none of the {nc} "
             "correctly classified images, so there are no benign/adversarial pairs to explain; use a "
             "stronger attack: raise [attack] eps or steps (the paper: pgd, eps = 8/255, 7 steps)")
-    timings["attack"] = time.time() - t
+    return _Attacked(adv_all, adv_pred, success, correct[success])
 
-    # 3. features of both images of every successful pair ----------------------------------------
-    t = time.time()
+
+def _features_stage(job: _Job, attacked: _Attacked) -> dict[str, np.ndarray]:
+    """Stage ``features``: images, logits, probabilities, pooled activations and last-conv maps of both
+    images of every successful pair (memory-mapped store arrays, by file name without ``.npy``)."""
+    model, shape, n = job.ctx.model, job.ctx.shape, attacked.n
     h, wd = model.fmap_size
     arrays = {"benign_images": ((n, *shape), np.uint8),
               "adversarial_images": ((n, *shape), np.float32)}
@@ -274,77 +427,86 @@ def _prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path
                    f"{side}_probs": ((n, model.num_classes), np.float32),
                    f"{side}_pooled": ((n, model.num_neurons), np.float32),
                    f"{side}_fmaps": ((n, model.num_neurons, h, wd), np.float16)}
-    out = {k: w.open_memmap(f"{k}.npy", s, d) for k, (s, d) in arrays.items()}
+    out = {k: job.w.open_memmap(f"{k}.npy", s, d) for k, (s, d) in arrays.items()}
 
-    def features_write(sel: np.ndarray, r: dict) -> None:
+    def write(sel: np.ndarray, r: dict) -> None:
         for k, v in r.items():
             out[k][sel] = v
 
-    _chunked(w, "features", n, chunk, run,
-             lambda sel: ("features", pairs_pos[sel], np.asarray(adv_all[success[sel]])),
-             features_write, list(out.values()), progress, show_bars)
-    timings["features"] = time.time() - t
+    job.chunked("features", n, job.chunk,
+                lambda sel: FeaturesTask(attacked.pairs_pos[sel],
+                                         np.asarray(attacked.images[attacked.success[sel]])),
+                write, list(out.values()))
+    return out
 
-    # 4. per-class statistics ------------------------------------------------------------------------
-    t = time.time()
-    labels = labels_all[pairs_pos]
-    adv_labels = np.asarray(out["adversarial_logits"]).argmax(1) if n else np.zeros(0, np.int64)
-    if not np.array_equal(adv_labels, np.asarray(adv_pred)[success]):
+
+def _statistics_stage(job: _Job, clean: _Clean, attacked: _Attacked,
+                      out: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Stage ``statistics``: per-class statistics of the pooled activations (the band-gap input) and the
+    dataset's indices, labels and predictions. Returns the pairs' true and adversarial labels."""
+    ds, num_classes = job.ctx.ds, job.ctx.model.num_classes
+    labels = clean.labels[attacked.pairs_pos]
+    adv_labels = np.asarray(out["adversarial_logits"]).argmax(1) if attacked.n else np.zeros(0, np.int64)
+    if not np.array_equal(adv_labels, np.asarray(attacked.pred)[attacked.success]):
         raise PrepareError("the adversarial predictions changed between the attack and the feature "
                            "pass: the model is not deterministic; rerun with [prepare] device = cpu")
     stats = {f"benign_{k}": v for k, v in class_statistics(
-        np.asarray(pooled_all)[correct], labels_all[correct], model.num_classes).items()}
+        np.asarray(clean.pooled)[clean.correct], clean.labels[clean.correct], num_classes).items()}
     stats |= {f"adversarial_{k}": v for k, v in class_statistics(
-        np.asarray(out["adversarial_pooled"]), adv_labels, model.num_classes).items()}
-    np.savez(w.out("class_stats.npz"), **stats)
+        np.asarray(out["adversarial_pooled"]), adv_labels, num_classes).items()}
+    np.savez(job.w.out("class_stats.npz"), **stats)
     pause_point("statistics")
-    for name, arr in (("dataset_indices", ds.indices), ("dataset_labels", labels_all),
-                      ("dataset_pred", pred_all)):
-        save_npy(w.out(f"{name}.npy"), np.asarray(arr, dtype=np.int64))
-    timings["statistics"] = time.time() - t
+    for name, arr in (("dataset_indices", ds.indices), ("dataset_labels", clean.labels),
+                      ("dataset_pred", clean.pred)):
+        save_npy(job.w.out(f"{name}.npy"), np.asarray(arr, dtype=np.int64))
+    return labels, adv_labels
 
-    # 5. precomputed vulnerability maps (paper §8) ------------------------------------------------
-    t = time.time()
-    p = cfg.prepare
+
+def _maps_stage(job: _Job, attacked: _Attacked, labels: np.ndarray, adv_labels: np.ndarray) -> dict | None:
+    """Stage ``maps``: the vulnerability maps of the first ``[prepare] maps`` pairs in ``maps_order``
+    (paper §8); their settings for the manifest, or None when there are none."""
+    p, shape = job.cfg.prepare, job.ctx.shape
     map_pairs = maps_order(labels, adv_labels)[:p.maps]
-    maps_info = None
-    if len(map_pairs):
-        mk = vulnerability.default_k(*shape[1:])
-        mstride = p.maps_stride or vulnerability.default_stride(*shape[1:])
-        mprec = devices.resolve_precision(p.maps_precision, device)
-        maps_dir = w.out("vulnerability_maps")
-        maps_dir.mkdir(exist_ok=True)
+    if not len(map_pairs):
+        return None
+    mk = vulnerability.default_k(*shape[1:])
+    mstride = p.maps_stride or vulnerability.default_stride(*shape[1:])
+    mprec = devices.resolve_precision(p.maps_precision, job.ctx.device)
+    maps_dir = job.w.out("vulnerability_maps")
+    maps_dir.mkdir(exist_ok=True)
 
-        def maps_args(sel: np.ndarray):
-            i = int(map_pairs[sel[0]])
-            return ("maps", int(pairs_pos[i]), np.asarray(adv_all[success[i]]), int(labels[i]),
-                    int(adv_labels[i]), mk, mstride, p.maps_output, mprec)
+    def task(sel: np.ndarray) -> MapsTask:
+        i = int(map_pairs[sel[0]])
+        return MapsTask(int(attacked.pairs_pos[i]), np.asarray(attacked.images[attacked.success[i]]),
+                        int(labels[i]), int(adv_labels[i]), mk, mstride, p.maps_output, mprec)
 
-        def maps_write(sel: np.ndarray, r: np.ndarray) -> None:
-            i = int(map_pairs[sel[0]])
-            save_npy(maps_dir / vulnerability.map_file_name(i, mk, mstride, p.maps_output, mprec), r)
+    def write(sel: np.ndarray, r: np.ndarray) -> None:
+        i = int(map_pairs[sel[0]])
+        save_npy(maps_dir / vulnerability.map_file_name(i, mk, mstride, p.maps_output, mprec), r)
 
-        _chunked(w, "maps", len(map_pairs), 1, run, maps_args, maps_write, [], progress, show_bars,
-                 unit="pair")
-        maps_info = {"pairs": [int(i) for i in map_pairs], "k": mk, "stride": mstride,
-                     "output": p.maps_output, "precision": mprec}
-    timings["maps"] = time.time() - t
+    job.chunked("maps", len(map_pairs), 1, task, write, [], unit="pair")
+    return {"pairs": [int(i) for i in map_pairs], "k": mk, "stride": mstride, "output": p.maps_output,
+            "precision": mprec}
 
-    # 6. t-SNE ---------------------------------------------------------------------------------------
-    t = time.time()
-    bar = _Bar("tsne", 2, progress, show_bars, unit="layout")
+
+def _tsne_stage(job: _Job, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Stage ``tsne``: the benign and the adversarial t-SNE layouts of the pairs' pooled activations."""
+    bar = _Bar("tsne", 2, job.progress, job.show_bars, unit="layout")
     coords = {}
     for side in ("benign", "adversarial"):
-        coords[side] = tsne(np.asarray(out[f"{side}_pooled"]), perplexity=cfg.prepare.tsne_perplexity,
-                            seed=cfg.prepare.seed)
+        coords[side] = tsne(np.asarray(out[f"{side}_pooled"]), perplexity=job.cfg.prepare.tsne_perplexity,
+                            seed=job.cfg.prepare.seed)
         bar.advance(1)
         pause_point(f"tsne:{side}")
     bar.close()
-    timings["tsne"] = time.time() - t
+    return coords
 
-    # 7. pair table, manifest, publish ---------------------------------------------------------------
-    t = time.time()
+
+def pair_table(job: _Job, attacked: _Attacked, out: dict[str, np.ndarray], labels: np.ndarray,
+               adv_labels: np.ndarray, coords: dict[str, np.ndarray]):
+    """The store's pair table (``PAIR_COLUMNS``): one row per successful pair."""
     import pandas as pd
+    n, chunk = attacked.n, job.chunk
     bp, ap = np.asarray(out["benign_probs"]), np.asarray(out["adversarial_probs"])
     l2, linf = np.empty(n, np.float32), np.empty(n, np.float32)
     for lo in range(0, n, chunk):  # chunks: at 224 px the images of 20,000 pairs are 12 GB
@@ -354,45 +516,45 @@ def _prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path
         l2[lo:hi], linf[lo:hi] = np.linalg.norm(delta, axis=1), np.abs(delta).max(1, initial=0)
     rows = np.arange(n)
     table = pd.DataFrame({
-        "pair": rows, "index": np.asarray(ds.indices)[pairs_pos], "label": labels,
+        "pair": rows, "index": np.asarray(job.ctx.ds.indices)[attacked.pairs_pos], "label": labels,
         "benign_prob": bp[rows, labels], "adv_label": adv_labels, "adv_prob": ap[rows, adv_labels],
         "benign_prob_adv": ap[rows, labels], "adv_prob_benign": bp[rows, adv_labels],
         "l2": l2, "linf": linf,
         "tsne_benign_x": coords["benign"][:, 0], "tsne_benign_y": coords["benign"][:, 1],
         "tsne_adv_x": coords["adversarial"][:, 0], "tsne_adv_y": coords["adversarial"][:, 1]})
     assert list(table.columns) == list(PAIR_COLUMNS)
-    table.to_parquet(w.out("pairs.parquet"), index=False)
-    n_images = len(ds)
-    manifest = {
-        "schema_version": SCHEMA_VERSION, "id": experiment_id,
+    return table
+
+
+def build_manifest(job: _Job, clean: _Clean, attacked: _Attacked, maps_info: dict | None) -> dict:
+    """The store's manifest: the config, fingerprints, dataset and model facts, the attack's run
+    settings, the counts, versions and ``timings_s`` (the job's timings dict itself, which the stages
+    after this one still fill in before publishing)."""
+    ctx, cfg = job.ctx, job.cfg
+    ds, model = ctx.ds, ctx.model
+    n_images, nc, n = len(ds), clean.n_correct, attacked.n
+    return {
+        "schema_version": SCHEMA_VERSION, "id": job.experiment_id,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "config": cfg.to_dict(), "fingerprints": fingerprints, "dataset": ds.name,
-        "classes": list(ds.classes), "input_shape": list(shape),
+        "config": cfg.to_dict(), "fingerprints": job.fingerprints, "dataset": ds.name,
+        "classes": list(ds.classes), "input_shape": list(ctx.shape),
         "model": {"feature_layer": model.feature_layer, "head": model.head,
                   "num_neurons": model.num_neurons, "fmap_size": list(model.fmap_size),
                   "num_classes": model.num_classes},
-        "attack": {"precision": precision, "device": str(device), "batch_size": ctx.batch,
-                   "workers": getattr(run, "workers", 1)},
+        "attack": {"precision": ctx.precision, "device": str(ctx.device), "batch_size": ctx.batch,
+                   "workers": getattr(job.run, "workers", 1)},
         "vulnerability_maps": maps_info,
         "counts": {"n_images": n_images, "n_correct": int(nc), "n_attacked": int(nc),
                    "n_success": int(n), "n_skipped": len(ds.skipped),
                    "clean_accuracy": nc / n_images, "attack_success_rate": n / nc if nc else 0.0},
         "skipped": [list(s) for s in ds.skipped[:100]],
-        "versions": _versions(), "timings_s": timings,
+        "versions": _versions(), "timings_s": job.timings,
         "pair_columns": PAIR_COLUMNS,
     }
-    timings["publish"] = time.time() - t
-    timings["total"] = time.time() - t0
-    pause_point("publish")
-    path = w.publish(manifest, overwrite=overwrite)
-    log(f"wrote {path}: {n} successful pairs of {nc} attacked ({n_images} images, clean accuracy "
-        f"{manifest['counts']['clean_accuracy']:.4f}, attack success "
-        f"{manifest['counts']['attack_success_rate']:.4f}) in {timings['total']:.0f}s")
-    return path
 
 
 def _chunked(w: StoreWriter, stage: str, total: int, chunk: int, run: Runner,
-             task: Callable[[np.ndarray], tuple], write: Callable[[np.ndarray, Any], None],
+             task: Callable[[np.ndarray], Task], write: Callable[[np.ndarray, Any], None],
              arrays: list[np.ndarray], progress: ProgressFn | None, show: bool, unit: str = "img") -> None:
     """Compute ``task(sel)`` for consecutive chunks ``sel`` of ``range(total)`` through ``run``, resuming
     after the last recorded chunk, and ``write`` each result as it arrives (in chunk order).
@@ -486,21 +648,22 @@ class Context:
                                    requested=cfg.prepare.batch_size)
         return cls(cfg, ds, model, dev, precision, batch)
 
-    def run_all(self, tasks: Iterable[tuple]) -> Iterator[Any]:
+    def run_all(self, tasks: Iterable[Task]) -> Iterator[Any]:
         """The in-process runner: each task computed here, lazily, in order."""
-        return (self.run(*t) for t in tasks)
+        return (self.run(t) for t in tasks)
 
-    def run(self, task: str, *args) -> Any:
-        return getattr(self, f"_{task}")(*args)
+    def run(self, task: Task) -> Any:
+        """One task's result (a Ray worker calls this too)."""
+        return task.run(self)
 
-    def _clean(self, pos: np.ndarray) -> dict:
+    def clean(self, pos: np.ndarray) -> dict:
         f = extract(self.model, self.ds.get(pos), batch_size=self.batch, fmaps=False)
         if not torch.isfinite(f.logits).all():
             raise ModelError("the model produced NaN or infinite logits on dataset positions "
                              f"{pos[0]}..{pos[-1]}; check the checkpoint and the normalization")
         return {"logits": f.logits.numpy(), "pooled": f.pooled.numpy()}
 
-    def _attack(self, pos: np.ndarray, seed: int) -> dict:
+    def attack(self, pos: np.ndarray, seed: int) -> dict:
         model, bs, a = self.model, self.batch, self.cfg.attack
         x = self.ds.get(pos).to(self.device)
         y = torch.as_tensor(self.ds.labels[pos], device=self.device)
@@ -513,7 +676,7 @@ class Context:
             pred[failed] = _predict(model, adv[failed], bs)
         return {"adv": adv.cpu().numpy(), "pred": pred.cpu().numpy()}
 
-    def _features(self, pos: np.ndarray, adv: np.ndarray) -> dict:
+    def features(self, pos: np.ndarray, adv: np.ndarray) -> dict:
         benign_u8 = self.ds.get_uint8(pos)
         r = {"benign_images": benign_u8, "adversarial_images": adv}
         for side, x in (("benign", torch.from_numpy(benign_u8).float() / 255),
@@ -527,7 +690,7 @@ class Context:
                   f"{side}_pooled": f.pooled.numpy(), f"{side}_fmaps": f.fmaps.numpy().astype(np.float16)}
         return r
 
-    def _maps(self, pos: int, adv: np.ndarray, label: int, adv_label: int, k: int, stride: int,
+    def maps(self, pos: int, adv: np.ndarray, label: int, adv_label: int, k: int, stride: int,
               output: str, precision: str) -> np.ndarray:
         benign = torch.from_numpy(self.ds.get_uint8([pos])[0]).float() / 255
         maps = vulnerability.vulnerability_maps(self.model, benign, torch.from_numpy(adv), label, adv_label,
@@ -536,12 +699,10 @@ class Context:
 
 
 def _attack(model, x, y, a, precision, bs, seed) -> torch.Tensor:
-    if a.method == "fgsm":
-        return attacks.fgsm(model, x, y, eps=a.eps, precision=precision)
-    g = torch.Generator().manual_seed(seed) if a.random_start else None
-    return attacks.pgd(model, x, y, eps=a.eps, alpha=a.alpha, steps=a.steps,
-                       random_start=a.random_start, precision=precision, batch_size=bs,
-                       early_stop=a.early_stop, generator=g)
+    """The configured attack (``core.attacks.ATTACKS``) of one chunk; its noise, if it draws any, from
+    ``seed`` (a fixed seed per chunk: a resumed or sharded run attacks every chunk the same)."""
+    return attacks.run(a.method, model, x, y, precision=precision, batch_size=bs,
+                       generator=torch.Generator().manual_seed(seed), **a.params())
 
 
 def _predict(model, x: torch.Tensor, bs: int) -> torch.Tensor:

@@ -701,9 +701,6 @@ class StoreWriter:
             return {}
         return {k: v for k, v in state.items() if isinstance(k, str) and _whole(v)}
 
-    def work(self, name: str) -> Path:
-        return self.path / "work" / name
-
     def out(self, name: str) -> Path:
         return self.path / name
 

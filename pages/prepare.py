@@ -1,17 +1,19 @@
 """Prepare an experiment: a form for non-programmers (a preset, or a dataset folder, an architecture and a
 checkpoint; the class subset; the attack), which runs ``core.pipeline.prepare`` in the background with
-visible progress (core.ui.jobs), then offers the new experiment."""
+visible progress (core.jobs), then offers the new experiment."""
 from pathlib import Path
 
 import streamlit as st
 
 from core import data as datasets
+from core import jobs
+from core.attacks import ATTACKS, PARAMS
 from core.config import ConfigError
 from core.hosting import settings
 from core.models import ARCHITECTURES, CHECKPOINT_SUFFIXES, ModelError
 from core.presets import PRESETS
 from core.store import Store, StoreError, validate_id
-from core.ui import jobs, session
+from core.ui import prepare_form, session
 from core.ui.stores import cache_dir, experiments
 from core.ui.text import one_line, plain  # every message may hold user or file text (paths, names)
 
@@ -24,9 +26,8 @@ SOURCE_LABELS = {"demo": "Fashion-MNIST sample shipped with the app", "fashion_m
 CKPT_MODES = ("A file on the server", "Upload a file")
 FIELDS = ("prepare_preset", "prepare_source", "prepare_root", "prepare_image_size", "prepare_classes",
           "prepare_per_class", "prepare_arch", "prepare_ckpt_mode", "prepare_ckpt_path", "prepare_channels",
-          "prepare_width", "prepare_mean", "prepare_std", "prepare_method", "prepare_eps", "prepare_alpha",
-          "prepare_steps", "prepare_early_stop", "prepare_random_start", "prepare_batch_size", "prepare_maps",
-          "prepare_perplexity", "prepare_device", "prepare_id")
+          "prepare_width", "prepare_mean", "prepare_std", *prepare_form.attack_fields(), "prepare_batch_size",
+          "prepare_maps", "prepare_perplexity", "prepare_device", "prepare_id")
 limits = settings()
 SAVED = "prepare_saved"  # the form's values, kept while the user visits other pages
 JOB = "prepare_job"      # the experiment id this session started
@@ -39,23 +40,21 @@ def _numbers(values) -> str:
 def _preset_values(name: str) -> dict:
     """The form's values for a preset (or the custom start)."""
     if name == CUSTOM:
-        cfg = jobs.build_config(None, {"data.source": "image_folder", "model.arch": "resnet18"})
-        mean, std = jobs.default_normalization("resnet18")
+        cfg = prepare_form.build_config(None, {"data.source": "image_folder", "model.arch": "resnet18"})
+        mean, std = prepare_form.default_normalization("resnet18")
         ident = "my-experiment"
     else:
         cfg, (mean, std), ident = PRESETS[name], (PRESETS[name].model.mean, PRESETS[name].model.std), name
-    d, m, a, p = cfg.data, cfg.model, cfg.attack, cfg.prepare
+    d, m, p = cfg.data, cfg.model, cfg.prepare
     return {"prepare_source": d.source, "prepare_root": d.root or "", "prepare_image_size": d.image_size or 0,
             "prepare_classes": list(d.classes or []), "prepare_per_class": d.per_class or 0,
             "prepare_arch": m.arch, "prepare_ckpt_mode": CKPT_MODES[0],
             "prepare_ckpt_path": m.checkpoint or "",
             "prepare_channels": m.in_channels, "prepare_width": m.width, "prepare_mean": _numbers(mean),
-            "prepare_std": _numbers(std), "prepare_method": a.method, "prepare_eps": round(a.eps * 255, 2),
-            "prepare_alpha": round(a.alpha * 255, 2), "prepare_steps": a.steps,
-            "prepare_early_stop": a.early_stop, "prepare_random_start": a.random_start,
+            "prepare_std": _numbers(std), **prepare_form.attack_form_values(cfg.attack),
             "prepare_batch_size": p.batch_size, "prepare_maps": p.maps,
             "prepare_perplexity": float(p.tsne_perplexity),
-            "prepare_device": p.device, "prepare_id": jobs.suggest_id(ident, cache_dir())}
+            "prepare_device": p.device, "prepare_id": prepare_form.suggest_id(ident, cache_dir())}
 
 
 def _on_preset() -> None:
@@ -63,7 +62,7 @@ def _on_preset() -> None:
 
 
 def _on_arch() -> None:
-    mean, std = jobs.default_normalization(st.session_state["prepare_arch"])
+    mean, std = prepare_form.default_normalization(st.session_state["prepare_arch"])
     st.session_state["prepare_mean"], st.session_state["prepare_std"] = _numbers(mean), _numbers(std)
 
 
@@ -74,7 +73,7 @@ def _on_upload() -> None:
     if f is None:
         return
     try:
-        st.session_state["prepare_upload_path"] = str(jobs.save_upload(
+        st.session_state["prepare_upload_path"] = str(prepare_form.save_upload(
             f.getvalue(), f.name, cache_dir(), max_bytes=int(st.get_option("server.maxUploadSize")) * 2**20))
     except jobs.USER_ERRORS as e:
         st.session_state["prepare_upload_error"] = str(e)
@@ -109,10 +108,7 @@ def _config_values(classes_all: list[str]) -> dict:
             "model.arch": s["prepare_arch"], "model.checkpoint": checkpoint or None,
             "model.num_classes": len(classes_all), "model.in_channels": int(s["prepare_channels"]),
             "model.width": int(s["prepare_width"]), "model.mean": _floats(s["prepare_mean"], "mean"),
-            "model.std": _floats(s["prepare_std"], "std"), "attack.method": s["prepare_method"],
-            "attack.eps": float(s["prepare_eps"]) / 255, "attack.alpha": float(s["prepare_alpha"]) / 255,
-            "attack.steps": int(s["prepare_steps"]), "attack.early_stop": bool(s["prepare_early_stop"]),
-            "attack.random_start": bool(s["prepare_random_start"]),
+            "model.std": _floats(s["prepare_std"], "std"), **prepare_form.attack_config_values(s),
             "prepare.batch_size": int(s["prepare_batch_size"]), "prepare.maps": int(s["prepare_maps"]),
             "prepare.tsne_perplexity": float(s["prepare_perplexity"]), "prepare.device": s["prepare_device"]}
 
@@ -221,7 +217,7 @@ with left:
         st.info("Enter the folder that holds your images, one sub-folder per class.")
     else:
         try:
-            classes_all = jobs.dataset_classes(source, st.session_state.get("prepare_root"), cache)
+            classes_all = prepare_form.dataset_classes(source, st.session_state.get("prepare_root"), cache)
         except datasets.DataError as e:
             st.error(plain(str(e)))
     if classes_all:
@@ -252,7 +248,7 @@ with left:
                       "server, e.g. /models/my-model.pth (.pth, .pt, .th, .tar or .safetensors).")
         path = st.session_state["prepare_ckpt_path"].strip()
         try:  # nothing is looked up outside the folders the server lets the app read
-            if path and not jobs.server_path(path, cache, "checkpoint file", ModelError).is_file():
+            if path and not prepare_form.server_path(path, cache, "checkpoint file", ModelError).is_file():
                 st.error(plain(f"the checkpoint file {path!r} does not exist on the server"))
         except ModelError as e:
             st.error(plain(str(e)))
@@ -284,29 +280,17 @@ with left:
 
 with right:
     st.markdown("#### 3. Attack")
-    st.radio("Method", ("pgd", "fgsm"), key="prepare_method", horizontal=True,
-             format_func=lambda m: "PGD (the paper's)" if m == "pgd" else "FGSM (one step)",
-             help="How the images are changed to fool the model. PGD takes several small steps, each in "
-             "the direction that most lowers the model's confidence in the true class; FGSM takes one "
-             "step of the full size ε (faster, weaker).")
-    pgd = st.session_state["prepare_method"] == "pgd"
-    c1, c2, c3 = st.columns(3)
-    c1.number_input("ε (/255)", min_value=0.0, max_value=255.0, step=0.5, key="prepare_eps",
-                    help="The largest change of any pixel, in 1/255 of the pixel range; the paper uses 8.")
-    c2.number_input("Step α (/255)", min_value=0.0, max_value=255.0, step=0.5,
-                    key="prepare_alpha", disabled=not pgd,
-                    help="The change per step, in 1/255; the paper uses 2.")
-    c3.number_input("Steps κ", min_value=0, max_value=1000, step=1, key="prepare_steps", disabled=not pgd,
-                    help="How many small steps PGD takes; more steps find stronger attacks but take "
-                    "longer. The paper uses 7.")
-    st.checkbox("Early stop (faster; not the paper's PGD)", key="prepare_early_stop", disabled=not pgd,
-                help="Stop each image's attack as soon as the model gets it wrong: much faster, and the "
-                "changes stay smaller, but it is not the attack the paper used.")
-    st.checkbox("Random start inside the ε-ball", key="prepare_random_start", disabled=not pgd,
-                help="Off (the paper's PGD): the attack starts from the image itself. On: it starts from "
-                "the image plus random noise of at most ε per pixel, as in Madry et al.'s own code. The "
-                "noise comes from the run's seed: preparing again with the same settings gives the same "
-                "attacks.")
+    st.radio("Method", tuple(ATTACKS), key="prepare_method", horizontal=True,
+             format_func=lambda m: ATTACKS[m].label, help=prepare_form.METHOD_HELP)
+    used = ATTACKS[st.session_state["prepare_method"]].params  # the others are shown, disabled
+    numbers = [p for p in PARAMS.values() if p.kind is not bool]
+    for row in range(0, len(numbers), 3):
+        for column, p in zip(st.columns(3), numbers[row:row + 3], strict=False):
+            low, high = prepare_form.attack_widget_range(p)
+            column.number_input(p.label, min_value=low, max_value=high, step=p.step,
+                                key=prepare_form.attack_key(p.name), disabled=p.name not in used, help=p.help)
+    for p in (p for p in PARAMS.values() if p.kind is bool):
+        st.checkbox(p.label, key=prepare_form.attack_key(p.name), disabled=p.name not in used, help=p.help)
     st.caption(f"ε = {st.session_state['prepare_eps']:g}/255 = {st.session_state['prepare_eps'] / 255:.4f} "
                "in [0, 1] pixel units.")
 
@@ -354,13 +338,13 @@ if start:
         ident = validate_id(ident)
         if (cache / ident).exists():
             raise StoreError(f"an experiment named {ident!r} already exists; choose another id")
-        classes_all = jobs.dataset_classes(source, st.session_state.get("prepare_root"), cache)
-        cfg = jobs.build_config(None if st.session_state["prepare_preset"] == CUSTOM
+        classes_all = prepare_form.dataset_classes(source, st.session_state.get("prepare_root"), cache)
+        cfg = prepare_form.build_config(None if st.session_state["prepare_preset"] == CUSTOM
                                 else st.session_state["prepare_preset"], _config_values(classes_all))
-        jobs.check_server_paths(cfg, cache)
+        prepare_form.check_server_paths(cfg, cache)
         jobs.check_capacity()  # before loading the checkpoint: a busy server says so at once
         with st.spinner("Checking the checkpoint…"):
-            jobs.check_model(cfg)
+            prepare_form.check_model(cfg)
         jobs.start(cfg, ident, cache)
     except jobs.USER_ERRORS as e:
         with right:

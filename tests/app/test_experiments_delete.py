@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core import jobs
 from core import store as core_store
 from core.presets import PRESETS
 from core.store import StoreError, StoreWriter, delete_experiment, list_stores
-from core.ui import jobs, stores
+from core.ui import stores
 from tests.helpers import displayed
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")

@@ -1,5 +1,5 @@
 """The Prepare page through AppTest (form, errors, a real small run in the background) and the job
-registry and form helpers behind it (core.ui.jobs)."""
+registry and form helpers behind it (core.ui.prepare_form)."""
 from __future__ import annotations
 
 import hashlib
@@ -12,13 +12,14 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
+from core import jobs
 from core.config import ConfigError
 from core.data import DataError
 from core.models import ModelError, build_architecture
 from core.pipeline import PrepareError
 from core.presets import PRESETS
 from core.store import Store, StoreError
-from core.ui import jobs
+from core.ui import prepare_form
 from tests.helpers import displayed
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
@@ -289,18 +290,18 @@ def test_uploads_are_content_addressed_and_loaded_safely(tmp_path):
     weights = tmp_path / "w.pt"
     torch.save(build_architecture("resnet20_cifar", 10).state_dict(), weights)
     data = weights.read_bytes()
-    path = jobs.save_upload(data, "../../My Model.pt", tmp_path)  # the name is never a path
-    assert path.parent == tmp_path / jobs.UPLOADS and path.suffix == ".pt"
+    path = prepare_form.save_upload(data, "../../My Model.pt", tmp_path)  # the name is never a path
+    assert path.parent == tmp_path / prepare_form.UPLOADS and path.suffix == ".pt"
     assert path.stem == hashlib.sha256(data).hexdigest()
-    assert jobs.save_upload(data, "again.pt", tmp_path) == path
+    assert prepare_form.save_upload(data, "again.pt", tmp_path) == path
     not_a_cnn = tmp_path / "mlp.pt"  # plain tensors, but no convolution: refused, never kept
     torch.save({"fc.weight": torch.ones(2, 3), "fc.bias": torch.ones(2)}, not_a_cnn)
     with pytest.raises(ModelError, match="mlp.pt has no convolution kernels") as refused:
-        jobs.save_upload(not_a_cnn.read_bytes(), "mlp.pt", tmp_path)
+        prepare_form.save_upload(not_a_cnn.read_bytes(), "mlp.pt", tmp_path)
     assert str(tmp_path) not in str(refused.value)  # the user's file name, not the server's path
-    assert jobs.checkpoint_suffix("places.PTH.TAR") == ".pth.tar"
+    assert prepare_form.checkpoint_suffix("places.PTH.TAR") == ".pth.tar"
     with pytest.raises(ModelError, match="unsupported checkpoint type"):
-        jobs.save_upload(data, "model.exe", tmp_path)
+        prepare_form.save_upload(data, "model.exe", tmp_path)
 
     class Payload:  # a pickle that would run code
         def __reduce__(self):
@@ -309,8 +310,8 @@ def test_uploads_are_content_addressed_and_loaded_safely(tmp_path):
     evil = tmp_path / "evil.pt"
     torch.save({"x": Payload()}, evil)
     with pytest.raises(ModelError, match="refused to load"):
-        jobs.save_upload(evil.read_bytes(), "evil.pt", tmp_path)
-    assert sorted(p.name for p in (tmp_path / jobs.UPLOADS).iterdir()) == [path.name]
+        prepare_form.save_upload(evil.read_bytes(), "evil.pt", tmp_path)
+    assert sorted(p.name for p in (tmp_path / prepare_form.UPLOADS).iterdir()) == [path.name]
 
 
 def test_form_helpers(tmp_path, monkeypatch):
@@ -318,25 +319,25 @@ def test_form_helpers(tmp_path, monkeypatch):
     (tmp_path / "imgs" / "dogs").mkdir(parents=True)
     (tmp_path / "imgs" / "cats").mkdir()
     (tmp_path / "imgs" / ".hidden").mkdir()
-    assert jobs.check_folder(tmp_path / "imgs", tmp_path) == ["cats", "dogs"]
-    assert jobs.dataset_classes("image_folder", str(tmp_path / "imgs"), tmp_path) == ["cats", "dogs"]
+    assert prepare_form.check_folder(tmp_path / "imgs", tmp_path) == ["cats", "dogs"]
+    assert prepare_form.dataset_classes("image_folder", str(tmp_path / "imgs"), tmp_path) == ["cats", "dogs"]
     for bad, why in (("", "enter the dataset folder"), (tmp_path / "no", "does not exist"),
                      (tmp_path / "empty", "no class folders")):
         (tmp_path / "empty").mkdir(exist_ok=True)
         with pytest.raises(DataError, match=why):
-            jobs.check_folder(bad, tmp_path)
-    cfg = jobs.build_config("cifar10-resnet56", {"data.per_class": 2, "attack.eps": 4 / 255})
+            prepare_form.check_folder(bad, tmp_path)
+    cfg = prepare_form.build_config("cifar10-resnet56", {"data.per_class": 2, "attack.eps": 4 / 255})
     assert cfg.data.per_class == 2 and cfg.attack.eps == 4 / 255
     assert cfg.model.arch == PRESETS["cifar10-resnet56"].model.arch
     with pytest.raises(ConfigError, match="eps"):
-        jobs.build_config(None, {"attack.eps": 2.0})
+        prepare_form.build_config(None, {"attack.eps": 2.0})
     with pytest.raises(ConfigError, match="unknown key"):
-        jobs.build_config(None, {"model.colour": 1})
+        prepare_form.build_config(None, {"model.colour": 1})
     with pytest.raises(ModelError, match="choose the model's checkpoint"):
-        jobs.check_model(jobs.build_config(None, {}))
+        prepare_form.check_model(prepare_form.build_config(None, {}))
     (tmp_path / "demo").mkdir()
-    assert jobs.suggest_id("demo", tmp_path) == "demo-2"
-    assert jobs.suggest_id("my run/1", tmp_path) == "my-run-1"
+    assert prepare_form.suggest_id("demo", tmp_path) == "demo-2"
+    assert prepare_form.suggest_id("my run/1", tmp_path) == "my-run-1"
 
 
 @pytest.mark.reliability
@@ -349,18 +350,18 @@ def test_the_page_reads_only_allowed_folders(tmp_path, monkeypatch):
     (allowed / "escape").symlink_to(outside)
     monkeypatch.setenv("NVE_DATA_ROOTS", str(allowed))
     cache = tmp_path / "cache"
-    assert jobs.check_folder(allowed, cache) == ["cats", "escape"]
+    assert prepare_form.check_folder(allowed, cache) == ["cats", "escape"]
     said = set()
     for path in (outside, tmp_path / "nowhere", "/etc", "/proc/self", allowed / "escape", "/etc/../etc"):
         with pytest.raises(DataError, match="not in a folder this server lets the app read") as e:
-            jobs.check_folder(path, cache)
+            prepare_form.check_folder(path, cache)
         said.add(str(e.value).replace(repr(str(path)), "PATH"))
     assert len(said) == 1, said
     with pytest.raises(DataError, match="absolute path"):
-        jobs.check_folder("allowed", cache)
+        prepare_form.check_folder("allowed", cache)
     with pytest.raises(ModelError, match="not in a folder"):
-        jobs.check_server_paths(jobs.build_config("demo", {"model.checkpoint": str(outside / "m.pt")}),
-                                cache)
-    jobs.check_server_paths(PRESETS["cifar10-resnet56"], cache)  # the presets' own folders are allowed
-    upload = cache / jobs.UPLOADS / "x.pt"
-    assert jobs.server_path(upload, cache, "checkpoint file") == upload.resolve()
+        prepare_form.check_server_paths(
+            prepare_form.build_config("demo", {"model.checkpoint": str(outside / "m.pt")}), cache)
+    prepare_form.check_server_paths(PRESETS["cifar10-resnet56"], cache)  # the presets' own folders: allowed
+    upload = cache / prepare_form.UPLOADS / "x.pt"
+    assert prepare_form.server_path(upload, cache, "checkpoint file") == upload.resolve()

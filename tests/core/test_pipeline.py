@@ -242,3 +242,25 @@ def test_one_prepare_per_experiment_at_a_time(tmp_path):
         StoreWriter("exp", "key", tmp_path)
     first.release()
     StoreWriter("exp", "key", tmp_path).release()  # free again once the first one is done
+
+
+def test_tasks_are_typed_picklable_and_run_by_the_context(cifar20_config):
+    """The runner's unit: a typed task (what a Ray worker receives, pickled) that a Context runs."""
+    import pickle
+
+    from core.pipeline import AttackTask, CleanTask, Context, FeaturesTask
+    ctx = Context.build(cifar20_config)
+    pos = np.arange(4)
+    clean = ctx.run(CleanTask(pos))
+    assert clean["logits"].shape == (4, 10) and clean["pooled"].shape == (4, 64)
+    both = list(ctx.run_all([CleanTask(pos), CleanTask(pos + 4)]))
+    assert np.array_equal(both[0]["logits"], clean["logits"]) and not np.array_equal(both[1]["logits"],
+                                                                                     clean["logits"])
+    sent = pickle.loads(pickle.dumps(AttackTask(pos, 7)))
+    attacked = ctx.run(sent)
+    assert np.array_equal(attacked["adv"], ctx.attack(pos, 7)["adv"])
+    assert np.abs(attacked["adv"] - ctx.ds.get(pos).numpy()).max() <= cifar20_config.attack.eps + 1e-6
+    features = ctx.run(FeaturesTask(pos, attacked["adv"]))
+    assert np.allclose(features["benign_logits"], clean["logits"], atol=1e-5)
+    with pytest.raises(AttributeError):
+        ctx.run(("clean", pos))  # the positional tuples of before are no task

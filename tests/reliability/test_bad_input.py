@@ -3,8 +3,8 @@
 Each case runs ``python -m core prepare --config ...`` (``core.cli.main``, in-process: the same code as
 the console entry point) and expects exit status 2 and exactly one ``error:`` line, the last one, that
 names the file or the problem and the fix. The app side goes the prepare page's way: the checkpoint
-check it runs before starting (``core.ui.jobs.check_model``), then the background job
-(``core.ui.jobs.start``), whose error the page shows in ``st.error``; the page itself is rendered
+check it runs before starting (``core.ui.prepare_form.check_model``), then the background job
+(``core.jobs.start``), whose error the page shows in ``st.error``; the page itself is rendered
 (AppTest) for every case. Nothing is ever published for a failed input.
 
 The data are tiny ImageFolders written from the Fashion-MNIST test images shipped with the app, and the
@@ -37,13 +37,13 @@ from PIL import Image
 from safetensors.torch import save_file
 from streamlit.testing.v1 import AppTest
 
-from core import data
+from core import data, jobs
 from core.config import ExperimentConfig
 from core.data import FASHION_MNIST_CLASSES
 from core.models import load_state_dict
 from core.presets import DEMO_CHECKPOINT, PRESETS
 from core.store import Store, StoreError, list_stores, open_store
-from core.ui import jobs
+from core.ui import prepare_form
 from tests.helpers import displayed
 
 # the scan's notes are DataWarnings too (for library users); here they are checked in the logs
@@ -126,7 +126,7 @@ def app_error(d: dict, ident: str, cache: Path) -> str:
     is pressed), else the background job's error (shown in the job panel)."""
     cfg = ExperimentConfig.from_dict(d)
     try:
-        jobs.check_model(cfg)
+        prepare_form.check_model(cfg)
     except jobs.USER_ERRORS as e:
         return str(e)
     job = wait(jobs.start(cfg, ident, cache))

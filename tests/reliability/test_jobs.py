@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from core import jobs
 from core.presets import preset
 from core.store import Store
-from core.ui import jobs
 from tests.helpers import displayed
 
 pytestmark = pytest.mark.reliability

@@ -3,8 +3,8 @@ experiment ids cannot leave the cache folder, and no secret ends up in a log or 
 
 Each refusal is checked where a user meets it: ``core`` itself, ``python -m core`` (a real subprocess
 where it matters: the crafted checkpoint) and the app (the prepare page through AppTest, or the upload
-helper the page calls: AppTest cannot drive ``st.file_uploader``, so ``core.ui.jobs.save_upload``, which
-the page's upload callback calls with the uploaded bytes and name, is tested directly).
+helper the page calls: AppTest cannot drive ``st.file_uploader``, so ``core.ui.prepare_form.save_upload``,
+which the page's upload callback calls with the uploaded bytes and name, is tested directly).
 """
 from __future__ import annotations
 
@@ -22,10 +22,11 @@ import torch
 from safetensors.torch import save_file
 from streamlit.testing.v1 import AppTest
 
+from core import jobs
 from core.models import ModelError, load_state_dict
 from core.presets import DEMO_CHECKPOINT
 from core.store import StoreError, list_stores, open_store, validate_id
-from core.ui import jobs
+from core.ui import prepare_form
 from tests.helpers import displayed
 from tests.reliability.test_bad_input import cli, config, error_line, write_toml
 
@@ -117,8 +118,8 @@ def test_code_carrying_checkpoints_are_refused_everywhere(tmp_path, monkeypatch)
     # app: the same files uploaded are refused and not kept
     for path in evil:
         with pytest.raises(ModelError, match="refused to load"):
-            jobs.save_upload(path.read_bytes(), path.name, cache)
-    assert list((cache / jobs.UPLOADS).iterdir()) == []
+            prepare_form.save_upload(path.read_bytes(), path.name, cache)
+    assert list((cache / prepare_form.UPLOADS).iterdir()) == []
     assert not target.exists(), "no unpickling anywhere may run the payload"
 
 
@@ -130,10 +131,10 @@ def test_safetensors_and_plain_state_dicts_are_accepted(tmp_path):
         loaded = load_state_dict(tmp_path / name)
         assert loaded.keys() == weights.keys()
         assert all(torch.equal(loaded[k], weights[k]) for k in weights)
-        stored = jobs.save_upload((tmp_path / name).read_bytes(), name, tmp_path / "cache")
+        stored = prepare_form.save_upload((tmp_path / name).read_bytes(), name, tmp_path / "cache")
         cfg = config(None, {"model.checkpoint": str(stored)})
         from core.config import ExperimentConfig
-        jobs.check_model(ExperimentConfig.from_dict(cfg))  # the page's check passes
+        prepare_form.check_model(ExperimentConfig.from_dict(cfg))  # the page's check passes
 
 
 def test_uploads_are_checked_and_stored_under_generated_names(tmp_path):
@@ -144,30 +145,30 @@ def test_uploads_are_checked_and_stored_under_generated_names(tmp_path):
     outside_before = sorted(p for p in tmp_path.rglob("*"))
     for name in ("../../evil.safetensors", "/etc/cron.d/x.safetensors", "..\\..\\win.safetensors",
                  "a/b/../../../c.safetensors", "model.safetensors", ".hidden.SAFETENSORS"):
-        path = jobs.save_upload(data, name, cache)
-        assert path == cache / jobs.UPLOADS / f"{digest}.safetensors", name  # never the user's name
-    assert sorted(p.name for p in (cache / jobs.UPLOADS).iterdir()) == [f"{digest}.safetensors"]
+        path = prepare_form.save_upload(data, name, cache)
+        assert path == cache / prepare_form.UPLOADS / f"{digest}.safetensors", name  # never the user's name
+    assert sorted(p.name for p in (cache / prepare_form.UPLOADS).iterdir()) == [f"{digest}.safetensors"]
     new = sorted(set(tmp_path.rglob("*")) - set(outside_before))
     assert all(p == cache or cache in p.parents for p in new), new  # nothing written outside the cache
     # type: by the name's suffix (one the loader reads), then the content must load as plain weights
     for name in ("model.exe", "model.py", "model", "model.pt.exe", "model.pkl", "model.npy"):
         with pytest.raises(ModelError, match="unsupported checkpoint type"):
-            jobs.save_upload(data, name, cache)
+            prepare_form.save_upload(data, name, cache)
     with pytest.raises(ModelError, match="not a valid safetensors file"):
-        jobs.save_upload(b"\x00" * 64, "weights.safetensors", cache)
+        prepare_form.save_upload(b"\x00" * 64, "weights.safetensors", cache)
     for junk in (b"this is not a checkpoint", b"not a checkpoint at all", data[:1000]):
         with pytest.raises(ModelError, match="could not be read|no PyTorch file at all"):
-            jobs.save_upload(junk, "weights.pt", cache)
+            prepare_form.save_upload(junk, "weights.pt", cache)
     # size: empty, and over the limit (the page passes Streamlit's server.maxUploadSize)
     with pytest.raises(ModelError, match="empty"):
-        jobs.save_upload(b"", "w.pt", cache)
+        prepare_form.save_upload(b"", "w.pt", cache)
     with pytest.raises(ModelError, match="more than the 1 MB an upload may have"):
-        jobs.save_upload(data, "w.safetensors", cache, max_bytes=2**20)
-    assert sorted(p.name for p in (cache / jobs.UPLOADS).iterdir()) == [f"{digest}.safetensors"]
+        prepare_form.save_upload(data, "w.safetensors", cache, max_bytes=2**20)
+    assert sorted(p.name for p in (cache / prepare_form.UPLOADS).iterdir()) == [f"{digest}.safetensors"]
     # hidden folder: never listed or opened as an experiment
     assert list_stores(cache) == []
     with pytest.raises(StoreError, match="invalid experiment id"):
-        open_store(jobs.UPLOADS, cache)
+        open_store(prepare_form.UPLOADS, cache)
 
 
 BAD_IDS = ["../x", "../../etc", "/abs", "/tmp/x", "a/b", "a\\b", "", " ", "..", ".", ".hidden", "x" * 65,

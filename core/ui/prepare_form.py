@@ -1,8 +1,8 @@
-"""The Prepare page's pure helpers (no Streamlit): the class names of a data source, the server folders
+"""The Prepare page's pure helpers (no Streamlit): the attack's fields (generated from the attack registry,
+``core.attacks.ATTACKS``), the class names of a data source, the server folders
 the page may read, a checked image folder, checkpoint uploads saved under a content-addressed name, a config
 built from a preset plus the form's values, and a model check that loads the checkpoint with the project's
-safe loader before any long run starts. The jobs themselves run in processes of their own
-(``core.jobs``; re-exported here for the page).
+safe loader before any long run starts. The jobs themselves run in processes of their own (``core.jobs``).
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from core import models
-from core.config import ConfigError, ExperimentConfig
+from core.attacks import ATTACKS, PARAMS, Param
+from core.config import AttackConfig, ConfigError, ExperimentConfig
 from core.data import CIFAR10_CLASSES, FASHION_MNIST_CLASSES, DataError
 from core.hosting import settings
-from core.jobs import USER_ERRORS, Job, cancel, check_capacity, get, running, start  # noqa: F401 (the page's)
 from core.models import ARCHITECTURES, CHECKPOINT_SUFFIXES, ModelError
 from core.presets import PRESETS
 
@@ -196,3 +196,43 @@ def suggest_id(name: str, cache_dir) -> str:
     while (Path(cache_dir) / candidate).exists() or (Path(cache_dir) / f".partial-{candidate}").exists():
         candidate, k = f"{base}-{k}", k + 1
     return candidate
+
+
+# -- the attack's fields: one per parameter of the registered attacks (core.attacks.PARAMS) -------------
+METHOD_HELP = "How the images are changed to fool the model. " + " ".join(a.help for a in ATTACKS.values())
+
+
+def attack_key(name: str) -> str:
+    """The form's session-state key of an [attack] key (``prepare_eps``)."""
+    return f"prepare_{name}"
+
+
+def attack_fields() -> tuple[str, ...]:
+    """The form's session-state keys of the attack: the method, then every parameter."""
+    return tuple(attack_key(n) for n in ("method", *PARAMS))
+
+
+def attack_widget_range(p: Param) -> tuple[float, float] | tuple[int, int]:
+    """A number field's (min, max) as the form shows it (× the parameter's scale), in its type."""
+    if p.kind is int:
+        return int(p.lo) + p.lo_open, int(p.hi)
+    return float(p.lo * p.scale), float(p.hi * p.scale)
+
+
+def attack_form_values(a: AttackConfig) -> dict[str, object]:
+    """The form's values of an [attack] config (a value with a scale shown × scale, to 2 decimals)."""
+    out: dict[str, object] = {attack_key("method"): a.method}
+    for name, p in PARAMS.items():
+        value = getattr(a, name)
+        out[attack_key(name)] = round(value * p.scale, 2) if p.scale != 1 else value
+    return out
+
+
+def attack_config_values(state: Mapping[str, object]) -> dict[str, object]:
+    """The form's attack values as ``attack.KEY`` config values (``build_config``'s input)."""
+    out: dict[str, object] = {"attack.method": state[attack_key("method")]}
+    for name, p in PARAMS.items():
+        value = state[attack_key(name)]
+        out[f"attack.{name}"] = (bool(value) if p.kind is bool else int(value) if p.kind is int
+                                 else float(value) / p.scale)
+    return out
