@@ -52,11 +52,11 @@ from core import data as datasets
 from core import device as devices
 from core.config import ExperimentConfig
 from core.features import extract
+from core.map_settings import MapSettings
 from core.models import ModelError, check_checkpoint, load_model, model_fingerprint
 from core.neuron_measures import class_statistics
 from core.projection import tsne
 from core.store import (
-    DEFAULT_CACHE,
     PAIR_COLUMNS,
     SCHEMA_VERSION,
     StoreError,
@@ -66,6 +66,9 @@ from core.store import (
     pause_point,
     save_npy,
     validate_id,
+)
+from core.store import (
+    cache_dir as default_cache_dir,
 )
 
 ProgressFn = Callable[[str, int, int], None]
@@ -107,19 +110,15 @@ class FeaturesTask:
 @dataclass(frozen=True, eq=False)
 class MapsTask:
     """The vulnerability maps of one pair (benign image at ``pos``, adversarial image ``adv``) with the
-    map settings k, stride, output and precision."""
+    resolved map ``settings``."""
     pos: int
     adv: np.ndarray
     label: int
     adv_label: int
-    k: int
-    stride: int
-    output: str
-    precision: str
+    settings: MapSettings
 
     def run(self, ctx: Context) -> np.ndarray:
-        return ctx.maps(self.pos, self.adv, self.label, self.adv_label, self.k, self.stride, self.output,
-                        self.precision)
+        return ctx.maps(self.pos, self.adv, self.label, self.adv_label, self.settings)
 
 
 Task = CleanTask | AttackTask | FeaturesTask | MapsTask
@@ -155,10 +154,11 @@ class _Bar:
         self.bar.close()
 
 
-def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path = DEFAULT_CACHE,
+def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path | None = None,
             overwrite: bool = False, progress: ProgressFn | None = None, show_bars: bool = True,
             log: Callable[[str], None] = lambda s: None, runner: Runner | None = None) -> Path:
-    """Build ``cache_dir/experiment_id`` from ``cfg``; return its path. Resumes an interrupted run.
+    """Build ``cache_dir/experiment_id`` (None: ``core.store.cache_dir()``) from ``cfg``; return its path.
+    Resumes an interrupted run.
 
     ``runner``: where the chunks of the clean, attack, features and maps stages are computed; None =
     in this process (``Context.run_all``); ``core.distributed.RayRunner`` shards them over a Ray
@@ -168,6 +168,7 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
     ``core.hosting.settings().min_free_disk_bytes`` before the first write; a disk that fills up anyway
     (another writer) ends the run with one PrepareError saying how much to free, and the partial folder
     resumes once space is freed (memory-mapped arrays are preallocated: never a SIGBUS)."""
+    cache_dir = default_cache_dir() if cache_dir is None else cache_dir
     disk: dict = {}  # what _prepare knows for a disk-full message: the writer, the store's estimate
     try:
         return _prepare(cfg, experiment_id, cache_dir=cache_dir, overwrite=overwrite, progress=progress,
@@ -469,24 +470,23 @@ def _maps_stage(job: _Job, attacked: _Attacked, labels: np.ndarray, adv_labels: 
     map_pairs = maps_order(labels, adv_labels)[:p.maps]
     if not len(map_pairs):
         return None
-    mk = vulnerability.default_k(*shape[1:])
-    mstride = p.maps_stride or vulnerability.default_stride(*shape[1:])
-    mprec = devices.resolve_precision(p.maps_precision, job.ctx.device)
+    s = MapSettings.resolve(shape[1:], job.ctx.device, stride=p.maps_stride or None, output=p.maps_output,
+                            precision=p.maps_precision)
     maps_dir = job.w.out("vulnerability_maps")
     maps_dir.mkdir(exist_ok=True)
 
     def task(sel: np.ndarray) -> MapsTask:
         i = int(map_pairs[sel[0]])
         return MapsTask(int(attacked.pairs_pos[i]), np.asarray(attacked.images[attacked.success[i]]),
-                        int(labels[i]), int(adv_labels[i]), mk, mstride, p.maps_output, mprec)
+                        int(labels[i]), int(adv_labels[i]), s)
 
     def write(sel: np.ndarray, r: np.ndarray) -> None:
         i = int(map_pairs[sel[0]])
-        save_npy(maps_dir / vulnerability.map_file_name(i, mk, mstride, p.maps_output, mprec), r)
+        save_npy(maps_dir / s.file_name(i), r)
 
     job.chunked("maps", len(map_pairs), 1, task, write, [], unit="pair")
-    return {"pairs": [int(i) for i in map_pairs], "k": mk, "stride": mstride, "output": p.maps_output,
-            "precision": mprec}
+    return {"pairs": [int(i) for i in map_pairs], "k": s.k, "stride": s.stride, "output": s.output,
+            "precision": s.precision}
 
 
 def _tsne_stage(job: _Job, out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -690,11 +690,11 @@ class Context:
                   f"{side}_pooled": f.pooled.numpy(), f"{side}_fmaps": f.fmaps.numpy().astype(np.float16)}
         return r
 
-    def maps(self, pos: int, adv: np.ndarray, label: int, adv_label: int, k: int, stride: int,
-              output: str, precision: str) -> np.ndarray:
+    def maps(self, pos: int, adv: np.ndarray, label: int, adv_label: int, settings: MapSettings
+             ) -> np.ndarray:
         benign = torch.from_numpy(self.ds.get_uint8([pos])[0]).float() / 255
         maps = vulnerability.vulnerability_maps(self.model, benign, torch.from_numpy(adv), label, adv_label,
-                                                k=k, stride=stride, output=output, precision=precision)
+                                                **settings.kwargs())
         return torch.stack(maps).numpy().astype(np.float32)
 
 

@@ -58,14 +58,6 @@ def _folder(folder: str | Path | None) -> Path:
     return cache_dir() if folder is None else Path(folder)
 
 
-def __getattr__(name: str):
-    # ``DEFAULT_CACHE`` (the folder, read at import) is gone; core.pipeline still imports it until it
-    # takes ``cache_dir=None`` like the functions here (issue 14). Remove this then.
-    if name == "DEFAULT_CACHE":
-        return cache_dir()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: "$" would let a final newline in
 
 PAIR_COLUMNS = {

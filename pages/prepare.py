@@ -13,7 +13,7 @@ from core.hosting import settings
 from core.models import ARCHITECTURES, CHECKPOINT_SUFFIXES, ModelError
 from core.presets import PRESETS
 from core.store import Store, StoreError, validate_id
-from core.ui import prepare_form, session
+from core.ui import pages, prepare_form, session
 from core.ui.stores import cache_dir, experiments
 from core.ui.text import one_line, plain  # every message may hold user or file text (paths, names)
 
@@ -167,7 +167,7 @@ def _job_panel(experiment: str, cache: Path) -> None:
 
 # -- page -----------------------------------------------------------------------------------------------
 if st.session_state.pop("prepare_go", False):
-    st.switch_page("pages/image_space.py")
+    st.switch_page(pages.path("image_space"))
 
 cache = cache_dir()
 st.header("Prepare an experiment")
