@@ -1,5 +1,5 @@
 """Adversarial attacks in [0,1] pixel space, and their registry ``ATTACKS``: PGD (Madry et al. 2018, the
-paper's §3.1/§6) and FGSM.
+paper's §3.1/§6), FGSM and MI-FGSM (Dong et al. 2018).
 
 PGD with budget ε, step α and κ steps (paper: κ=7, ε=8/255, α=2/255)::
 
@@ -8,6 +8,15 @@ PGD with budget ε, step α and κ steps (paper: κ=7, ε=8/255, α=2/255)::
 
 L is the cross-entropy with the true label (ascended), or with a target label (descended, targeted).
 FGSM is the single step x + ε·sign(∇ₓ L), clamped to [0,1].
+
+MI-FGSM (momentum iterative FGSM, Dong et al. 2018, "Boosting Adversarial Attacks with Momentum"), with
+momentum μ (default 1.0), κ steps (default 10) and step α (default ε/κ), from x⁰ = x and g⁰ = 0::
+
+    gᵗ⁺¹ = μ·gᵗ + ∇ₓL(xᵗ) / ‖∇ₓL(xᵗ)‖₁            (the L1 norm per image)
+    xᵗ⁺¹ = clip₀¹( x + clip₋ε^ε( xᵗ + α·sign(gᵗ⁺¹) − x ) )
+
+torchattacks' MIFGSM divides by mean |∇| instead, ‖∇‖₁ over the pixel count: a positive constant per
+image, so its g is that constant times this g and every sign step is the same (tests/core/test_mi_fgsm.py).
 
 Choices:
 - The loss is *summed* over the batch, not averaged: the sign of each image's gradient is then the
@@ -99,12 +108,43 @@ def fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: f
         return _step(model, x, x.clone(), labels, eps, eps, targeted, precision).detach()
 
 
-def _step(model, x, adv, labels, alpha, eps, targeted, precision, return_logits=False):
+def mi_fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float = 8 / 255,
+            alpha: float | None = None, steps: int = 10, momentum: float = 1.0, targeted: bool = False,
+            precision: str = "fp32", batch_size: int | None = None) -> torch.Tensor:
+    """Momentum iterative FGSM (module notes): ``steps`` sign steps of size ``alpha`` (None: eps/steps)
+    along the running gradient sum g ← μ·g + ∇/‖∇‖₁, projected to the ε-ball and [0, 1] every step."""
+    _check(images, eps)
+    if not eps > 0 or not steps >= 1 or not momentum >= 0:
+        raise ValueError(f"mi-fgsm needs eps > 0, steps >= 1 and momentum >= 0 (got eps = {eps}, steps = "
+                         f"{steps}, momentum = {momentum})")
+    alpha = eps / steps if alpha is None else alpha
+    if batch_size and len(images) > batch_size:  # the momentum is per image: chunks are independent
+        return torch.cat([mi_fgsm(model, images[i:i + batch_size], labels[i:i + batch_size], eps=eps,
+                                  alpha=alpha, steps=steps, momentum=momentum, targeted=targeted,
+                                  precision=precision) for i in range(0, len(images), batch_size)])
+    x = images.detach()
+    adv, g = x.clone(), torch.zeros_like(x)
+    with _eval(model):
+        for _ in range(steps):
+            grad, _ = _grad(model, adv, labels, targeted, precision)
+            l1 = grad.abs().sum(dim=tuple(range(1, grad.dim())), keepdim=True)
+            g = momentum * g + grad / l1.clamp_min(torch.finfo(grad.dtype).tiny)  # ∇ = 0: no new direction
+            adv = (x + (adv + alpha * g.sign() - x).clamp(-eps, eps)).clamp(0, 1)
+    return adv.detach()
+
+
+def _grad(model, adv, labels, targeted, precision):
+    """∇ₓ of the summed cross-entropy at ``adv`` (of its negative when targeted), and the logits."""
     adv = adv.clone().requires_grad_(True)
-    with autocast(x.device, precision):
+    with autocast(adv.device, precision):
         logits = model(adv)
     loss = F.cross_entropy(logits.float(), labels, reduction="sum")
     grad, = torch.autograd.grad(-loss if targeted else loss, adv)
+    return grad, logits
+
+
+def _step(model, x, adv, labels, alpha, eps, targeted, precision, return_logits=False):
+    grad, logits = _grad(model, adv, labels, targeted, precision)
     adv = adv.detach() + alpha * grad.sign()
     new = (x + (adv - x).clamp(-eps, eps)).clamp(0, 1)
     return (new, logits.detach()) if return_logits else new
@@ -243,9 +283,10 @@ def resolve(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
         raise ParamError(f"{name} has no parameter(s) {', '.join(unknown)}; its parameters: "
                          f"{', '.join(spec.params)}")
     values = dict(params)
-    for p in sorted(spec.params.values(), key=lambda p: callable(p.default)):  # derived defaults last
-        values.setdefault(p.name, p.default_for(values))
-    for p in spec.params.values():
+    # derived defaults last: from values already checked
+    for p in sorted(spec.params.values(), key=lambda p: callable(p.default)):
+        if p.name not in values:
+            values[p.name] = p.default_for(values)
         value = values[p.name]
         if p.kind is float and isinstance(value, int) and not isinstance(value, bool):
             values[p.name] = value = float(value)
@@ -305,3 +346,16 @@ register(
     check=_pgd_check)
 register("fgsm", fgsm, "FGSM (one step)", "FGSM takes one step of the full size ε (faster, weaker).",
          (_EPS,))
+register(
+    "mi-fgsm", mi_fgsm, "MI-FGSM (momentum)",
+    "MI-FGSM takes several steps like PGD, each along a running sum (momentum) of the directions of all "
+    "the steps so far, so single noisy directions matter less (Dong et al. 2018).",
+    (Param("eps", float, 8 / 255, 0, 1, lo_open=True, note=_EPS.note, label=_EPS.label, help=_EPS.help,
+           scale=255, step=0.5),
+     Param("alpha", float, lambda p: p["eps"] / p["steps"], 0, 1, lo_open=True,
+           note="the step in pixel units; left out: eps/steps", label="Step α (/255)",
+           help="The change per step, in 1/255; Dong et al. use ε/steps.", scale=255, step=0.5),
+     Param("steps", int, 10, 1, MAX_STEPS, note="iterations; Dong et al.: 10", label="Steps κ"),
+     Param("momentum", float, 1.0, 0, 10, note="the decay μ of the running gradient sum; Dong et al.: 1.0",
+           label="Momentum μ", help="How much of the earlier steps' direction each step keeps (MI-FGSM "
+           "only): 0 forgets it (plain iterative FGSM), 1 (Dong et al.'s) keeps all of it.", step=0.1)))
