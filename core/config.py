@@ -394,7 +394,13 @@ class ExperimentConfig:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every section as a dict; ``attack`` holds the method, its own parameters and the precision
+        only, so a manifest names what ran and a registered attack's new parameter changes neither the
+        manifests nor the resume key of other attacks' runs."""
+        d = dataclasses.asdict(self)
+        own = ATTACKS[self.attack.method].params
+        d["attack"] = {k: v for k, v in d["attack"].items() if k in own or k in ("method", "precision")}
+        return d
 
     @classmethod
     def from_dict(cls, d: Any, base_dir: Path | None = None, *, limits: bool = True) -> ExperimentConfig:

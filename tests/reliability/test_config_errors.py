@@ -163,7 +163,7 @@ def test_every_config_mistake_is_one_error_line_and_exit_2(tmp_path, capsys):
 def _valid_values(section: str, key: str) -> list:
     """Values near or at the valid ones for a key, so that fuzzing reaches valid configs and the edges."""
     default = getattr(SECTIONS[section](), key)
-    return [default, PRESETS["cifar10-224"].to_dict()[section][key]] + {
+    return [default, getattr(getattr(PRESETS["cifar10-224"], section), key)] + {
         "arch": ["resnet20_cifar", "resnet18", "efficientnet_lite0"], "checkpoint": ["", "/m.pt", "w.pt"],
         "num_classes": [2, 10, 1000, 2000, 2001, 1], "in_channels": [1, 3],
         "width": [1, 8, 512, 513], "mean": [[0.5], (0.5, 0.5, 0.5), [0.1, 0.2]],
@@ -171,7 +171,8 @@ def _valid_values(section: str, key: str) -> list:
         "source": ["demo", "cifar10", "image_folder", "fashion_mnist"], "root": ["/data", "rel"],
         "split": ["train", "test"], "classes": [["cat"], ["cat", "dog"], ["cat", "cat"], [""]],
         "per_class": [1, 100_000, 100_001], "image_size": [8, 7, 224, 1024, 1025],
-        "on_corrupt": ["skip", "error"], "method": ["pgd", "fgsm"], "eps": [0.0, 1.0, 1.0001, 8 / 255],
+        "on_corrupt": ["skip", "error"], "method": ["pgd", "fgsm", "mi-fgsm"],
+        "eps": [0.0, 1.0, 1.0001, 8 / 255],
         "alpha": [0.0, 0.01, 1], "steps": [0, 1, 10_000, 10_001], "precision": ["auto", "fp32", "bf16"],
         "batch_size": [0, 1, 2048, 2049], "tsne_perplexity": [1e-300, 5, 5.0], "seed": [0, 2**32 - 1, 2**32],
         "device": ["auto", "cpu", "cuda", "cuda:1", "cuda:"], "maps": [0, 20, 200_000, 200_001],
