@@ -5,8 +5,8 @@ from pathlib import Path
 
 import streamlit as st
 
+from core import attacks, jobs
 from core import data as datasets
-from core import jobs
 from core.attacks import ATTACKS, PARAMS
 from core.hosting import settings
 from core.models import ARCHITECTURES, CHECKPOINT_SUFFIXES, ModelError
@@ -31,6 +31,11 @@ JOB = "prepare_job"      # the experiment id this session started
 
 def _on_preset() -> None:
     st.session_state.update(prepare_form.preset_values(st.session_state["prepare_preset"], cache_dir()))
+
+
+def _on_method() -> None:
+    s = st.session_state
+    s.update(prepare_form.method_values(s["prepare_method"], s))
 
 
 def _on_arch() -> None:
@@ -226,16 +231,17 @@ with left:
 
 with right:
     st.markdown("#### 3. Attack")
-    st.radio("Method", tuple(ATTACKS), key="prepare_method", horizontal=True,
+    st.radio("Method", tuple(ATTACKS), key="prepare_method", horizontal=True, on_change=_on_method,
              format_func=lambda m: ATTACKS[m].label, help=prepare_form.METHOD_HELP)
-    used = ATTACKS[st.session_state["prepare_method"]].params  # the others are shown, disabled
-    numbers = [p for p in PARAMS.values() if p.kind is not bool]
+    method = st.session_state["prepare_method"]
+    used = ATTACKS[method].params  # the others are shown, disabled
+    numbers = [attacks.param(method, p.name) for p in PARAMS.values() if p.kind is not bool]
     for row in range(0, len(numbers), 3):
         for column, p in zip(st.columns(3), numbers[row:row + 3], strict=False):
             low, high = prepare_form.attack_widget_range(p)
             column.number_input(p.label, min_value=low, max_value=high, step=p.step,
                                 key=prepare_form.attack_key(p.name), disabled=p.name not in used, help=p.help)
-    for p in (p for p in PARAMS.values() if p.kind is bool):
+    for p in (attacks.param(method, p.name) for p in PARAMS.values() if p.kind is bool):
         st.checkbox(p.label, key=prepare_form.attack_key(p.name), disabled=p.name not in used, help=p.help)
     st.caption(f"ε = {st.session_state['prepare_eps']:g}/255 = {st.session_state['prepare_eps'] / 255:.4f} "
                "in [0, 1] pixel units.")

@@ -15,12 +15,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from core import models
-from core.attacks import ATTACKS, PARAMS, Param
+from core.attacks import ATTACKS, PARAMS, Param, param, resolve
 from core.config import AttackConfig, ConfigError, ExperimentConfig
 from core.data import CIFAR10_CLASSES, FASHION_MNIST_CLASSES, DataError
 from core.hosting import settings
 from core.models import ARCHITECTURES, CHECKPOINT_SUFFIXES, ModelError
-from core.presets import PRESETS
+from core.presets import KEPT_ON_NEW_METHOD, PRESETS
 
 CUSTOM = "custom"  # the form's start without a preset
 CKPT_MODES = ("A file on the server", "Upload a file")
@@ -228,17 +228,28 @@ def attack_form_values(a: AttackConfig) -> dict[str, object]:
     decimals, not to the 2 the field displays: the demo's α = 0.025 is 6.375/255, and 6.38/255 would
     make the page's demo another experiment than the CLI's."""
     out: dict[str, object] = {attack_key("method"): a.method}
-    for name, p in PARAMS.items():
-        value = getattr(a, name)
+    for name in PARAMS:
+        value, p = getattr(a, name), param(a.method, name)
         out[attack_key(name)] = round(value * p.scale, 6) if p.scale != 1 else value
     return out
 
 
+def method_values(method: str, state: Mapping[str, object]) -> dict[str, object]:
+    """The form's attack values when the method becomes ``method``: its own defaults (a derived one, such
+    as MI-FGSM's α = ε/steps, from them), keeping the form's ε and precision as a config override of the
+    method does (``core.presets.KEPT_ON_NEW_METHOD``)."""
+    kept = {k: attack_config_values(state)[f"attack.{k}"] for k in KEPT_ON_NEW_METHOD
+            if attack_key(k) in state}
+    chosen = {k: v for k, v in kept.items() if k in ATTACKS[method].params}
+    return attack_form_values(AttackConfig(method=method, **resolve(method, chosen)))
+
+
 def attack_config_values(state: Mapping[str, object]) -> dict[str, object]:
     """The form's attack values as ``attack.KEY`` config values (``build_config``'s input)."""
-    out: dict[str, object] = {"attack.method": state[attack_key("method")]}
-    for name, p in PARAMS.items():
-        value = state[attack_key(name)]
+    method = state[attack_key("method")]
+    out: dict[str, object] = {"attack.method": method}
+    for name in PARAMS:
+        value, p = state[attack_key(name)], param(method, name)
         out[f"attack.{name}"] = (bool(value) if p.kind is bool else int(value) if p.kind is int
                                  else float(value) / p.scale)
     return out
