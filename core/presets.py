@@ -65,6 +65,9 @@ PRESETS: dict[str, ExperimentConfig] = {
 }
 
 
+KEPT_ON_NEW_METHOD = ("eps", "precision")  # [attack] keys an override of the method keeps
+
+
 def preset(name: str, overrides: list[str] | None = None) -> ExperimentConfig:
     """A copy of preset ``name`` with ``section.key=value`` overrides applied (values parsed as TOML)."""
     if name not in PRESETS:
@@ -96,4 +99,8 @@ def apply_override(d: dict, item: str) -> None:
         d[section] = {}
     if not isinstance(d[section], dict):
         raise ConfigError(f"override {_config.show(item)}: [{section}] is not a table")
+    if (section, name.strip()) == ("attack", "method") and value != d[section].get("method"):
+        # another attack starts from its own defaults (MI-FGSM: 10 steps of ε/10, not PGD's 7 of 2/255);
+        # the budget ε and the precision are the experiment's, kept. Later overrides still apply.
+        d[section] = {k: v for k, v in d[section].items() if k in KEPT_ON_NEW_METHOD}
     d[section][name.strip()] = value

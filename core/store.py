@@ -800,8 +800,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def attack_steps(attack: dict) -> int:
-    """The gradient steps the attack took: FGSM is one step, whatever ``steps`` the config carries."""
-    return 1 if attack.get("method") == "fgsm" else attack["steps"]
+    """The gradient steps the attack took: its ``steps``, one for an attack without them (FGSM; an
+    FGSM manifest written before issue 14 still carries PGD's unused ``steps``)."""
+    return 1 if attack.get("method") == "fgsm" else int(attack.get("steps", 1))
 
 
 def summary_row(manifest: dict) -> dict:
@@ -811,7 +812,7 @@ def summary_row(manifest: dict) -> dict:
             "classes": len(image_classes(manifest)), "images": c["n_images"],
             "clean accuracy": round(c["clean_accuracy"], 4), "attacked": c["n_attacked"],
             "successful pairs": c["n_success"], "attack success": round(c["attack_success_rate"], 4),
-            "attack": cfg["attack"]["method"].upper(), "ε": round(cfg["attack"]["eps"], 4),
+            "attack": cfg["attack"]["method"].upper(), "ε": round(cfg["attack"].get("eps", math.nan), 4),
             "steps": attack_steps(cfg["attack"]), "created": manifest["created"]}
 
 

@@ -5,10 +5,9 @@ from pathlib import Path
 
 import streamlit as st
 
+from core import attacks, jobs
 from core import data as datasets
-from core import jobs
 from core.attacks import ATTACKS, PARAMS
-from core.config import ConfigError
 from core.hosting import settings
 from core.models import ARCHITECTURES, CHECKPOINT_SUFFIXES, ModelError
 from core.presets import PRESETS
@@ -19,11 +18,8 @@ from core.ui.text import one_line, plain  # every message may hold user or file 
 
 session.require_app()  # first: a deep link must not run a page outside app.py
 
-CUSTOM = "custom"
+CUSTOM, CKPT_MODES, SOURCE_LABELS = prepare_form.CUSTOM, prepare_form.CKPT_MODES, prepare_form.SOURCE_LABELS
 DEFAULT_PRESET = "demo"
-SOURCE_LABELS = {"demo": "Fashion-MNIST sample shipped with the app", "fashion_mnist": "Fashion-MNIST files",
-                 "cifar10": "CIFAR-10 folder", "image_folder": "My images (one folder per class)"}
-CKPT_MODES = ("A file on the server", "Upload a file")
 FIELDS = ("prepare_preset", "prepare_source", "prepare_root", "prepare_image_size", "prepare_classes",
           "prepare_per_class", "prepare_arch", "prepare_ckpt_mode", "prepare_ckpt_path", "prepare_channels",
           "prepare_width", "prepare_mean", "prepare_std", *prepare_form.attack_fields(), "prepare_batch_size",
@@ -33,37 +29,19 @@ SAVED = "prepare_saved"  # the form's values, kept while the user visits other p
 JOB = "prepare_job"      # the experiment id this session started
 
 
-def _numbers(values) -> str:
-    return ", ".join(f"{v:g}" for v in values)
-
-
-def _preset_values(name: str) -> dict:
-    """The form's values for a preset (or the custom start)."""
-    if name == CUSTOM:
-        cfg = prepare_form.build_config(None, {"data.source": "image_folder", "model.arch": "resnet18"})
-        mean, std = prepare_form.default_normalization("resnet18")
-        ident = "my-experiment"
-    else:
-        cfg, (mean, std), ident = PRESETS[name], (PRESETS[name].model.mean, PRESETS[name].model.std), name
-    d, m, p = cfg.data, cfg.model, cfg.prepare
-    return {"prepare_source": d.source, "prepare_root": d.root or "", "prepare_image_size": d.image_size or 0,
-            "prepare_classes": list(d.classes or []), "prepare_per_class": d.per_class or 0,
-            "prepare_arch": m.arch, "prepare_ckpt_mode": CKPT_MODES[0],
-            "prepare_ckpt_path": m.checkpoint or "",
-            "prepare_channels": m.in_channels, "prepare_width": m.width, "prepare_mean": _numbers(mean),
-            "prepare_std": _numbers(std), **prepare_form.attack_form_values(cfg.attack),
-            "prepare_batch_size": p.batch_size, "prepare_maps": p.maps,
-            "prepare_perplexity": float(p.tsne_perplexity),
-            "prepare_device": p.device, "prepare_id": prepare_form.suggest_id(ident, cache_dir())}
-
-
 def _on_preset() -> None:
-    st.session_state.update(_preset_values(st.session_state["prepare_preset"]))
+    st.session_state.update(prepare_form.preset_values(st.session_state["prepare_preset"], cache_dir()))
+
+
+def _on_method() -> None:
+    s = st.session_state
+    s.update(prepare_form.method_values(s["prepare_method"], s))
 
 
 def _on_arch() -> None:
     mean, std = prepare_form.default_normalization(st.session_state["prepare_arch"])
-    st.session_state["prepare_mean"], st.session_state["prepare_std"] = _numbers(mean), _numbers(std)
+    st.session_state["prepare_mean"], st.session_state["prepare_std"] = (prepare_form.numbers(mean),
+                                                                         prepare_form.numbers(std))
 
 
 def _on_upload() -> None:
@@ -84,33 +62,6 @@ def _explore(experiment: str) -> None:
     session.put(session.get().with_experiment(experiment))
     st.session_state["sidebar_experiment"] = experiment  # the sidebar's picker shows it at once
     st.session_state["prepare_go"] = True
-
-
-def _floats(text: str, what: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.replace(";", ",").split(",") if v.strip())
-    except ValueError:
-        values = ()
-    if not values:
-        raise ConfigError(f"normalization {what}: enter one number, or one per channel separated by "
-                               "commas (e.g. 0.485, 0.456, 0.406)")
-    return values
-
-
-def _config_values(classes_all: list[str]) -> dict:
-    s = st.session_state
-    checkpoint = s.get("prepare_upload_path") if s["prepare_ckpt_mode"] == CKPT_MODES[1] \
-        else s.get("prepare_ckpt_path", "").strip()
-    return {"data.source": s["prepare_source"], "data.root": s.get("prepare_root", "").strip() or None,
-            "data.image_size": int(s["prepare_image_size"]) or None,
-            "data.classes": list(s.get("prepare_classes", [])) or None,
-            "data.per_class": int(s["prepare_per_class"]) or None,
-            "model.arch": s["prepare_arch"], "model.checkpoint": checkpoint or None,
-            "model.num_classes": len(classes_all), "model.in_channels": int(s["prepare_channels"]),
-            "model.width": int(s["prepare_width"]), "model.mean": _floats(s["prepare_mean"], "mean"),
-            "model.std": _floats(s["prepare_std"], "std"), **prepare_form.attack_config_values(s),
-            "prepare.batch_size": int(s["prepare_batch_size"]), "prepare.maps": int(s["prepare_maps"]),
-            "prepare.tsne_perplexity": float(s["prepare_perplexity"]), "prepare.device": s["prepare_device"]}
 
 
 @st.fragment(run_every=1)
@@ -280,16 +231,17 @@ with left:
 
 with right:
     st.markdown("#### 3. Attack")
-    st.radio("Method", tuple(ATTACKS), key="prepare_method", horizontal=True,
+    st.radio("Method", tuple(ATTACKS), key="prepare_method", horizontal=True, on_change=_on_method,
              format_func=lambda m: ATTACKS[m].label, help=prepare_form.METHOD_HELP)
-    used = ATTACKS[st.session_state["prepare_method"]].params  # the others are shown, disabled
-    numbers = [p for p in PARAMS.values() if p.kind is not bool]
+    method = st.session_state["prepare_method"]
+    used = ATTACKS[method].params  # the others are shown, disabled
+    numbers = [attacks.param(method, p.name) for p in PARAMS.values() if p.kind is not bool]
     for row in range(0, len(numbers), 3):
         for column, p in zip(st.columns(3), numbers[row:row + 3], strict=False):
             low, high = prepare_form.attack_widget_range(p)
             column.number_input(p.label, min_value=low, max_value=high, step=p.step,
                                 key=prepare_form.attack_key(p.name), disabled=p.name not in used, help=p.help)
-    for p in (p for p in PARAMS.values() if p.kind is bool):
+    for p in (attacks.param(method, p.name) for p in PARAMS.values() if p.kind is bool):
         st.checkbox(p.label, key=prepare_form.attack_key(p.name), disabled=p.name not in used, help=p.help)
     st.caption(f"ε = {st.session_state['prepare_eps']:g}/255 = {st.session_state['prepare_eps'] / 255:.4f} "
                "in [0, 1] pixel units.")
@@ -340,7 +292,8 @@ if start:
             raise StoreError(f"an experiment named {ident!r} already exists; choose another id")
         classes_all = prepare_form.dataset_classes(source, st.session_state.get("prepare_root"), cache)
         cfg = prepare_form.build_config(None if st.session_state["prepare_preset"] == CUSTOM
-                                else st.session_state["prepare_preset"], _config_values(classes_all))
+                                else st.session_state["prepare_preset"],
+                                prepare_form.config_values(st.session_state, len(classes_all)))
         prepare_form.check_server_paths(cfg, cache)
         jobs.check_capacity()  # before loading the checkpoint: a busy server says so at once
         with st.spinner("Checking the checkpoint…"):

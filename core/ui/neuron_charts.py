@@ -152,14 +152,6 @@ def change_text(change, spec: str = ".3g") -> str:
     return f"{'rises' if v > 0 else 'falls'} by {size}"
 
 
-def substitution_text(benign_decrease, adversarial_increase, classes: tuple[str, str]) -> str:
-    """"P(B) falls by x, P(A) rises by y": the direct-substitution effects of one neuron in words.
-    ``benign_decrease`` is a decrease, so the benign probability's change is its negative; ``classes``
-    are the names as the caller's place needs them (escaped for Markdown or plotly)."""
-    return (f"P({classes[0]}) {change_text(-float(benign_decrease))}, "
-            f"P({classes[1]}) {change_text(float(adversarial_increase))}")
-
-
 def shown_measures(values: dict) -> list:
     """The registered measures whose values ``values`` holds, those that need no maps first (the
     maps' come only once they are computed), each group in registry order."""

@@ -15,13 +15,17 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from core import models
-from core.attacks import ATTACKS, PARAMS, Param
+from core.attacks import ATTACKS, PARAMS, Param, param, resolve
 from core.config import AttackConfig, ConfigError, ExperimentConfig
 from core.data import CIFAR10_CLASSES, FASHION_MNIST_CLASSES, DataError
 from core.hosting import settings
 from core.models import ARCHITECTURES, CHECKPOINT_SUFFIXES, ModelError
-from core.presets import PRESETS
+from core.presets import KEPT_ON_NEW_METHOD, PRESETS
 
+CUSTOM = "custom"  # the form's start without a preset
+CKPT_MODES = ("A file on the server", "Upload a file")
+SOURCE_LABELS = {"demo": "Fashion-MNIST sample shipped with the app", "fashion_mnist": "Fashion-MNIST files",
+                 "cifar10": "CIFAR-10 folder", "image_folder": "My images (one folder per class)"}
 UPLOADS = ".uploads"  # under the cache folder; hidden names are never listed as experiments
 MAX_UPLOAD_BYTES = 256 * 2**20  # the page passes Streamlit's server.maxUploadSize instead
 
@@ -220,19 +224,88 @@ def attack_widget_range(p: Param) -> tuple[float, float] | tuple[int, int]:
 
 
 def attack_form_values(a: AttackConfig) -> dict[str, object]:
-    """The form's values of an [attack] config (a value with a scale shown × scale, to 2 decimals)."""
+    """The form's values of an [attack] config (a value with a scale shown × scale). Rounded to 6
+    decimals, not to the 2 the field displays: the demo's α = 0.025 is 6.375/255, and 6.38/255 would
+    make the page's demo another experiment than the CLI's."""
     out: dict[str, object] = {attack_key("method"): a.method}
-    for name, p in PARAMS.items():
-        value = getattr(a, name)
-        out[attack_key(name)] = round(value * p.scale, 2) if p.scale != 1 else value
+    for name in PARAMS:
+        value, p = getattr(a, name), param(a.method, name)
+        out[attack_key(name)] = round(value * p.scale, 6) if p.scale != 1 else value
     return out
+
+
+def method_values(method: str, state: Mapping[str, object]) -> dict[str, object]:
+    """The form's attack values when the method becomes ``method``: its own defaults (a derived one, such
+    as MI-FGSM's α = ε/steps, from them), keeping the form's ε and precision as a config override of the
+    method does (``core.presets.KEPT_ON_NEW_METHOD``)."""
+    kept = {k: attack_config_values(state)[f"attack.{k}"] for k in KEPT_ON_NEW_METHOD
+            if attack_key(k) in state}
+    chosen = {k: v for k, v in kept.items() if k in ATTACKS[method].params}
+    return attack_form_values(AttackConfig(method=method, **resolve(method, chosen)))
 
 
 def attack_config_values(state: Mapping[str, object]) -> dict[str, object]:
     """The form's attack values as ``attack.KEY`` config values (``build_config``'s input)."""
-    out: dict[str, object] = {"attack.method": state[attack_key("method")]}
-    for name, p in PARAMS.items():
-        value = state[attack_key(name)]
+    method = state[attack_key("method")]
+    out: dict[str, object] = {"attack.method": method}
+    for name in PARAMS:
+        value, p = state[attack_key(name)], param(method, name)
         out[f"attack.{name}"] = (bool(value) if p.kind is bool else int(value) if p.kind is int
                                  else float(value) / p.scale)
     return out
+
+
+# -- the form's values (widget key -> value) and the config they make ------------------------------------
+def numbers(values) -> str:
+    """Normalization numbers as the form shows them: ``0.485, 0.456, 0.406``."""
+    return ", ".join(f"{v:g}" for v in values)
+
+
+def parse_floats(text: str, what: str) -> tuple[float, ...]:
+    """The numbers typed in a normalization field (commas or semicolons between them); ConfigError when
+    there is none or one is not a number."""
+    try:
+        values = tuple(float(v) for v in text.replace(";", ",").split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values:
+        raise ConfigError(f"normalization {what}: enter one number, or one per channel separated by "
+                          "commas (e.g. 0.485, 0.456, 0.406)")
+    return values
+
+
+def preset_values(name: str, cache_dir) -> dict[str, object]:
+    """The form's values for a preset, or for the custom start (``CUSTOM``), with a free experiment id."""
+    if name == CUSTOM:
+        cfg = build_config(None, {"data.source": "image_folder", "model.arch": "resnet18"})
+        mean, std = default_normalization("resnet18")
+        ident = "my-experiment"
+    else:
+        cfg, (mean, std), ident = PRESETS[name], (PRESETS[name].model.mean, PRESETS[name].model.std), name
+    d, m, p = cfg.data, cfg.model, cfg.prepare
+    return {"prepare_source": d.source, "prepare_root": d.root or "", "prepare_image_size": d.image_size or 0,
+            "prepare_classes": list(d.classes or []), "prepare_per_class": d.per_class or 0,
+            "prepare_arch": m.arch, "prepare_ckpt_mode": CKPT_MODES[0],
+            "prepare_ckpt_path": m.checkpoint or "",
+            "prepare_channels": m.in_channels, "prepare_width": m.width, "prepare_mean": numbers(mean),
+            "prepare_std": numbers(std), **attack_form_values(cfg.attack),
+            "prepare_batch_size": p.batch_size, "prepare_maps": p.maps,
+            "prepare_perplexity": float(p.tsne_perplexity),
+            "prepare_device": p.device, "prepare_id": suggest_id(ident, cache_dir)}
+
+
+def config_values(s: Mapping[str, object], num_classes: int) -> dict[str, object]:
+    """The config overrides (``build_config``'s ``values``) of the form's values ``s`` (widget key ->
+    value) for a dataset of ``num_classes`` classes; ConfigError for unreadable normalization numbers."""
+    checkpoint = s.get("prepare_upload_path") if s["prepare_ckpt_mode"] == CKPT_MODES[1] \
+        else s.get("prepare_ckpt_path", "").strip()
+    return {"data.source": s["prepare_source"], "data.root": s.get("prepare_root", "").strip() or None,
+            "data.image_size": int(s["prepare_image_size"]) or None,
+            "data.classes": list(s.get("prepare_classes", [])) or None,
+            "data.per_class": int(s["prepare_per_class"]) or None,
+            "model.arch": s["prepare_arch"], "model.checkpoint": checkpoint or None,
+            "model.num_classes": num_classes, "model.in_channels": int(s["prepare_channels"]),
+            "model.width": int(s["prepare_width"]), "model.mean": parse_floats(s["prepare_mean"], "mean"),
+            "model.std": parse_floats(s["prepare_std"], "std"), **attack_config_values(s),
+            "prepare.batch_size": int(s["prepare_batch_size"]), "prepare.maps": int(s["prepare_maps"]),
+            "prepare.tsne_perplexity": float(s["prepare_perplexity"]), "prepare.device": s["prepare_device"]}

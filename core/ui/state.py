@@ -81,7 +81,7 @@ class Selection:
     grid_page: int = _bounded(0, 0, 10**6)
     pair: int | None = _bounded(None, 0, MAX_ID)
     neuron: int | None = _bounded(None, 0, MAX_ID)
-    neuron_sort: str = _choice("band_gap", NEURON_SORTS)
+    neuron_sort: str = _choice(neuron_measures.MEASURES[0].key, NEURON_SORTS)
     zoom: int = _bounded(0, 0, MAX_ID)          # show the top N neurons of the sort (0: all)
     # selected neuron sets (each sorted), in click order
     clusters: tuple[tuple[int, ...], ...] = _ids(1000, ())
@@ -342,6 +342,9 @@ _CODECS = {
 _CODECS[int | None], _CODECS[float | None] = _CODECS[int], _CODECS[float]
 # query parameter -> (field, codec); a field's parameter is its name unless its metadata names another
 PARAMS = {f.metadata.get("param", f.name): (f, _CODECS[_TYPES[f.name]]) for f in fields(Selection)}
+_UNCHECKED = [f.name for f in fields(Selection) if _TYPES[f.name] is str and f.name not in CHOICES]
+if _UNCHECKED:  # a link naming it would fail in _option: a new text field needs its options (_choice)
+    raise TypeError(f"Selection fields {_UNCHECKED} are text without options; declare them with _choice")
 
 
 def to_query(sel: Selection) -> dict[str, str]:

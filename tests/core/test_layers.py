@@ -62,6 +62,17 @@ def test_the_library_does_not_import_the_ui_or_streamlit(path):
     assert not found, f"{path.relative_to(ROOT)} imports the UI layer: {found}"
 
 
+def test_only_the_cli_reaches_the_app_benchmarks():
+    """``bench`` drives the app (Streamlit): the CLI may load it for ``python -m core bench app``, no
+    other library module may import it."""
+    for path in LIBRARY:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        names = [n for node in ast.walk(tree) for n in _imported(node, _module_name(path),
+                                                                  path.name == "__init__.py")]
+        uses = [n for n in names if n == "bench" or n.startswith("bench.")]
+        assert not uses or path == CORE / "cli.py", f"{path.relative_to(ROOT)} imports {uses}"
+
+
 @pytest.mark.parametrize("source, module", [
     ("import streamlit as st", "core.x"),
     ("import streamlit.components.v1", "core.x"),

@@ -143,6 +143,26 @@ def test_the_prepare_page_offers_it(tmp_path, monkeypatch):
     assert not at.number_input(key="prepare_momentum").disabled
     assert at.number_input(key="prepare_momentum").value == 1.0
     assert at.checkbox(key="prepare_random_start").disabled and at.checkbox(key="prepare_early_stop").disabled
+    # its own defaults, not the preset's PGD numbers: 10 steps of ε/10, the preset's ε kept
+    eps = at.number_input(key="prepare_eps").value
+    assert at.number_input(key="prepare_steps").value == 10
+    assert at.number_input(key="prepare_alpha").value == pytest.approx(eps / 10)
+    at.radio(key="prepare_method").set_value("pgd").run()
+    assert (at.number_input(key="prepare_steps").value, at.number_input(key="prepare_alpha").value) == (7, 2)
+    assert at.number_input(key="prepare_eps").value == eps
+
+
+def test_choosing_another_method_in_an_override_gives_its_own_defaults():
+    """``--attack NAME`` (an ``attack.method`` override) on a preset of another attack: that attack's own
+    defaults, the preset's ε kept; later overrides still apply."""
+    from core.presets import PRESETS, preset
+    demo_eps = PRESETS["demo"].attack.eps
+    a = preset("demo", ['attack.method="mi-fgsm"']).attack
+    assert (a.method, a.eps, a.steps, a.alpha, a.momentum) == ("mi-fgsm", demo_eps, 10, demo_eps / 10, 1.0)
+    a = preset("demo", ['attack.method="mi-fgsm"', "attack.steps=4"]).attack
+    assert (a.steps, a.alpha) == (4, demo_eps / 4)
+    same = preset("demo", ['attack.method="pgd"']).attack  # the method it has: nothing is reset
+    assert same == PRESETS["demo"].attack
 
 
 def test_prepare_writes_an_mi_fgsm_store(cifar_root, models_dir, tmp_path):
