@@ -22,6 +22,7 @@ benchmarks alike.
 from __future__ import annotations
 
 import contextlib
+import functools
 import weakref
 
 import torch
@@ -121,8 +122,16 @@ def fast_bf16_available(device: torch.device) -> bool:
     AVX512-BF16 instructions (measured here: ~3× fp32 for PGD on an AVX512-BF16 EPYC)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
+    return _cpu_has_fast_bf16()
+
+
+@functools.cache
+def _cpu_has_fast_bf16() -> bool:
+    """The CPU's flags, read once: every map request resolves "auto" (``resolve_precision``), several
+    times per page rerun, and the flags cannot change while the process runs."""
     try:
-        flags = open("/proc/cpuinfo").read()
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags

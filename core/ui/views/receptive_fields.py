@@ -144,7 +144,8 @@ def pair_view(analysis, sel) -> PairView:
     map_text = {"bmap": f"bMap: where the perturbation lowers P({plain(classes[bc])})",
                 "amap": f"aMap: where the perturbation raises P({plain(classes[ac])})"}
     sides = {}
-    for side, image in zip(SIDES, store.pair_images(pair), strict=True):
+    images = dict(zip(SIDES, store.pair_images(pair), strict=True))  # read once for every picture
+    for side, image in images.items():
         k, w = predicted[side], MAP_OF[side]
         probs = np.asarray(store.array(f"{side}_probs")[pair])
         mask = analysis.rf_masks_for(pair, side, [j], **rf_kw)[0].numpy()
@@ -167,7 +168,6 @@ def pair_view(analysis, sel) -> PairView:
                         f"{number(map_scale(vmaps[w]), '.2g')} ({_CHANGE[w]} in probability)",
             map_text=map_text[w] + ".", iou=float(rf.iou(mask, binary)), short=short)
     clusters = selected_rfs(analysis, pair, sel.clusters, sel.set_op, rf_kw) if sel.clusters else None
-    images = dict(zip(SIDES, store.pair_images(pair), strict=True))
     cluster_pictures = {side: (data_uri(rf_overlay(images[side], mask)),
                                f"{sel.set_op} on the {side} image · {coverage(mask)} of the pixels")
                         for side, mask in (clusters.masks.items() if clusters else ())}
