@@ -160,8 +160,9 @@ def _run(args) -> int:
     elif args.command == "check":
         return _check(args, cache)
     elif args.command == "presets":
+        from core.models import DEFAULT_ARCH
         for name, cfg in PRESETS.items():
-            print(f"{name:18s} {cfg.model.arch} on {cfg.data.source} "
+            print(f"{name:18s} {cfg.model.arch or DEFAULT_ARCH} on {cfg.data.source} "
                   f"({cfg.attack.method} eps={cfg.attack.eps:.4g})")
     elif args.command == "info":
         m = open_store(args.id, cache).manifest

@@ -51,7 +51,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    arch: str = "resnet18_cifar"
+    # None: the architecture a model file carries (.pt2, .onnx: core.models.NETWORK_FILES), else
+    # resnet18_cifar (core.models.DEFAULT_ARCH); a weights-only checkpoint needs its architecture named
+    arch: str | None = None
     checkpoint: str | None = None  # None: random weights (tests only)
     num_classes: int = 10
     in_channels: int = 3
@@ -153,7 +155,8 @@ def _rules(limits: bool = True) -> dict[str, dict[str, _Rule]]:
     return {
         "model": {
             "arch": _one_of(tuple(ARCHITECTURES)),
-            "checkpoint": _Rule("the path of a weights file (.pt, .pth, .th, .safetensors, ...)"),
+            "checkpoint": _Rule("the path of a weights file (.pt, .pth, .th, .safetensors, ...) or of a model "
+                                "file that carries its architecture (.pt2, .onnx)"),
             "num_classes": _whole(2, s.max_classes, " (the model's outputs)"),
             "in_channels": _Rule("1 (grayscale) or 3 (RGB)", lambda v: v in (1, 3)),
             "width": _whole(1, MAX_WIDTH, " (resnet18_cifar's base width; 64 = 512 neurons)"),

@@ -274,6 +274,41 @@ ARCHITECTURES: dict[str, tuple[Callable[..., nn.Module], tuple, tuple]] = {
 }
 
 
+DEFAULT_ARCH = "resnet18_cifar"  # [model] arch when a weights-only checkpoint (or none) leaves it out
+
+# Model files that carry their own architecture: suffix -> "module:function" that reads one into an
+# nn.Module taking the file's own input (normalized as it was trained), without running code from the file.
+# Imported on first use (onnx is a large import).
+NETWORK_FILES: dict[str, str] = {
+    ".pt2": "core.exported_programs:load_network",
+    ".onnx": "core.onnx_models:load_network",
+}
+
+
+def is_network_file(path: str | os.PathLike | None) -> bool:
+    """Whether ``path`` names a model file that carries its own architecture (``NETWORK_FILES``)."""
+    return path is not None and Path(os.fsdecode(path)).suffix.lower() in NETWORK_FILES
+
+
+def load_network_file(path: str | os.PathLike) -> nn.Module:
+    """The network of a self-describing model file (``NETWORK_FILES``), loaded without running its code."""
+    import importlib
+    path = check_checkpoint(path)
+    module, function = NETWORK_FILES[path.suffix.lower()].split(":")
+    return getattr(importlib.import_module(module), function)(path)
+
+
+def resolved_arch(cfg: ModelConfig) -> str:
+    """The architecture ``cfg`` means: "file" for a model file that carries its own (``NETWORK_FILES``),
+    else ``cfg.arch`` or ``DEFAULT_ARCH``; a ModelError when an arch is named for such a file."""
+    if is_network_file(cfg.checkpoint):
+        if cfg.arch:
+            raise ModelError(f"{_shown(Path(os.fsdecode(cfg.checkpoint)).name)} carries its own "
+                             f"architecture; leave [model] arch out (it says {cfg.arch!r})")
+        return "file"
+    return cfg.arch or DEFAULT_ARCH
+
+
 def build_architecture(arch: str, num_classes: int, in_channels: int = 3, width: int = 64) -> nn.Module:
     if arch not in ARCHITECTURES:
         raise ModelError(f"unsupported architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
@@ -934,18 +969,29 @@ def discover_layers(model: nn.Module, input_shape, feature_layer: str | None = N
 
 
 def load_model(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> ExplainedModel:
-    """Build ``cfg.arch``, load ``cfg.checkpoint`` strictly and safely, and wrap it."""
-    net = build_architecture(cfg.arch, cfg.num_classes, cfg.in_channels, cfg.width)
-    if cfg.checkpoint:
-        load_weights(net, load_state_dict(cfg.checkpoint), source=f"checkpoint {cfg.checkpoint}")
+    """Build ``cfg.arch`` and load ``cfg.checkpoint`` strictly and safely, or read a model file that
+    carries its architecture (``NETWORK_FILES``); then wrap it."""
     if input_shape[0] != cfg.in_channels:
         raise ModelError(f"the images have {input_shape[0]} channels but the model takes "
                          f"{cfg.in_channels} ([model] in_channels)")
-    return ExplainedModel(net, cfg.mean, cfg.std, input_shape, cfg.feature_layer, cfg.head)
+    arch = resolved_arch(cfg)
+    if arch == "file":
+        net = load_network_file(cfg.checkpoint)
+    else:
+        net = build_architecture(arch, cfg.num_classes, cfg.in_channels, cfg.width)
+        if cfg.checkpoint:
+            load_weights(net, load_state_dict(cfg.checkpoint), source=f"checkpoint {cfg.checkpoint}")
+    model = ExplainedModel(net, cfg.mean, cfg.std, input_shape, cfg.feature_layer, cfg.head)
+    if model.num_classes != cfg.num_classes:
+        raise ModelError(f"the model classifies into {model.num_classes} classes but the experiment has "
+                         f"{cfg.num_classes} ([model] num_classes; the app counts the dataset's class "
+                         f"folders): use images of the {model.num_classes} classes it was trained on, one "
+                         "folder per class in its class order")
+    return model
 
 
 def model_fingerprint(cfg: ModelConfig) -> dict:
-    return {"arch": cfg.arch, "num_classes": cfg.num_classes, "in_channels": cfg.in_channels,
+    return {"arch": resolved_arch(cfg), "num_classes": cfg.num_classes, "in_channels": cfg.in_channels,
             "width": cfg.width,
             "checkpoint": Path(cfg.checkpoint).name if cfg.checkpoint else None,
             "checkpoint_sha256": file_sha256(cfg.checkpoint) if cfg.checkpoint else None}

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from core import data as datasets
-from core.models import build_architecture
+from core.models import build_architecture, resolved_arch
 from core.presets import DEMO_CHECKPOINT, PROBE_CHECKPOINT, PROBE_PER_CLASS, preset
 
 
@@ -45,7 +45,7 @@ def train_demo(epochs: int = 6, batch_size: int = 256, max_lr: float = 0.1, seed
     x_all = train.get(range(len(train)))
     y_all = torch.as_tensor(train.labels)
     m = cfg.model
-    net = build_architecture(m.arch, m.num_classes, m.in_channels, m.width)
+    net = build_architecture(resolved_arch(m), m.num_classes, m.in_channels, m.width)
     net = net.to(memory_format=torch.channels_last)
     mean, std = torch.tensor(m.mean).view(1, -1, 1, 1), torch.tensor(m.std).view(1, -1, 1, 1)
     steps_per_epoch = math.ceil(len(train) / batch_size)
@@ -73,7 +73,7 @@ def train_demo(epochs: int = 6, batch_size: int = 256, max_lr: float = 0.1, seed
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(out))
-    card = {"architecture": f"{m.arch} (width {m.width}, in_channels {m.in_channels}: "
+    card = {"architecture": f"{resolved_arch(m)} (width {m.width}, in_channels {m.in_channels}: "
                             f"{m.width * 8} neurons in the last conv layer)",
             "normalization": {"mean": list(m.mean), "std": list(m.std)},
             "trained_on": "Fashion-MNIST training set (60,000 images, Debian dataset-fashion-mnist)",
@@ -117,7 +117,7 @@ def train_probe(per_class: int = 400, out: Path = PROBE_CHECKPOINT, batch_size: 
         pos = np.flatnonzero(full.labels == k)
         test_pos += list(pos[:PROBE_PER_CLASS])
         train_pos += list(pos[PROBE_PER_CLASS:PROBE_PER_CLASS + per_class])
-    net = build_architecture(cfg.model.arch, 1000)
+    net = build_architecture(resolved_arch(cfg.model), 1000)
     load_weights(net, load_state_dict(imagenet_lite0_checkpoint()), source="ImageNet EfficientNet-Lite0")
     model = ExplainedModel(net, cfg.model.mean, cfg.model.std, (3, 224, 224))
     t0 = time.time()

@@ -189,7 +189,11 @@ def check_model(cfg: ExperimentConfig) -> None:
                          "have random weights and explain nothing")
     m = cfg.model
     with _CHECKS:
-        net = models.build_architecture(m.arch, m.num_classes, m.in_channels, m.width)
+        arch = models.resolved_arch(m)
+        if arch == "file":  # a file that carries its architecture: read it as the pipeline will
+            models.load_network_file(m.checkpoint)
+            return
+        net = models.build_architecture(arch, m.num_classes, m.in_channels, m.width)
         models.load_weights(net, models.load_state_dict(m.checkpoint), source=f"checkpoint {m.checkpoint}")
 
 
