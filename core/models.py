@@ -834,6 +834,7 @@ class ExplainedModel(nn.Module):
     Attributes:
         feature_layer: module name (in ``net``) whose output is the last-conv feature maps (n×h×w).
         head: module name of the final ``nn.Linear``; ``head_weight`` is its (classes × n) matrix.
+        head_type: "linear" (global average pooling, then one linear layer: activation×weight applies).
         num_neurons, fmap_size, num_classes, input_shape.
     """
 
@@ -855,6 +856,7 @@ class ExplainedModel(nn.Module):
         self.feature_layer, self.head, self.fmap_size, self.num_classes = \
             discover_layers(self, input_shape, feature_layer, head)
         self.num_neurons = self.head_module.in_features
+        self.head_type = "linear"
         self.eval()  # the wrapper's own flag too (nn.Module starts in training mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
