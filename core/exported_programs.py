@@ -403,17 +403,15 @@ class _Program:
         depends = {user, "__batch__"}  # values that depend on the input (activations, batch sizes)
         parsed = [self._parse(n) for n in nodes]
         producers = {o: p for p in parsed for o in p.outputs if o}
-        per_path: dict[str, int] = {}
+        per_path: dict[str, int] = {}  # operators on the images per module path (weights-only ones fold)
+        live = set(depends)
         for p in parsed:
-            per_path[p.path] = per_path.get(p.path, 0) + 1
-        consumed_t = self._linear_via_addmm(parsed, producers)
-        uses = {}
+            if any(r in live for r in _refs(p.args) + _refs(list(p.kwargs.values()))):
+                live.update(o for o in p.outputs if o)
+                per_path[p.path] = per_path.get(p.path, 0) + 1
+        self.used = {r for p in parsed for r in _refs(p.args) + _refs(list(p.kwargs.values()))} | {result}
+        self._linear_via_addmm(parsed, producers)
         for p in parsed:
-            for r in _refs(p.args) + _refs(list(p.kwargs.values())):
-                uses.setdefault(r, []).append(p)
-        for p in parsed:
-            if p in consumed_t and all(u.packet == "addmm" for u in uses.get(p.outputs[0], [])):
-                continue
             dyn = [r for r in dict.fromkeys(_refs(p.args) + _refs(list(p.kwargs.values()))) if r in depends]
             for r in _refs(p.args) + _refs(list(p.kwargs.values())):
                 if r not in depends and r not in self.tensors:
@@ -422,6 +420,9 @@ class _Program:
                 raise ModelError(f"refused to load {self.shown}: operator {p.op} writes into the model's "
                                  "weights; export the model in eval mode without in-place updates of its "
                                  "parameters or buffers")
+            if not dyn and p.packet != "sym_size":
+                self._fold(p)
+                continue
             if p.packet == "sym_size":
                 fx_node = g.call_function(torch.ops.aten.sym_size.int, tuple(env[r] for r in dyn)
                                           + tuple(a for a in p.args[1:]))
@@ -434,8 +435,8 @@ class _Program:
                 self.modules[name] = module
                 fx_node = g.call_module(name, tuple(env[r] for r in dyn))
             if not dyn:
-                raise ModelError(f"model file {self.shown}: operator {p.name!r} does not depend on the "
-                                 "input; this reader runs only operators on the images")
+                raise ModelError(f"model file {self.shown}: operator {p.name!r} reads the size of a "
+                                 "weight; this reader runs only operators on the images")
             named = [o for o in p.outputs if o]
             if len(p.outputs) == 1:
                 env[named[0]] = fx_node
@@ -557,18 +558,17 @@ class _Program:
             return _Ref(value)
         raise _not_pt2(self.shown, "a symbolic size argument is malformed")
 
-    def _linear_via_addmm(self, parsed: list, producers: dict) -> set:
-        """The ``t(W)`` nodes that ``addmm(b, x, t(W))`` heads read (those become one nn.Linear)."""
-        found = set()
+    def _linear_via_addmm(self, parsed: list, producers: dict) -> None:
+        """Marks the ``addmm(b, x, t(W))`` heads (each becomes one nn.Linear holding W)."""
         for p in parsed:
             if p.packet == "addmm" and len(p.args) == 3 and not p.kwargs and isinstance(p.args[2], _Ref):
                 t = producers.get(p.args[2].name)
-                if t is not None and t.packet == "t" and isinstance(t.args[0], _Ref) \
+                transposed = t is not None and (t.packet == "t" or (t.packet == "permute" and len(t.args) == 2
+                                                                    and list(t.args[1]) == [1, 0]))
+                if transposed and isinstance(t.args[0], _Ref) \
                         and t.args[0].name in self.tensors and isinstance(p.args[0], _Ref) \
                         and p.args[0].name in self.tensors:
-                    found.add(t)
                     p.linear_weight = t.args[0].name
-        return found
 
     def _batch_literals(self, p: _Node, env: dict, g: fx.Graph, user: str) -> None:
         """In a fixed-batch program, a view/reshape to the exported batch size means the input's: the
@@ -645,7 +645,7 @@ class _Program:
                                      "mode; export the model in eval mode (model.eval())")
                 eps = arg(7 if packet == "batch_norm" else 6, 1e-5)
                 bn = self._batch_norm(arg(1), arg(2), arg(3), arg(4), eps, p)
-                if bn is not None and (len(p.outputs) == 1 or not any(p.outputs[1:])):
+                if bn is not None and (len(p.outputs) == 1 or not self._extra_used(p)):
                     p.outputs = p.outputs[:1]
                     return bn
             if packet in ("relu", "relu_"):
@@ -654,13 +654,13 @@ class _Program:
                 return nn.ReLU6()
             if packet in ("adaptive_avg_pool2d", "_adaptive_avg_pool2d") and self._dims(arg(0)) == 4:
                 return nn.AdaptiveAvgPool2d(tuple(arg(1)))
-            if packet == "adaptive_max_pool2d" and not any(p.outputs[1:]) and self._dims(arg(0)) == 4:
+            if packet == "adaptive_max_pool2d" and not self._extra_used(p) and self._dims(arg(0)) == 4:
                 p.outputs = p.outputs[:1]
                 return nn.AdaptiveMaxPool2d(tuple(arg(1)))
             if packet == "avg_pool2d" and self._dims(arg(0)) == 4:
                 return nn.AvgPool2d(tuple(arg(1)), tuple(arg(2)) or None, tuple(arg(3, [0])),
                                     arg(4, False), arg(5, True), arg(6))
-            if packet in ("max_pool2d", "max_pool2d_with_indices") and not any(p.outputs[1:]) \
+            if packet in ("max_pool2d", "max_pool2d_with_indices") and not self._extra_used(p) \
                     and self._dims(arg(0)) == 4:
                 p.outputs = p.outputs[:1]
                 return nn.MaxPool2d(tuple(arg(1)), tuple(arg(2, [])) or None, tuple(arg(3, [0])),
@@ -672,10 +672,34 @@ class _Program:
                 return nn.Flatten(arg(1, 0), arg(2, -1))
             if packet in ("dropout", "feature_dropout"):
                 return nn.Dropout(arg(1, 0.5))
+        if packet in ("mm", "matmul") and not kw and len(a) == 2 and isinstance(arg(0), _Ref) \
+                and dyn == [arg(0).name] and self._dims(arg(0)) == 2 and const(arg(1), 2) is not None:
+            return self._linear(const(arg(1), 2).t(), None)  # x @ W.T, a head without bias
         if packet == "addmm" and getattr(p, "linear_weight", None) and isinstance(arg(1), _Ref) \
                 and dyn == [arg(1).name] and kw.get("beta", 1) == 1 and kw.get("alpha", 1) == 1:
             return self._linear(self.tensors[p.linear_weight], const(arg(0), 1))
         return self._aten(p, dyn)
+
+    def _extra_used(self, p: _Node) -> bool:
+        """Whether anything reads an operator's outputs after its first (batch norm's statistics, max
+        pooling's indices)."""
+        return any(o in self.used for o in p.outputs[1:] if o)
+
+    def _fold(self, p: _Node) -> None:
+        """An operator on weights alone (a transposed or standardized weight) computed once, here: its
+        results become constants (their recorded sizes are checked against the limits first)."""
+        named = [o for o in p.outputs if o]
+        for o in named:
+            if self._expected(o) is None:
+                raise _not_pt2(self.shown, f"the size of {o[:60]!r} is not recorded")
+        with torch.no_grad():
+            value = self._aten(p, []).forward()
+        values = [value] if len(p.outputs) == 1 else list(value)
+        for o, v in zip(p.outputs, values, strict=True):
+            if o:
+                if not isinstance(v, torch.Tensor):
+                    raise _not_pt2(self.shown, f"operator {p.name!r} on weights returns no tensor")
+                self.tensors[o] = v
 
     def _const(self, ref, dims: int) -> torch.Tensor | None:
         t = self.tensors.get(ref.name) if isinstance(ref, _Ref) else None

@@ -135,6 +135,23 @@ def test_custom_cnn_logits_pgd_and_layers_equal_the_original(custom, images):
         load_model(ModelConfig(checkpoint=str(path), num_classes=7), (3, 32, 32))
 
 
+def test_decomposed_program_gives_the_same_modules(custom, images, tmp_path):
+    """``run_decompositions()`` (the core-aten IR: convolution, _native_batch_norm_legit_no_training with
+    its statistics outputs, mean.dim pooling, addmm with a permuted weight) reads as the same layers."""
+    net, _ = custom
+    ep = torch.export.export(net, (torch.rand(2, 3, 32, 32),), dynamic_shapes=DYNAMIC).run_decompositions()
+    torch.export.save(ep, tmp_path / "core_aten.pt2")
+    loaded = load_network(tmp_path / "core_aten.pt2")
+    x = images[0]
+    with torch.no_grad():
+        assert (loaded(x) - net(x)).abs().max() <= 1e-4
+    modules = dict(loaded.named_modules())
+    assert isinstance(modules["stem_1"], nn.BatchNorm2d) and isinstance(modules["head_3"], nn.Linear)
+    model = ExplainedModel(loaded, MEAN, STD, (3, 32, 32))
+    assert (model.feature_layer, model.head, model.num_neurons) == \
+        ("features_1_blocks_1_relu_1", "head_3", 40)
+
+
 def test_resnet20_export_equals_the_shipped_model(r20, images):
     model, path = r20
     x, _ = images
@@ -189,8 +206,8 @@ def test_fixed_batch_export_runs_on_other_batch_sizes_or_says_how_to_fix(tmp_pat
 def test_cli_prepare_on_the_pt2_reports_the_models_neurons(r20, cifar_root, tmp_path):
     model, path = r20
     cfg = tmp_path / "pt2.toml"
-    cfg.write_text(f'[model]\ncheckpoint = "{path}"\nnum_classes = 10\nmean = {list(MEAN)}\n'
-                   f'std = {list(STD)}\n'
+    mean, std = model.mean.flatten().tolist(), model.std.flatten().tolist()  # no arch: the file is enough
+    cfg.write_text(f'[model]\ncheckpoint = "{path}"\nnum_classes = 10\nmean = {mean}\nstd = {std}\n'
                    f'[data]\nsource = "cifar10"\nroot = "{cifar_root}"\nper_class = 2\n'
                    '[attack]\nsteps = 2\n[prepare]\ntsne_perplexity = 4.0\n')
     done = subprocess.run([sys.executable, "-m", "core", "--cache", str(tmp_path), "prepare", "--config",
@@ -200,6 +217,8 @@ def test_cli_prepare_on_the_pt2_reports_the_models_neurons(r20, cifar_root, tmp_
     manifest = json.loads((tmp_path / "pt2" / "manifest.json").read_text())
     assert manifest["model"]["num_neurons"] == model.num_neurons == 64
     assert manifest["model"]["fmap_size"] == [8, 8]
+    assert manifest["model"]["feature_layer"] == "layer3_2_relu_1"
+    assert manifest["counts"]["clean_accuracy"] >= 0.8  # the shipped weights, read right
 
 
 # -- malicious and broken files -------------------------------------------------------------------
