@@ -15,15 +15,19 @@ strings with sympy (whose ``sympify`` can evaluate). This reader instead:
    dtype/shape/stride/offset checked against its record's size. ``data/sample_inputs`` (a pickle) is never
    read;
 3. builds a ``torch.fx.GraphModule`` itself. A node's target must be ``torch.ops.aten.<op>.<overload>``
-   with ``<op>`` in :data:`ALLOWED_OPS` (pure tensor operations a CNN uses; no file, device, random or
-   allocation-by-size operator such as ``aten.from_file``, ``aten.empty`` or ``aten.full``), or
-   ``_operator.getitem``; anything else is refused by name. ``out=`` overloads are refused, and in-place
-   operators may only write to activations, never to the weights. Symbolic sizes are supported for the
-   batch dimension only (``sym_size`` nodes and ``as_sym_int`` arguments naming graph values); expression
-   strings are only matched against the plain-symbol form, never parsed or evaluated;
+   with ``<op>`` in :data:`ALLOWED_OPS` (an allow-list of pure tensor operations a CNN uses; no file,
+   device, random or allocation-by-size operator such as ``aten.from_file``, ``aten.empty`` or
+   ``aten.full``); anything else (``torch.save``, ``builtins.exec``, a stand-alone ``_operator.getitem``:
+   the reader makes the getitem nodes of multi-output operators itself) is refused by name. ``out=``
+   overloads are refused, in-place operators may only write to activations, never to the weights, and
+   dropout must be in eval mode. Symbolic sizes are supported for the batch dimension only (``sym_size``
+   nodes and ``as_sym_int`` arguments naming graph values); expression strings are only matched against
+   the plain-symbol form, never parsed or evaluated. Operators on weights alone (a transposed weight) are
+   computed once while loading, within the same checks;
 4. expresses the graph with real modules, named after the original module path in each node's
    ``nn_module_stack`` (``layer4.1.relu`` -> ``layer4_1_relu``), so hooks see every tensor:
-   ``conv2d``/``convolution`` -> ``nn.Conv2d``, ``linear`` and ``addmm(b, x, t(W))`` -> ``nn.Linear``,
+   ``conv2d``/``convolution`` -> ``nn.Conv2d``; ``linear``, ``addmm(b, x, t(W))`` (or ``permute(W, [1,
+   0])``) and ``x @ W`` with a weight ``W`` -> ``nn.Linear``;
    eval batch norm -> ``nn.BatchNorm1d/2d``, ``relu`` -> ``nn.ReLU``, ``hardtanh(0, 6)`` -> ``nn.ReLU6``,
    adaptive/avg/max pooling and a spatial ``mean(keepdim)`` -> the ``nn`` pooling modules, ``flatten`` ->
    ``nn.Flatten``, ``dropout`` -> ``nn.Dropout``; every other operator becomes an :class:`AtenOp` leaf
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import io
 import json
+import keyword
 import math
 import operator
 import os
@@ -83,7 +88,7 @@ ALLOWED_OPS = frozenset("""
     dropout feature_dropout sym_size
 """.split())
 _PADS = {"pad", "constant_pad_nd"}     # their literal ints allocate: bounded by max_image_size
-_MAX_NODES = 50_000                    # operators in one program (ResNet152: ~520)
+_MAX_NODES = 50_000                    # operators in one program (ResNet20: 77)
 _JSON_PER_PICKLE = 8                   # a JSON part may take 8 × max_checkpoint_pickle_bytes (32 MiB)
 _TARGET = re.compile(r"torch\.ops\.aten\.([A-Za-z_]\w*)\.([A-Za-z_]\w*)")
 # A plain sympy symbol as torch writes it ("Symbol('s77', positive=True, integer=True)", older: "s77");
@@ -389,8 +394,8 @@ class _Program:
         base = re.sub(r"\W+", "_", path).strip("_")[:80]
         if not single or not base:
             base = f"{base}_{op}".strip("_")
-        if base[0].isdigit():
-            base = "m_" + base
+        if base[0].isdigit() or keyword.iskeyword(base) or hasattr(fx.GraphModule, base):
+            base = "m_" + base  # "0", "class", "forward": not a usable attribute name
         name, k = base, 1
         while name in self.names:
             name, k = f"{base}_{k}", k + 1
@@ -613,6 +618,9 @@ class _Program:
         def arg(i, default=None):
             return a[i] if len(a) > i else default
 
+        if packet in ("dropout", "feature_dropout") and (arg(2) is not False or kw):
+            raise ModelError(f"model file {self.shown}: its dropout {p.name!r} runs in training mode; export "
+                             "the model in eval mode (model.eval())")
         single_input = len(dyn) == 1 and isinstance(arg(0), _Ref) and arg(0).name == dyn[0]
         if packet in _PADS:
             limit = settings().max_image_size
@@ -672,6 +680,7 @@ class _Program:
                 return nn.Flatten(arg(1, 0), arg(2, -1))
             if packet in ("dropout", "feature_dropout"):
                 return nn.Dropout(arg(1, 0.5))
+
         if packet in ("mm", "matmul") and not kw and len(a) == 2 and isinstance(arg(0), _Ref) \
                 and dyn == [arg(0).name] and self._dims(arg(0)) == 2 and const(arg(1), 2) is not None:
             return self._linear(const(arg(1), 2).t(), None)  # x @ W.T, a head without bias

@@ -361,6 +361,17 @@ def test_weights_written_into_by_the_program_are_refused(custom, tmp_path):
         load_network(_edit(custom[1], tmp_path / "inplace.pt2", {"models/model.json": in_place}))
 
 
+def test_programs_exported_in_training_mode_are_refused(tmp_path):
+    net = _custom().train()  # dropout draws random numbers, batch norm updates its statistics
+    with pytest.raises(ModelError, match=r"writes into the model's weights.*eval mode"):
+        load_network(_export(net, tmp_path / "train.pt2"))
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    with pytest.raises(ModelError, match=r"dropout .* runs in training mode.*model\.eval\(\)"):
+        load_network(_export(net, tmp_path / "dropout.pt2"))
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda b: b[: len(b) // 2], "truncated"),
     (lambda b: b[:-30], "truncated"),
