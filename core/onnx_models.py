@@ -44,6 +44,7 @@ import math
 import os
 import re
 import stat
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -125,6 +126,7 @@ def load_network(path: Path) -> nn.Module:
         raise ModelError(f"{shown} could not be turned into a PyTorch module ({_first_line(e)}); export "
                          "it with torch.onnx.export(..., opset_version=17) or use a .pt2 file") from None
     _pooling_modules(net)
+    _static_forms(net)
     _check_batch(net, model, batch, shown)
     return net.eval()
 
@@ -333,7 +335,7 @@ def _dims(dims) -> str:
 # ---------------------------------------------------------------------------------------------
 def _standard_form(model, shown: str) -> int | None:
     """Rewrite ``model`` in place (see the module notes); returns the input's former fixed batch size."""
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
     graph = model.graph
     for o in model.opset_import:
         if o.domain == "ai.onnx":
@@ -349,7 +351,6 @@ def _standard_form(model, shown: str) -> int | None:
         if dims and batch is not None and dims[0].dim_value == batch:
             dims[0].dim_param = "batch"
     del graph.value_info[:]
-    _rename(graph)
     info = _shapes(_infer(model, shown))
     consts = {t.name: t for t in graph.initializer}
     new_nodes, removed = [], set()
@@ -365,13 +366,11 @@ def _standard_form(model, shown: str) -> int | None:
             if rank == 4 and sorted(a % 4 for a in axes) == [2, 3]:
                 keep = next((a.i for a in n.attribute if a.name == "keepdims"), 1)
                 if keep:
-                    new_nodes.append(helper.make_node("GlobalAveragePool", [n.input[0]], list(n.output),
-                                                      name=n.name))
+                    new_nodes.append(_like(n, "GlobalAveragePool", [n.input[0]], list(n.output)))
                 else:
                     mid = n.output[0] + "_pooled"
-                    new_nodes += [helper.make_node("GlobalAveragePool", [n.input[0]], [mid], name=n.name),
-                                  helper.make_node("Flatten", [mid], list(n.output), axis=1,
-                                                   name=n.name + "_flatten")]
+                    new_nodes += [_like(n, "GlobalAveragePool", [n.input[0]], [mid]),
+                                  _like(n, "Flatten", [mid], list(n.output), axis=1)]
                 continue
         if n.op_type == "Reshape":
             for a in list(n.attribute):
@@ -387,8 +386,7 @@ def _standard_form(model, shown: str) -> int | None:
                 if (len(values) == 2 and all(isinstance(d, int) for d in rest) and
                         (values[0] == 0 and values[1] in (-1, math.prod(rest))
                          or values[0] == -1 and values[1] == math.prod(rest))):
-                    new_nodes.append(helper.make_node("Flatten", [n.input[0]], list(n.output), axis=1,
-                                                      name=n.name))
+                    new_nodes.append(_like(n, "Flatten", [n.input[0]], list(n.output), axis=1))
                     continue
                 if values[:1] == [0]:  # a shape of its own: the constant may be shared
                     name = f"{n.input[1]}_{n.name}"
@@ -405,14 +403,25 @@ def _standard_form(model, shown: str) -> int | None:
                     inputs.append(bias.name)
                     output = add[0].output[0]
                     removed.add(id(add[0]))
-            new_nodes.append(helper.make_node("Gemm", inputs, [output], name=n.name))
+            new_nodes.append(_like(n, "Gemm", inputs, [output]))
             continue
         new_nodes.append(n)
     del graph.node[:]
     graph.node.extend(new_nodes)
+    _rename(graph)
     del graph.value_info[:]
     model.CopyFrom(_infer(model, shown))
     return batch
+
+
+def _like(node, op: str, inputs: list, outputs: list, **attrs):
+    """A node of type ``op`` in ``node``'s place: its scope (name, exporter metadata), the op's own name."""
+    from onnx import helper
+    parts = node.name.rsplit("/", 1)
+    parts[-1] = parts[-1].replace(node.op_type, op) if node.op_type in parts[-1] else f"{parts[-1]}_{op}"
+    new = helper.make_node(op, inputs, outputs, name="/".join(parts), **attrs)
+    new.metadata_props.extend(node.metadata_props)
+    return new
 
 
 def _constants_to_initializers(graph) -> None:
@@ -460,7 +469,7 @@ def _infer(model, shown: str):
     from onnx import shape_inference
     max_bytes, _, _ = _limits()
     try:
-        model = shape_inference.infer_shapes(model, strict_mode=True)
+        model = shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
     except Exception as e:  # noqa: BLE001 - InferenceError: inconsistent shapes or types
         raise ModelError(f"{shown} is not a consistent ONNX model ({_first_line(e)}); export it again"
                          ) from None
@@ -517,6 +526,94 @@ def _pooling_modules(net: nn.Module) -> None:
     for name, module in list(net.named_children()):
         if isinstance(module, OnnxGlobalAveragePoolWithKnownInputShape) and module._x_dims == [2, 3]:
             setattr(net, name, nn.AdaptiveAvgPool2d(1))
+
+
+def _static_forms(net) -> None:
+    """Exact rewrites of the converted ``torch.fx`` graph, so torch.fx can trace it again (the bf16 maps'
+    difference propagation does) and its forward does less:
+
+    - a node whose inputs are all constants is computed once, here, and becomes a constant (the legacy
+      exporter computes ``F.pad``'s pads from constants in the graph);
+    - Slice with constant starts/ends/axes/steps (non-negative axes, positive steps) -> ``x[slices]``
+      (onnx2torch indexes with a list, which torch deprecates);
+    - Pad in constant mode with constant pads and value 0 -> ``F.pad(x, pads)``.
+    """
+    import operator
+
+    import torch.nn.functional as F
+    from onnx2torch.node_converters.pad import OnnxPadDynamic, _onnx_padding_to_torch
+    from onnx2torch.node_converters.slice import OnnxSlice
+    graph, modules = net.graph, dict(net.named_modules())
+    if not hasattr(net, "initializers"):  # GraphModule keeps only what its graph uses
+        net.add_module("initializers", nn.Module())
+    initializers = net.get_submodule("initializers")
+    values: dict = {}  # constant node -> its value
+    folded = 0
+    for node in list(graph.nodes):
+        if node.op == "get_attr":
+            values[node] = net.get_buffer(node.target)
+            continue
+        if node.op not in ("call_module", "call_function") or not node.all_input_nodes:
+            continue
+        module = modules.get(node.target) if node.op == "call_module" else None
+        rest = [values.get(a) if isinstance(a, torch.fx.Node) else a for a in node.args[1:]]
+        index = _slice_index(rest) if isinstance(module, OnnxSlice) else None
+        if all(a in values for a in node.all_input_nodes):
+            args = torch.fx.node.map_arg(node.args, values.get)
+            kwargs = torch.fx.node.map_arg(node.kwargs, values.get)
+            with torch.no_grad(), warnings.catch_warnings():
+                # onnx2torch's reversed slices (a legacy export's pads) index with a list, which torch
+                # deprecates; what it computes here is checked with the logits (tests, _check_batch)
+                warnings.simplefilter("ignore", UserWarning)
+                out = args[0][index] if index is not None else (module or node.target)(*args, **kwargs)
+            if not isinstance(out, torch.Tensor):
+                continue
+            name = f"folded_{folded}"
+            folded += 1
+            initializers.register_buffer(name, out)
+            with graph.inserting_before(node):
+                const = graph.get_attr(f"initializers.{name}")
+            node.replace_all_uses_with(const)
+            graph.erase_node(node)
+            values[const] = out
+            continue
+        if index is not None:
+            with graph.inserting_before(node):
+                sliced = graph.call_function(operator.getitem, (node.args[0], index))
+            node.replace_all_uses_with(sliced)
+        elif (isinstance(module, OnnxPadDynamic) and module.mode == "constant" and not node.kwargs
+              and rest and isinstance(rest[0], torch.Tensor) and all(v is None or isinstance(v, torch.Tensor)
+                                                             and not v.any() for v in rest[1:])):
+            pads = _onnx_padding_to_torch([int(v) for v in rest[0].tolist()])
+            with graph.inserting_before(node):
+                padded = graph.call_function(F.pad, (node.args[0], pads))
+            node.replace_all_uses_with(padded)
+        else:
+            continue
+        graph.erase_node(node)
+    graph.eliminate_dead_code()
+    used = {n.target for n in graph.nodes if n.op == "get_attr"}
+    for name, _ in list(initializers.named_buffers()):
+        if f"initializers.{name}" not in used:
+            delattr(initializers, name)  # folded away: free its memory
+    net.delete_all_unused_submodules()
+    net.recompile()
+
+
+def _slice_index(rest: list) -> tuple | None:
+    """The index ``x[...]`` of an ONNX Slice whose starts, ends (, axes, steps) are the constants
+    ``rest``; None where that is not plain slicing (negative axes or steps: left to onnx2torch)."""
+    if not rest or not all(isinstance(v, torch.Tensor) for v in rest):
+        return None
+    starts, ends, *more = ([int(x) for x in v.reshape(-1).tolist()] for v in rest)
+    axes = more[0] if more else list(range(len(starts)))
+    steps = more[1] if len(more) > 1 else [1] * len(starts)
+    if not axes or min(axes) < 0 or min(steps) < 1 or len(set(axes)) != len(axes):
+        return None
+    index = [slice(None)] * (max(axes) + 1)
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        index[axis] = slice(start, end, step)
+    return tuple(index)
 
 
 def _check_batch(net: nn.Module, model, batch: int | None, shown: str) -> None:

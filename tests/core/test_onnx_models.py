@@ -84,34 +84,38 @@ def custom(tmp_path_factory):
     return net, path
 
 
-def test_custom_cnn_logits_attack_and_layers_match(custom, images):
+@pytest.fixture(scope="module")
+def custom_model(custom):
+    """The export loaded the app's way: [model] checkpoint = "custom.onnx" and no arch."""
+    return load_model(ModelConfig(checkpoint=str(custom[1]), num_classes=10, mean=MEAN, std=STD), (3, 32, 32))
+
+
+def test_custom_cnn_logits_attack_and_layers_match(custom, custom_model, images):
     net, path = custom
+    assert path.with_name("custom.onnx.data").exists()  # the exporter's weights file beside it, read too
     x, y = images
-    converted = load_network(path)
     with torch.no_grad():
-        assert (converted(x) - net(x)).abs().max() <= 1e-4
-    original, loaded = ExplainedModel(net, MEAN, STD, (3, 32, 32)), ExplainedModel(converted, MEAN, STD,
-                                                                                   (3, 32, 32))
-    gen = dict(eps=8 / 255, steps=5)
-    adv_o = core.attacks.run("pgd", original, x, y, generator=torch.Generator().manual_seed(1), **gen)
-    adv_c = core.attacks.run("pgd", loaded, x, y, generator=torch.Generator().manual_seed(1), **gen)
+        assert (custom_model.net(x) - net(x)).abs().max() <= 1e-4  # batch 32, exported at 2
+    original = ExplainedModel(net, MEAN, STD, (3, 32, 32))
+    adv_o = core.attacks.run("pgd", original, x, y, eps=8 / 255, steps=5,
+                             generator=torch.Generator().manual_seed(1))
+    adv_c = core.attacks.run("pgd", custom_model, x, y, eps=8 / 255, steps=5,
+                             generator=torch.Generator().manual_seed(1))
     assert (adv_o - x).abs().max() > 1e-3  # the attack moved the images
     assert (adv_o - adv_c).abs().max() <= 1e-4
-    # the app's own route: [model] checkpoint = "custom.onnx", no arch
-    model = load_model(ModelConfig(checkpoint=str(path), num_classes=10, mean=MEAN, std=STD), (3, 32, 32))
+    model = custom_model
     assert (model.num_neurons, model.fmap_size, model.num_classes) == \
         (original.num_neurons, original.fmap_size, original.num_classes) == (16, (16, 16), 10)
     assert isinstance(model.head_module, nn.Linear) and model.head_type == "linear"
-    assert re.fullmatch(r"stages_1_2_relu", model.feature_layer), model.feature_layer
+    assert model.feature_layer == "stages_1_2_relu" and model.head == "head_3_gemm"
     assert all(re.fullmatch(r"[a-z][a-z0-9_]*", n) for n, _ in model.net.named_children())
     assert any(isinstance(m, nn.AdaptiveAvgPool2d) for m in model.net.modules())
 
 
-def test_maps_run_at_fp32_and_bf16_on_the_converted_model(custom, images):
-    net, path = custom
+def test_maps_run_at_fp32_and_bf16_on_the_converted_model(custom, custom_model, images):
+    net, _ = custom
     x, y = images
-    original = ExplainedModel(net, MEAN, STD, (3, 32, 32))
-    model = ExplainedModel(load_network(path), MEAN, STD, (3, 32, 32))
+    original, model = ExplainedModel(net, MEAN, STD, (3, 32, 32)), custom_model
     assert DeltaForward.for_model(model) is not None  # the bf16 fast path really runs on it
     adv = core.attacks.run("pgd", original, x[:1], y[:1], eps=8 / 255, steps=5,
                            generator=torch.Generator().manual_seed(1))
@@ -133,12 +137,28 @@ def test_resnet20_exported_at_a_fixed_batch_runs_on_any(models_dir, images, tmp_
     net = build_architecture("resnet20_cifar", 10)
     load_weights(net, load_state_dict(models_dir / "resnet20-12fca82f.th"))
     path = _export(net, tmp_path / "resnet20.onnx", False)
-    converted = load_network(path)
+    model = load_model(ModelConfig(checkpoint=str(path), num_classes=10), (3, 32, 32))
     x, _ = images
     with torch.no_grad():
-        assert (converted(x) - net.eval()(x)).abs().max() <= 1e-4
-    model = load_model(ModelConfig(checkpoint=str(path), num_classes=10), (3, 32, 32))
+        assert (model.net(x) - net.eval()(x)).abs().max() <= 1e-4
     assert (model.num_neurons, model.fmap_size) == (64, (8, 8))
+    # the shortcuts' slicing and padding are plain torch again: the bf16 maps' fast path runs
+    assert DeltaForward.for_model(model) is not None
+    moved = (x[0] + 8 / 255 * torch.randn(x[0].shape, generator=torch.Generator().manual_seed(0)).sign())
+    b = int(model(x[:1]).argmax())
+    fp32, bf16 = (vulnerability_maps(model, x[0], moved.clamp(0, 1), b, (b + 1) % 10, stride=4,
+                                     output="logit", precision=p) for p in ("fp32", "bf16"))
+    for f, h in zip(fp32, bf16, strict=True):
+        assert (h - f).abs().max() <= 5e-2 * f.abs().max() and f.abs().max() > 0
+
+
+def test_a_graph_fixed_to_its_batch_size_is_refused_with_the_fix(tmp_path):
+    """A constant of the export's batch size (2) that no rewrite can generalise."""
+    model = _model([helper.make_node("Conv", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "c"], ["y"])],
+                   [_weights(), numpy_helper.from_array(np.zeros((2, 4, 6, 6), np.float32), "c")], batch=2)
+    onnx.save_model(model, tmp_path / "fixed.onnx")
+    with pytest.raises(ModelError, match="fixed at export to batches of 2.*dynamic_shapes"):
+        load_network(tmp_path / "fixed.onnx")
 
 
 class _MatMulHead(nn.Module):
@@ -171,9 +191,9 @@ def test_matmul_add_and_reduce_mean_become_linear_and_pooling(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Crafted malicious and broken files
 # ---------------------------------------------------------------------------------------------
-def _model(nodes, initializers=(), opset=17, domains=(), rank=4):
-    """A small valid graph: x (1,3,8,8) -> nodes -> y (of ``rank`` dimensions)."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+def _model(nodes, initializers=(), opset=17, domains=(), rank=4, batch=1):
+    """A small valid graph: x (batch,3,8,8) -> nodes -> y (of ``rank`` dimensions)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 8, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [f"d{i}" for i in range(rank)])
     graph = helper.make_graph(nodes, "g", [x], [y], initializer=list(initializers))
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset),
