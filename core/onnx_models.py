@@ -25,7 +25,8 @@ Normal forms, so that ``core.models.discover_layers`` finds the analysed layer a
 maps' difference propagation (``core.vulnerability.DeltaForward``) sees standard modules; each is exact:
 
 - Constant nodes become initializers; ``ReduceMean`` over (H, W) of a 4-D tensor becomes
-  ``GlobalAveragePool`` (+ ``Flatten`` when ``keepdims=0``), then ``nn.AdaptiveAvgPool2d(1)``;
+  ``GlobalAveragePool`` (+ ``Flatten`` when ``keepdims=0``), then ``nn.AdaptiveAvgPool2d(1)``
+  (``GlobalMaxPool``: ``nn.AdaptiveMaxPool2d(1)``);
   ``MatMul`` (+ ``Add``) with a constant matrix (and bias) on a 2-D input becomes ``Gemm``, and a Gemm
   with constant weights an ``nn.Linear`` (onnx2torch folds ``transB``, ``alpha`` and ``beta`` into it);
   a ``Reshape`` to (batch, features) becomes ``Flatten``; ``Reshape``'s ``allowzero`` is dropped (on
@@ -40,10 +41,12 @@ maps' difference propagation (``core.vulnerability.DeltaForward``) sees standard
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
 import stat
+import threading
 import warnings
 from pathlib import Path
 
@@ -79,16 +82,33 @@ _SAME_SEMANTICS = {
 }
 
 
-def _register_same_semantics() -> None:
-    """Register the converters of ``_SAME_SEMANTICS`` in onnx2torch's registry (its extension point)."""
+_REGISTERED = threading.Lock()
+
+
+@functools.cache
+def _register_converters() -> None:
+    """Register in onnx2torch's registry (its extension point), once: the converters of
+    ``_SAME_SEMANTICS``, and GlobalMaxPool of a 4-D tensor as ``nn.AdaptiveMaxPool2d(1)``."""
     from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription, add_converter
-    for op, versions in _SAME_SEMANTICS.items():
-        for version in versions:
-            if OperationDescription("", op, version) in _CONVERTER_REGISTRY:
-                continue
-            older = max(d.version for d in _CONVERTER_REGISTRY if d.domain == "" and d.operation_type == op
-                        and d.version < version)
-            add_converter(op, version)(_guarded(_CONVERTER_REGISTRY[OperationDescription("", op, older)]))
+    from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
+    with _REGISTERED:
+        for op, versions in _SAME_SEMANTICS.items():
+            for version in versions:
+                if OperationDescription("", op, version) in _CONVERTER_REGISTRY:
+                    continue
+                older = max(d.version for d in _CONVERTER_REGISTRY
+                            if d.domain == "" and d.operation_type == op and d.version < version)
+                add_converter(op, version)(_guarded(_CONVERTER_REGISTRY[OperationDescription("", op, older)]))
+
+        def global_max_pool(node, graph):
+            value = graph.value_info.get(node.input_values[0])
+            if value is None or len(value.type.tensor_type.shape.dim) != 4:
+                raise NotImplementedError("GlobalMaxPool of a tensor that is not 4-D")
+            return OperationConverterResult(nn.AdaptiveMaxPool2d(1), onnx_mapping_from_node(node))
+
+        for version in (1, 22):
+            if OperationDescription("", "GlobalMaxPool", version) not in _CONVERTER_REGISTRY:
+                add_converter("GlobalMaxPool", version)(global_max_pool)
 
 
 def _guarded(convert):
@@ -302,7 +322,7 @@ def _check_operators(model, shown: str) -> None:
     """Every node has a converter in onnx2torch for its version (its opset decides which)."""
     from onnx import defs
     from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription
-    _register_same_semantics()
+    _register_converters()
     opset = max((o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), default=0)
     missing = set()
     for node in model.graph.node:
@@ -399,7 +419,13 @@ def _standard_form(model, shown: str) -> int | None:
             if (len(add) == 1 and add[0].op_type == "Add" and output not in {o.name for o in graph.output}):
                 other = [i for i in add[0].input if i != output]
                 bias = consts.get(other[0]) if len(other) == 1 else None
-                if bias is not None and list(bias.dims) == [consts[n.input[1]].dims[1]]:
+                width = consts[n.input[1]].dims[1]
+                if bias is not None and list(bias.dims) in ([width], [1, width]):
+                    if len(bias.dims) == 2:  # Gemm's bias as nn.Linear takes it: one row
+                        flat = numpy_helper.from_array(numpy_helper.to_array(bias).reshape(-1),
+                                                       f"{bias.name}_row")
+                        graph.initializer.append(flat)
+                        bias = flat
                     inputs.append(bias.name)
                     output = add[0].output[0]
                     removed.add(id(add[0]))

@@ -162,13 +162,14 @@ def test_a_graph_fixed_to_its_batch_size_is_refused_with_the_fix(tmp_path):
 
 
 class _MatMulHead(nn.Module):
-    """A TF-style head: mean over (H, W) without keepdim, then x @ W + b (MatMul and Add in ONNX)."""
+    """A TF-style head: mean over (H, W) without keepdim, then x @ W + b with a (1, classes) bias
+    (ReduceMean, MatMul and Add in ONNX)."""
 
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(3, 6, 3, padding=1)
         self.w = nn.Parameter(torch.randn(6, 5))
-        self.b = nn.Parameter(torch.randn(5))
+        self.b = nn.Parameter(torch.randn(1, 5))
 
     def forward(self, x):
         return torch.relu(self.conv(x)).mean((2, 3)) @ self.w + self.b
@@ -224,6 +225,18 @@ def opened(monkeypatch):
 def test_the_conv_model_itself_loads(tmp_path):
     onnx.save_model(_conv_model(), tmp_path / "ok.onnx")
     assert load_network(tmp_path / "ok.onnx")(torch.rand(2, 3, 8, 8)).shape == (2, 4, 6, 6)
+
+
+def test_global_max_pooling_becomes_adaptive_max_pool(tmp_path):
+    w = torch.randn(4, 3, 3, 3, generator=torch.Generator().manual_seed(0))
+    nodes = [helper.make_node("Conv", ["x", "w"], ["h"]), helper.make_node("GlobalMaxPool", ["h"], ["y"])]
+    model = _model(nodes, [numpy_helper.from_array(w.numpy(), "w")])
+    onnx.save_model(model, tmp_path / "max.onnx")
+    net = load_network(tmp_path / "max.onnx")
+    assert any(isinstance(m, nn.AdaptiveMaxPool2d) for m in net.modules())
+    x = torch.rand(3, 3, 8, 8)
+    want = torch.amax(torch.nn.functional.conv2d(x, w), (2, 3), keepdim=True)
+    assert torch.allclose(net(x), want, atol=1e-6)
 
 
 @pytest.mark.parametrize("where", ["absolute", "parent", "sibling", "link"])
@@ -315,15 +328,44 @@ def test_files_that_are_not_onnx_are_refused(tmp_path, custom):
             load_network(tmp_path / name)
 
 
+class _LoudOnLoad(nn.Module):
+    """TorchScript whose own code runs when the archive is loaded (its __setstate__)."""
+
+    def __init__(self):
+        super().__init__()
+        self.k = 1
+
+    def forward(self, x):
+        return x * self.k
+
+    @torch.jit.export
+    def __getstate__(self):
+        return (self.k, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[int, bool]):
+        print("archive code ran")
+        self.k = state[0]
+        self.training = state[1]
+
+
 @pytest.mark.filterwarnings("ignore::FutureWarning")
-def test_torchscript_and_whole_model_pickles_are_refused_with_the_conversion(tmp_path):
+def test_torchscript_runs_its_own_code_on_load(tmp_path, capfd):
+    """Why TorchScript is refused: torch.jit.load runs code from the archive."""
+    torch.jit.save(torch.jit.script(_LoudOnLoad()), tmp_path / "scripted.pt")
+    torch.jit.load(tmp_path / "scripted.pt")
+    assert "archive code ran" in capfd.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_torchscript_and_whole_model_pickles_are_refused_with_the_conversion(tmp_path, capfd):
     marker = tmp_path / "ran"
 
     class Evil:
         def __reduce__(self):
             return os.system, (f"touch {marker}",)
 
-    torch.jit.save(torch.jit.script(nn.Conv2d(3, 4, 3)), tmp_path / "scripted.pt")
+    torch.jit.save(torch.jit.script(_LoudOnLoad()), tmp_path / "scripted.pt")
     torch.save(nn.Sequential(nn.Conv2d(3, 4, 3)), tmp_path / "whole.pt")
     torch.save({"model": Evil()}, tmp_path / "evil.pt")
     for name in ("scripted.pt", "whole.pt", "evil.pt"):
@@ -332,4 +374,5 @@ def test_torchscript_and_whole_model_pickles_are_refused_with_the_conversion(tmp
         text = str(e.value)
         assert "torch.export.save" in text and "torch.onnx.export" in text and "no arch" in text, text
         assert "weights_only" not in text
-    assert not marker.exists()
+        assert ("TorchScript archive" in text) == (name == "scripted.pt")
+    assert not marker.exists() and "archive code ran" not in capfd.readouterr().out
