@@ -33,7 +33,7 @@ maps' difference propagation (``core.vulnerability.DeltaForward``) sees standard
   non-empty tensors it only turns an error into a copy).
 - Batch size: a fixed batch dimension of the input becomes symbolic and the leading literal of a
   constant ``Reshape`` shape that keeps the batch becomes 0 ("copy"); the module is then checked to give
-  each image of a batch of 2 the logits it gives alone, else refused with the fix (dynamic batch axis).
+  an image in a batch of 2 the logits it gets alone, else refused with the fix (dynamic batch axis).
 - Opsets above onnx2torch's: operators whose later versions only added tensor types are converted as
   their earlier version (``_SAME_SEMANTICS``).
 - Module names are readable and valid: ``/layer4/layer4.1/relu_1/Relu`` -> ``layer4_1_relu_1``; the
@@ -643,18 +643,18 @@ def _slice_index(rest: list) -> tuple | None:
 
 
 def _check_batch(net: nn.Module, model, batch: int | None, shown: str) -> None:
-    """Where the input's size is fixed: a batch of 2 gives each image the logits it gets alone (a graph
-    exported at batch 1 would pass a batch-1 check, and its Reshape shapes fail on 2)."""
+    """Where the input's size is fixed: the first image of a batch of 2 gets the logits it gets alone
+    (two forwards: a constant left at the export's batch size fails one of them or mixes the images)."""
     dims = _shapes(model)[_inputs(model.graph)[0].name]
     if not all(isinstance(d, int) for d in dims[1:]):
         return  # sides left dynamic by the exporter: the first real forward shows what works
     x = torch.rand((2, *dims[1:]), generator=torch.Generator().manual_seed(0))
     try:
         with torch.no_grad():
-            together = net.eval()(x)
-            alone = torch.cat([net(x[:1]), net(x[1:])])
-        ok = isinstance(together, torch.Tensor) and together.shape == alone.shape and torch.allclose(
-            together, alone, rtol=1e-4, atol=1e-4 * float(alone.abs().max()))
+            together, alone = net.eval()(x), net(x[:1])
+        ok = (isinstance(together, torch.Tensor) and isinstance(alone, torch.Tensor)
+              and together.shape[0] == 2 and together.shape[1:] == alone.shape[1:] and alone.shape[0] == 1
+              and torch.allclose(together[:1], alone, rtol=1e-4, atol=1e-4 * float(alone.abs().max())))
     except Exception:  # noqa: BLE001 - a shape fixed at export time fails on another batch size
         ok = False
     if not ok:
