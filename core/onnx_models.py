@@ -9,9 +9,10 @@ tensors), and every operator becomes a fixed PyTorch module chosen by its name f
 What the file could still do, and what stops it (docs/security.md "Model files: ONNX"):
 
 - **External data.** A tensor may name another file (``location``: any path, absolute or ``../``) whose
-  bytes ``onnx.load`` would read from the server's disk. The file is parsed without them and any tensor
-  stored outside it is refused: a model is one self-contained file (``torch.onnx.export(...,
-  external_data=False)``; ONNX's 2 GiB protobuf limit is also our ``max_checkpoint_bytes``).
+  bytes ``onnx.load`` would read from the server's disk. The file is parsed without them; the only other
+  file read is ``<model file name>.data`` beside it (what ``torch.onnx.export`` writes: ``model.onnx`` ->
+  ``model.onnx.data``; a regular file, not a link), at the byte ranges of tensors that name exactly it.
+  Any other location is refused before anything is opened (``_DataFile``).
 - **Size.** The file's size is bounded by ``max_checkpoint_bytes`` before it is read; every tensor's
   declared size must equal the data it holds (so a header that declares 10¹² values is refused before
   anything is allocated), tensors and nodes are counted against ``max_checkpoint_tensors``, and after
@@ -41,6 +42,7 @@ maps' difference propagation (``core.vulnerability.DeltaForward``) sees standard
 """
 from __future__ import annotations
 
+import errno
 import functools
 import math
 import os
@@ -241,7 +243,7 @@ def _check_contents(model, path: Path, shown: str) -> None:
             if nbytes > max_bytes or total > max_bytes:
                 raise _limit_error(shown, f"its tensors declare {_size(max(nbytes, total))}",
                                    "max_checkpoint_bytes", max_bytes)
-            if t.data_location == 1 or len(t.external_data) or t.HasField("segment"):
+            if t.data_location == 1 or len(t.external_data) or t.HasField("segment"):  # 1: EXTERNAL
                 data.read_into(t, nbytes)
             # values are raw bytes, or one per element of a typed field (small types one per int32)
             held = (len(t.raw_data) if t.raw_data else
@@ -289,15 +291,14 @@ class _DataFile:
                 f"{_named(self.path.name)} beside it. Save the model as one file (torch.onnx.export(..., "
                 "external_data=False), or onnx.save_model(model, path, save_as_external_data=False))")
         if self.f is None:
-            try:
-                if self.path.is_symlink():
-                    raise OSError(0, "it is a link")
-                self.f = open(self.path, "rb")
+            try:  # O_NOFOLLOW: a link in its place is refused by the open itself (no check-then-open race)
+                self.f = os.fdopen(os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW), "rb")
                 if not stat.S_ISREG(os.fstat(self.f.fileno()).st_mode):
                     raise OSError(0, "it is not a regular file")
             except OSError as e:
+                why = "it is a link" if e.errno == errno.ELOOP else e.strerror or type(e).__name__
                 raise ModelError(f"{self.shown}: its weights file {_named(self.path.name)} cannot be read "
-                                 f"({e.strerror or type(e).__name__}); keep it beside the model, or save "
+                                 f"({why}); keep it beside the model, or save "
                                  "the model as one file (torch.onnx.export(..., external_data=False))"
                                  ) from None
         try:
