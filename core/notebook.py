@@ -263,8 +263,10 @@ def _to_uint8(x: torch.Tensor, what: str) -> np.ndarray:
 
 def _label(value: Any, i: int) -> int:
     v = value
-    if isinstance(v, torch.Tensor | np.ndarray | np.generic) and np.size(v) == 1:
-        v = v.item()  # a 0-d tensor or array, as DataLoaders and torchvision datasets give
+    if isinstance(v, torch.Tensor):
+        v = v.item() if v.numel() == 1 else v  # a one-number tensor, as many datasets give
+    elif isinstance(v, np.ndarray | np.generic):
+        v = v.item() if v.size == 1 else v
     if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0:
         raise DataError(f"the Dataset's label {i} is {value!r}: expected a class id (a whole number >= 0)")
     return int(v)
