@@ -108,7 +108,8 @@ def prepare_experiment(model: nn.Module, images: Any, labels: Any = None, *,
     from core.pipeline import prepare
     if not isinstance(model, nn.Module):
         raise ModelError(f"model must be a torch.nn.Module, not {type(model).__name__}")
-    cache = Path(default_cache_dir() if cache_dir is None else cache_dir).expanduser()
+    # absolute: the store records the model file's path, which the app resolves from its own folder
+    cache = Path(default_cache_dir() if cache_dir is None else cache_dir).expanduser().resolve()
     if out is not None:
         validate_id(out)
     cfg = ExperimentConfig.from_dict({"attack": dict(attack), "prepare": dict(prepare_options or {})})

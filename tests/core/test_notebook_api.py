@@ -24,6 +24,7 @@ from core.cli import app_url, main
 from core.config import ConfigError
 from core.data import DataError, cifar10
 from core.models import ExplainedModel, ModelError
+from core.pipeline import STAGES
 from core.store import StoreError, open_store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,17 +70,27 @@ def tiny(cifar40):
 
 
 @pytest.fixture(scope="module")
-def prepared(tiny, cifar40, tmp_path_factory):
+def progress_seen():
+    return []
+
+
+@pytest.fixture(scope="module")
+def prepared(tiny, cifar40, tmp_path_factory, progress_seen):
     x, y, classes = cifar40
     cache = tmp_path_factory.mktemp("nb-cache")
     return prepare_experiment(tiny, x, y, class_names=classes, mean=MEAN, std=STD, cache_dir=cache,
-                              progress=False, prepare_options=OPTIONS, **ATTACK)
+                              progress=lambda *a: progress_seen.append(a), prepare_options=OPTIONS,
+                              **ATTACK)
 
 
-def test_tensors_give_a_store_of_the_in_memory_model(prepared, tiny, cifar40):
+def test_tensors_give_a_store_of_the_in_memory_model(prepared, tiny, cifar40, progress_seen):
     x, y, classes = cifar40
     store = open_store(prepared.id, prepared.cache_dir)
     m = store.manifest
+    # the CLI's progress, stage by stage, to the callback
+    assert ("clean", 40, 40) in progress_seen and ("tsne", 2, 2) in progress_seen
+    assert [s for s in STAGES if any(p[0] == s for p in progress_seen)] == ["clean", "attack", "features",
+                                                                            "tsne"]
     own = ExplainedModel(TinyVGG().eval(), MEAN, STD, (3, 32, 32))  # the same architecture, wrapped
     assert m["model"]["num_neurons"] == own.num_neurons == 32 and m["model"]["fmap_size"] == [8, 8]
     assert m["classes"] == classes and m["counts"]["n_images"] == 40
