@@ -23,8 +23,10 @@ Where things go (``cache_dir``, default ``core.store.cache_dir()``):
 - the model, as a ``torch.export`` program (dynamic batch size) in ``<cache>/.models/<sha256>.pt2``,
   named by its content, so a store that references it stays valid whatever is prepared later. The store's
   ``[model] checkpoint`` names that file with no ``arch``: the app reloads the network from it through
-  ``core.models.NETWORK_FILES`` (never unpickling), with the recorded ``mean``/``std``. The exported
-  program must compute the model's logits (checked on the first images before anything is written).
+  ``core.models.NETWORK_FILES`` (never unpickling), with the recorded ``mean``/``std``. Before the run the
+  file is reloaded that way (``core.models.load_model``) and must give the same number of neurons, the same
+  map size and the model's logits (within ``EXPORT_TOLERANCE``) on the first images; ``prepare`` then runs
+  that reloaded model, so the store and the app's live maps come from one network.
 - the images are not kept apart from the store: the store holds every pair's benign (uint8) and
   adversarial (float32) images, which is all the app shows. The manifest's ``[data]`` therefore names no
   folder (``source = "image_folder"`` without a ``root``): re-running its config cannot rebuild the
@@ -129,6 +131,7 @@ def prepare_experiment(model: nn.Module, images: Any, labels: Any = None, *,
         "attack": cfg.to_dict()["attack"], "prepare": cfg.to_dict()["prepare"]})
     ds = ImageSet.from_array("notebook", names, pixels, label_ids)
     cfg.model.checkpoint = str(_export(explained, pixels, cache))
+    reloaded = _reload(cfg, explained, pixels)
     fingerprints = {"dataset": ds.fingerprint(), "model": model_fingerprint(cfg.model)}
     ident = validate_id(out or "notebook-" + hashlib.sha256(
         json.dumps(fingerprints, sort_keys=True).encode()).hexdigest()[:10])
@@ -143,7 +146,7 @@ def prepare_experiment(model: nn.Module, images: Any, labels: Any = None, *,
                              "out= another id")
         prepare(cfg, ident, cache_dir=cache, overwrite=overwrite,
                 progress=progress if callable(progress) else None, show_bars=progress is True, log=log,
-                dataset=ds, model=explained)
+                dataset=ds, model=reloaded)
     result = PreparedExperiment(ident, done, cache, Path(cfg.model.checkpoint))
     if progress is not False:
         print(f"prepared {result}")
@@ -297,24 +300,18 @@ def _class_names(names: Sequence[str] | None, num_classes: int) -> list[str]:
 
 
 def _export(explained: ExplainedModel, pixels: np.ndarray, cache: Path) -> Path:
-    """Export the wrapped network (normalized input, dynamic batch size) with ``torch.export``, check that
-    the program computes its logits, and save it as ``<cache>/.models/<sha256>.pt2`` (kept if there)."""
+    """Export the wrapped network (normalized input, dynamic batch size) with ``torch.export`` and save it
+    as ``<cache>/.models/<sha256>.pt2`` (kept if there)."""
     net = explained.net
     # a batch of 2 (1 would be specialized as a constant), normalized as the wrapper does
     x = (torch.from_numpy(pixels[np.arange(2) % len(pixels)]).float() / 255 - explained.mean) / explained.std
     try:
         program = torch.export.export(net, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-        with torch.no_grad():
-            got, want = program.module()(x), net(x)
     except Exception as e:  # the exporter fails in many ways; each means the same to the user
         first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
         raise ModelError(f"the model cannot be exported with torch.export ({first[:300]}); the app reloads "
                          "it from a .pt2 file, so its forward must be exportable: no Python control flow "
                          "on tensor values, no fixed batch size") from None
-    if not torch.allclose(got, want, atol=EXPORT_TOLERANCE, rtol=EXPORT_TOLERANCE):
-        raise ModelError(f"the exported program's logits differ from the model's by up to "
-                         f"{float((got - want).abs().max()):.3g}; make the forward deterministic (eval mode, "
-                         "no randomness)")
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
     data = buffer.getvalue()
@@ -328,3 +325,28 @@ def _export(explained: ExplainedModel, pixels: np.ndarray, cache: Path) -> Path:
                              "cache_dir") from None
     return path
 
+
+def _reload(cfg: ExperimentConfig, explained: ExplainedModel, pixels: np.ndarray) -> ExplainedModel:
+    """The model as the app will have it: ``cfg.model`` (the exported file) loaded by ``load_model``. It must
+    find as many neurons, maps of the same size, and compute the in-memory model's logits on the first
+    images; it is the model ``prepare`` then runs, so the store and the app's live maps agree."""
+    from core.models import load_model
+    shape = explained.input_shape
+    try:
+        reloaded = load_model(cfg.model, shape)
+    except ModelError as e:
+        raise ModelError(f"the model was exported to {cfg.model.checkpoint}, but the app cannot use that "
+                         f"file: {e}") from None
+    x = torch.from_numpy(pixels[:8]).float() / 255
+    with torch.no_grad():
+        got, want = reloaded(x), explained(x)
+    if (reloaded.num_neurons, reloaded.fmap_size) != (explained.num_neurons, explained.fmap_size):
+        raise ModelError(f"in the exported file the analysed layer has {reloaded.num_neurons} neurons of "
+                         f"{reloaded.fmap_size} maps, in the model {explained.num_neurons} of "
+                         f"{explained.fmap_size}: the app would explain another layer; report this model's "
+                         "structure as a bug")
+    if not torch.allclose(got, want, atol=EXPORT_TOLERANCE, rtol=EXPORT_TOLERANCE):
+        raise ModelError(f"the exported model's logits differ from the model's by up to "
+                         f"{float((got - want).abs().max()):.3g}; make the forward deterministic (eval mode, "
+                         "no randomness)")
+    return reloaded
