@@ -237,7 +237,7 @@ def _serve(ident: str, cache: Path, host: str, port: int) -> int:
     import os
     import subprocess
 
-    from core.store import ROOT
+    from core.store import CACHE_ENV, ROOT
     if not 1 <= port <= 65535:
         raise StoreError(f"--port {port} is no port; use a number from 1 to 65535 (e.g. 8501)")
     open_store(ident, cache)  # exists and passes the integrity check, or a StoreError that says why
@@ -251,7 +251,7 @@ def _serve(ident: str, cache: Path, host: str, port: int) -> int:
           + "; Ctrl-C stops the app", flush=True)
     command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
                "--server.address", host, "--server.headless", "true"]
-    with subprocess.Popen(command, cwd=ROOT, env={**os.environ, "NVE_CACHE": str(cache.resolve())}) as proc:
+    with subprocess.Popen(command, cwd=ROOT, env={**os.environ, CACHE_ENV: str(cache.resolve())}) as proc:
         try:
             return proc.wait()
         except KeyboardInterrupt:  # the terminal's Ctrl-C reached streamlit too: let it finish
