@@ -114,6 +114,7 @@ def prepare_experiment(model: nn.Module, images: Any, labels: Any = None, *,
     cache = Path(default_cache_dir() if cache_dir is None else cache_dir).expanduser().resolve()
     if out is not None:
         validate_id(out)
+    # the [attack] and [prepare] keys checked before any work; the whole config once the model is known
     cfg = ExperimentConfig.from_dict({"attack": dict(attack), "prepare": dict(prepare_options or {})})
     pixels, label_ids = _pixels(images, labels)
     shape = tuple(int(s) for s in pixels.shape[1:])
@@ -136,7 +137,7 @@ def prepare_experiment(model: nn.Module, images: Any, labels: Any = None, *,
     ident = validate_id(out or "notebook-" + hashlib.sha256(
         json.dumps(fingerprints, sort_keys=True).encode()).hexdigest()[:10])
     log = (lambda s: print(s, file=sys.stderr)) if progress is not False else (lambda s: None)
-    done = Path(cache) / ident
+    done = cache / ident
     if not overwrite and (done / "manifest.json").is_file():
         _check_same(done, ident, cfg, fingerprints)
         log(f"experiment {ident!r} was already prepared with this model, these images and settings")
