@@ -1,4 +1,4 @@
-"""Command line: ``python -m core {prepare,list,info,train,bench}``.
+"""Command line: ``python -m core {prepare,list,check,presets,info,serve,train,bench}``.
 
 Errors a user can fix (bad config, data, checkpoint, store) print one clear line and exit 2.
 """
@@ -61,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     info = sub.add_parser("info", help="show an experiment's manifest")
     info.add_argument("id")
     info.add_argument("--json", action="store_true")
+    sv = sub.add_parser("serve", help="open the app on an experiment: check it, print its address, run "
+                        "streamlit on app.py (Ctrl-C stops it)")
+    sv.add_argument("id", help="the experiment (`python -m core list`)")
+    sv.add_argument("--port", type=int, default=8501)
+    sv.add_argument("--host", default="127.0.0.1", help="the address to listen on (default: this machine "
+                    "only; 0.0.0.0 for every interface, as `make run`)")
     tr = sub.add_parser("train", help="train a preset's model (the shipped demo model, or the cifar10-224 "
                         "linear head)")
     tr.add_argument("--preset", default="demo", choices=["demo", "cifar10-224"])
@@ -172,6 +178,8 @@ def _run(args) -> int:
             print(f"{args.id}: {_summary(m)}")
             for k in ("dataset", "input_shape", "model", "attack", "timings_s", "versions"):
                 print(f"  {k}: {json.dumps(m.get(k))}")
+    elif args.command == "serve":
+        return _serve(args.id, cache, args.host, args.port)
     elif args.command == "train":
         from core.train import train_demo, train_probe
         if args.preset == "cifar10-224":
@@ -200,6 +208,58 @@ def _run(args) -> int:
             report = bench_app(args.experiment, args.walks, cache_dir=cache)
         print(json.dumps(report, indent=1) if args.json else _table(report))
     return 0
+
+
+# The app's link parameter that opens an experiment (core.ui.state.Selection.experiment: the library may
+# not import the UI layer; tests/core/test_notebook_api.py checks that the app reads the link this way).
+EXPERIMENT_PARAM = "exp"
+
+
+def app_url(experiment_id: str, host: str = "localhost", port: int = 8501) -> str:
+    """The address of the app opened on ``experiment_id`` when served on ``host:port``."""
+    from urllib.parse import urlencode
+    shown = "localhost" if host in ("", "0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/?{urlencode({EXPERIMENT_PARAM: experiment_id})}"
+
+
+def serve_command(experiment_id: str, cache: str | Path | None = None) -> str:
+    """The shell command that serves the app on ``experiment_id`` (``cache``: its folder, when not the
+    default one)."""
+    import shlex
+    where = "" if cache is None or Path(cache).resolve() == cache_dir().resolve() \
+        else f" --cache {shlex.quote(str(cache))}"
+    return f"{shlex.quote(sys.executable)} -m core{where} serve {shlex.quote(experiment_id)}"
+
+
+def _serve(ident: str, cache: Path, host: str, port: int) -> int:
+    """``serve ID``: refuse a missing or damaged experiment, print the app's address on it, and run
+    streamlit on app.py (from the repository root, so its .streamlit/config.toml applies) until it stops."""
+    import os
+    import subprocess
+
+    from core.store import CACHE_ENV, ROOT
+    if not 1 <= port <= 65535:
+        raise StoreError(f"--port {port} is no port; use a number from 1 to 65535 (e.g. 8501)")
+    open_store(ident, cache)  # exists and passes the integrity check, or a StoreError that says why
+    app = ROOT / "app.py"
+    if not app.is_file():
+        print("error: `serve` runs from a checkout of the repository (it starts app.py): run `python -m "
+              "core serve` in its root folder", file=sys.stderr)
+        return 2
+    print(f"experiment {ident!r}: open {app_url(ident, host, port)}"
+          + (" (or this machine's address instead of localhost)" if host in ("0.0.0.0", "::") else "")
+          + "; Ctrl-C stops the app", flush=True)
+    command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
+               "--server.address", host, "--server.headless", "true"]
+    with subprocess.Popen(command, cwd=ROOT, env={**os.environ, CACHE_ENV: str(cache.resolve())}) as proc:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # the terminal's Ctrl-C reached streamlit too: let it finish
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+            return 0
 
 
 def _check(args, cache: Path) -> int:

@@ -53,7 +53,7 @@ from core import device as devices
 from core.config import ExperimentConfig
 from core.features import extract
 from core.map_settings import MapSettings
-from core.models import ModelError, check_checkpoint, load_model, model_fingerprint
+from core.models import ExplainedModel, ModelError, check_checkpoint, load_model, model_fingerprint
 from core.neuron_measures import class_statistics
 from core.projection import tsne
 from core.store import (
@@ -156,13 +156,19 @@ class _Bar:
 
 def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path | None = None,
             overwrite: bool = False, progress: ProgressFn | None = None, show_bars: bool = True,
-            log: Callable[[str], None] = lambda s: None, runner: Runner | None = None) -> Path:
+            log: Callable[[str], None] = lambda s: None, runner: Runner | None = None,
+            dataset: datasets.ImageSet | None = None, model: ExplainedModel | None = None) -> Path:
     """Build ``cache_dir/experiment_id`` (None: ``core.store.cache_dir()``) from ``cfg``; return its path.
     Resumes an interrupted run.
 
     ``runner``: where the chunks of the clean, attack, features and maps stages are computed; None =
     in this process (``Context.run_all``); ``core.distributed.RayRunner`` shards them over a Ray
     cluster. Either way this process writes the one store, in chunk order.
+
+    ``dataset``, ``model``: an in-memory image set and model used instead of reading ``cfg.data`` and
+    loading ``cfg.model`` (``core.notebook.prepare_experiment``); ``cfg.model`` must still name a file
+    holding that model (the app reloads it from there), and ``cfg`` is still what the manifest records.
+    They cannot be sharded over Ray (a worker builds its context from ``cfg``).
 
     Disk: the free space of the cache's disk is checked against an estimate of the store (at most) plus
     ``core.hosting.settings().min_free_disk_bytes`` before the first write; a disk that fills up anyway
@@ -172,7 +178,7 @@ def prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path 
     disk: dict = {}  # what _prepare knows for a disk-full message: the writer, the store's estimate
     try:
         return _prepare(cfg, experiment_id, cache_dir=cache_dir, overwrite=overwrite, progress=progress,
-                        show_bars=show_bars, log=log, runner=runner, disk=disk)
+                        show_bars=show_bars, log=log, runner=runner, disk=disk, dataset=dataset, model=model)
     except OSError as e:
         if not is_disk_full(e):
             raise
@@ -247,12 +253,13 @@ def _disk_full_message(cache: Path, disk: dict) -> str:
 
 def _prepare(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path, overwrite: bool,
              progress: ProgressFn | None, show_bars: bool, log: Callable[[str], None], runner: Runner | None,
-             disk: dict) -> Path:
+             disk: dict, dataset: datasets.ImageSet | None = None,
+             model: ExplainedModel | None = None) -> Path:
     """``prepare``'s work, stage by stage; ``disk`` receives the writer and the store's size estimate once
     known."""
     t0 = time.time()
     job = _load(cfg, experiment_id, cache_dir=cache_dir, overwrite=overwrite, progress=progress,
-                show_bars=show_bars, log=log, runner=runner, disk=disk)
+                show_bars=show_bars, log=log, runner=runner, disk=disk, dataset=dataset, model=model)
     job.timings["load"] = time.time() - t0
     clean = job.timed("clean", _clean_stage, job)
     attacked = job.timed("attack", _attack_stage, job, clean)
@@ -310,10 +317,13 @@ class _Job:
 
 def _load(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path, overwrite: bool,
           progress: ProgressFn | None, show_bars: bool, log: Callable[[str], None], runner: Runner | None,
-          disk: dict) -> _Job:
-    """Stage ``load``: check what can be checked cheaply, scan the dataset, load the model, open (or
-    resume) the partial store and check the disk."""
+          disk: dict, dataset: datasets.ImageSet | None = None, model: ExplainedModel | None = None) -> _Job:
+    """Stage ``load``: check what can be checked cheaply, scan the dataset (or take ``dataset``), load the
+    model (or take ``model``), open (or resume) the partial store and check the disk."""
     cfg.validate()
+    if runner is not None and (dataset is not None or model is not None):
+        raise PrepareError("an in-memory dataset or model cannot be sharded over Ray (each worker reads "
+                           "[data] and [model] itself); run without a runner")
     final = Path(cache_dir) / validate_id(experiment_id)
     if final.exists() and not overwrite:
         raise StoreError(f"experiment {experiment_id!r} already exists in {cache_dir}; "
@@ -324,7 +334,7 @@ def _load(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path, o
                            "CIFAR-10, 0.1 for Fashion-MNIST)")
     _check_checkpoint(cfg)  # before the dataset scan, which can take minutes
     check_writable(Path(cache_dir))  # a read-only cache: said now, not after the scan
-    ctx = Context.build(cfg, log=log)
+    ctx = Context.build(cfg, log=log, dataset=dataset, model=model)
     ds, model = ctx.ds, ctx.model
     fingerprints = {"dataset": ds.fingerprint(), "model": model_fingerprint(cfg.model)}
     key = hashlib.sha256(json.dumps([SCHEMA_VERSION, cfg.to_dict(), fingerprints], sort_keys=True,
@@ -618,8 +628,11 @@ class Context:
         return (self.ds.channels, *self.ds.image_size)
 
     @classmethod
-    def build(cls, cfg: ExperimentConfig, log: Callable[[str], None] = lambda s: None) -> Context:
-        ds = datasets.load_dataset(cfg.data, channels=cfg.model.in_channels)
+    def build(cls, cfg: ExperimentConfig, log: Callable[[str], None] = lambda s: None, *,
+              dataset: datasets.ImageSet | None = None, model: ExplainedModel | None = None) -> Context:
+        """From ``cfg``; ``dataset`` and ``model``, when given, are used instead of reading ``cfg.data``
+        and loading ``cfg.model`` (in-memory objects: ``core.notebook``)."""
+        ds = datasets.load_dataset(cfg.data, channels=cfg.model.in_channels) if dataset is None else dataset
         for note in ds.notes:  # what the scan left out, converted or resized
             log(f"note: {note}")
         for path, reason in ds.skipped[:20]:
@@ -634,7 +647,10 @@ class Context:
             dev = devices.resolve_device(cfg.prepare.device)
         except devices.DeviceError as e:
             raise PrepareError(str(e)) from None
-        model = load_model(cfg.model, shape).to(dev)
+        if model is not None and tuple(model.input_shape) != shape:
+            raise ModelError(f"the model was set up for {tuple(model.input_shape)} images but the dataset's "
+                             f"are {shape}")
+        model = (load_model(cfg.model, shape) if model is None else model).to(dev)
         if model.num_classes != len(ds.classes):
             raise ModelError(f"the dataset has {len(ds.classes)} classes but the model outputs "
                              f"{model.num_classes} (empty class folders count too): use the dataset of "
