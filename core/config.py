@@ -155,8 +155,8 @@ def _rules(limits: bool = True) -> dict[str, dict[str, _Rule]]:
     return {
         "model": {
             "arch": _one_of(tuple(ARCHITECTURES)),
-            "checkpoint": _Rule("the path of a weights file (.pt, .pth, .th, .safetensors, ...) or of a model "
-                                "file that carries its architecture (.pt2, .onnx)"),
+            "checkpoint": _Rule("the path of a weights file (.pt, .pth, .th, .safetensors, ...) or of a "
+                                "model file that carries its architecture (.pt2, .onnx)"),
             "num_classes": _whole(2, s.max_classes, " (the model's outputs)"),
             "in_channels": _Rule("1 (grayscale) or 3 (RGB)", lambda v: v in (1, 3)),
             "width": _whole(1, MAX_WIDTH, " (resnet18_cifar's base width; 64 = 512 neurons)"),
