@@ -479,6 +479,8 @@ def _pair_table_problems(path: Path, m: dict) -> list[str]:
 def _repair_possible(m: dict) -> tuple[bool, str | None]:
     """(whether re-running prepare with the manifest's settings can rebuild the store, why not)."""
     cfg = m["config"]
+    if m.get("dataset") == "notebook":  # core.prepare_experiment: no folder holds its images
+        return False, "its images were given in memory (core.prepare_experiment): call it again"
     ckpt = cfg["model"].get("checkpoint")
     if isinstance(ckpt, str) and ckpt and not Path(ckpt).expanduser().is_file():
         return False, f"its checkpoint {ckpt} is not there any more"
@@ -486,6 +488,13 @@ def _repair_possible(m: dict) -> tuple[bool, str | None]:
     if cfg["data"].get("source") == "image_folder" and isinstance(root, str) and not Path(root).is_dir():
         return False, f"its data folder {root} is not there any more"
     return True, None
+
+
+def _model_file_name(model: dict) -> str:
+    """What names a model without an arch: its file (.pt2, .onnx), else the default architecture."""
+    ckpt = model.get("checkpoint")
+    # the default architecture (core.models.DEFAULT_ARCH, not imported: this module stays torch-free)
+    return Path(ckpt).name if isinstance(ckpt, str) and ckpt else "resnet18_cifar"
 
 
 def config_toml(manifest: dict) -> str:
@@ -808,7 +817,8 @@ def attack_steps(attack: dict) -> int:
 def summary_row(manifest: dict) -> dict:
     """The figures the experiment list shows, from a manifest that passed ``manifest_problems``."""
     c, cfg = manifest["counts"], manifest["config"]
-    return {"experiment": manifest["id"], "model": cfg["model"]["arch"], "dataset": manifest["dataset"],
+    return {"experiment": manifest["id"], "model": cfg["model"]["arch"] or _model_file_name(cfg["model"]),
+            "dataset": manifest["dataset"],
             "classes": len(image_classes(manifest)), "images": c["n_images"],
             "clean accuracy": round(c["clean_accuracy"], 4), "attacked": c["n_attacked"],
             "successful pairs": c["n_success"], "attack success": round(c["attack_success_rate"], 4),
