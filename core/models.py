@@ -940,7 +940,10 @@ class ExplainedModel(nn.Module):
             tapped = _tap_pooled_maps(net)
             if tapped is not None:  # a head on maps no module outputs: look again with the tap
                 self.net = tapped.eval()
-                again = discover_layers(self, input_shape, None, head)
+                try:
+                    again = discover_layers(self, input_shape, None, head)
+                except ModelError:  # tracing inlined the head (timm's Linear subclass becomes F.linear)
+                    again = found
                 if again.head_type == "other":
                     self.net = net  # the tap did not help: keep the model as it was given
                 else:
