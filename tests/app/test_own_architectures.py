@@ -66,3 +66,23 @@ def test_every_page_opens_on_a_store_of_another_architecture(ident, cache, monke
                 assert NEURON_SORTS["band_gap"] not in options and NEURON_SORTS["iou_bmap"] in options
             else:
                 assert NO_WEIGHTS not in infos and "benign curve" in metas
+
+
+def test_a_store_without_head_weights_has_only_the_measures_that_need_none(cache):
+    import numpy as np
+
+    from core import neuron_measures
+    from core.analysis import Analysis
+    an = Analysis(Store(cache / "vgg"))
+    assert an.head_type == "other" and an.head is None and an._model is None  # known without the model
+    m = an.neuron_measures(0)
+    assert set(m) == {k.key for k in neuron_measures.MEASURES if not k.needs_weights and not k.needs_maps}
+    pb, pa = an.pooled(0)
+    assert np.array_equal(m["activation_difference"], pa - pb)
+    fmaps = np.asarray(an.store.array("benign_fmaps")[0], dtype=np.float64)
+    assert np.allclose(fmaps.mean((1, 2)), pb, rtol=2e-3, atol=1e-4)  # each map's average (float16 maps)
+    linear = Analysis(Store(cache / "mobilenet"))
+    assert linear.head_type == "linear" and linear.head[0].shape == (10, linear.num_neurons)
+    older = Store(cache / "vgg")
+    del older.manifest["model"]["head_type"]  # a store prepared before head types were recorded
+    assert Analysis(older).head_type == "linear"
