@@ -3,8 +3,12 @@
 The paper analyses the neurons of the *last convolutional layer* (§3.2): the feature maps that global
 pooling turns into the n-D penultimate vector, which the final dense layer maps to the logits
 (``logits = W · pooled + b``; row ``W[k]`` gives the activation×weight of class k, §5.2.1).
-:class:`ExplainedModel` finds those two modules automatically (or by name) and checks that the head
-really acts on the global average of the analysed maps, so every later measure is consistent.
+:class:`ExplainedModel` finds those two modules automatically (or by name, ``discover_layers``) and
+classifies the head (``head_type``): "linear" when it really acts on the global average of the analysed
+maps, "conv1x1" for a 1×1 convolution into class maps that are then averaged (the same by linearity),
+"other" for any other head (an MLP, max or attention pooling, a norm after the pooling), whose neurons
+have no activation×weight. Maps that only a functional op in ``forward`` produces are reached through a
+torch.fx tap (``_tap_pooled_maps``).
 
 Built-in architectures (``ARCHITECTURES``):
 
@@ -14,7 +18,10 @@ Built-in architectures (``ARCHITECTURES``):
   (akamaster/pytorch_resnet_cifar10 key names).
 - ``wrn18_places365``: CSAILVision's Places365 "wideresnet18" (ResNet18 layout, layer4 at stride 1, so a
   224-px input gives 14×14 last-conv maps).
-- torchvision ImageNet architectures by name (``resnet18``, ``resnet50``, ``wide_resnet50_2``, ...).
+- torchvision ImageNet architectures by name (``TORCHVISION_ARCHITECTURES``: the ResNets, VGG, DenseNet,
+  MobileNet, ConvNeXt, EfficientNet, RegNet), always with ``weights=None``.
+- ``timm:<name>`` (``architecture``): any model timm knows, ``pretrained=False``; its default mean, std
+  and input size from its pretrained config (``model_defaults``).
 
 Checkpoints (.pt/.pth/.th/.pth.tar via ``torch.load(weights_only=True)``, or .safetensors) never
 unpickle code. Nested ``state_dict`` entries and ``module.`` prefixes are handled; keys must match
