@@ -1045,18 +1045,29 @@ def _is_pooling(module: nn.Module) -> bool:
     return isinstance(module, _POOLING) or "pool" in type(module).__name__.lower()
 
 
-def _global_pooling(module: nn.Module, out: torch.Tensor) -> bool:
-    """A pooling module that reduces whole maps to one value per channel: adaptive to 1×1, or any other
+def _global_pooling(module: nn.Module, inp: torch.Tensor | None, out: torch.Tensor) -> bool:
+    """A module that reduces whole maps to one value per channel: an adaptive pooling to 1×1; any other
     pooling module with 1×1 or flat output except the fixed-window ones (a 2×2 pool of 2×2 maps is not
-    global)."""
+    global); or, by what it does, any module but a convolution or linear layer that turns (N, C, H, W)
+    maps of more than one pixel into (N, C, 1, 1) or (N, C) (a spatial mean as a leaf op of an exported
+    graph)."""
     if isinstance(module, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d):
         return module.output_size in (1, (1, 1), [1, 1])
-    return (_is_pooling(module) and not isinstance(module, nn.AvgPool2d | nn.MaxPool2d)
-            and (out.dim() == 2 or (out.dim() == 4 and out.shape[2] * out.shape[3] == 1)))
+    flat = out.dim() == 2 or (out.dim() == 4 and out.shape[2] * out.shape[3] == 1)
+    if isinstance(module, nn.AvgPool2d | nn.MaxPool2d | nn.Conv2d | nn.Linear) or not flat:
+        return False
+    maps = isinstance(inp, torch.Tensor) and inp.dim() == 4 and inp.shape[2] * inp.shape[3] > 1
+    return _is_pooling(module) or (maps and tuple(out.shape[:2]) == tuple(inp.shape[:2]))
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape == b.shape and bool(torch.allclose(a.float(), b.float(), atol=1e-4, rtol=1e-4))
+    """Equal up to float32 rounding, relative to the values' scale: random or freshly initialized heads
+    give logits of ~1e-3, where a fixed tolerance would call a ReLU'd map's mean equal to the map's."""
+    if a.shape != b.shape:
+        return False
+    a, b = a.float(), b.float()
+    scale = max(float(a.abs().max()), float(b.abs().max()), 1e-6) if a.numel() else 1.0
+    return bool(((a - b).abs() <= 1e-4 * scale).all())
 
 
 def discover_layers(model: nn.Module, input_shape, feature_layer: str | None = None,
@@ -1085,8 +1096,11 @@ def discover_layers(model: nn.Module, input_shape, feature_layer: str | None = N
             raise ModelError(f"[model] {label} = {name!r} is not a module of this model; "
                              f"modules include: {', '.join(list(modules)[1:40])}")
     events: list[tuple[str, nn.Module, torch.Tensor, torch.Tensor | None]] = []
+
+    def copy(t):  # as the module gave it: a later in-place op (ReLU(inplace=True)) must not change it
+        return t.clone() if isinstance(t, torch.Tensor) else t
     handles = [m.register_forward_hook(
-        lambda mod, inp, out: events.append((names[mod], mod, out, inp[0] if inp else None)))
+        lambda mod, inp, out: events.append((names[mod], mod, copy(out), copy(inp[0]) if inp else None)))
         for m in names]
     x = torch.rand((2, *input_shape), generator=torch.Generator().manual_seed(0))
     try:
@@ -1129,7 +1143,7 @@ def discover_layers(model: nn.Module, input_shape, feature_layer: str | None = N
     # the head reads what the last global pooling before it made; nothing after that pooling is a map of
     # the analysed layer (timm's LayerNorm2d on the pooled (N, C, 1, 1) maps would match otherwise)
     at = next(i for i, e in enumerate(events) if e[1] is head_mod)
-    pooled_at = [i for i, e in enumerate(events[:at]) if _global_pooling(e[1], e[2])]
+    pooled_at = [i for i, e in enumerate(events[:at]) if _global_pooling(e[1], e[3], e[2])]
     before = events[:pooled_at[-1]] if pooled_at else events
     pools = tuple(e[0] + "." for e in events if _is_pooling(e[1]))
     maps = [e for e in events if e[2].dim() == 4 and e[1] is not head_mod and not _is_pooling(e[1])

@@ -30,9 +30,9 @@ EXPECTED = {
     # torchvision VGG-11 with BN: 8 × (conv, BN, ReLU) + 5 max-pools = features.0..28; the ReLU after the
     # last conv is features.27 (512 maps at stride 16); AdaptiveAvgPool2d(7) + a 3-layer MLP: "other"
     "vgg11_bn": ("features.27", "classifier.6", "other", 512, (4, 4)),
-    # DenseNet-121 ends features with norm5 (1024 channels) and applies F.relu(inplace) + pooling in
-    # forward: the in-place ReLU makes the hooked "features" tensor the pooled one
-    "densenet121": ("features", "classifier", "linear", 1024, (2, 2)),
+    # DenseNet-121 ends features with norm5 (1024 channels, before its ReLU) and applies F.relu +
+    # F.adaptive_avg_pool2d in forward: no module outputs the pooled maps, the fx tap does
+    "densenet121": (TAP, "classifier", "linear", 1024, (2, 2)),
     "mobilenet_v2": ("features", "classifier.1", "linear", 1280, (2, 2)),
     # MobileNetV3-small: the last conv block (576 channels), then Linear-Hardswish-Dropout-Linear
     "mobilenet_v3_small": ("features", "classifier.3", "other", 576, (2, 2)),
@@ -68,6 +68,7 @@ def test_discovery_finds_the_layer_the_head_and_its_type(arch, models, images):
     f = extract(m, images)
     assert f.fmaps.shape == (4, m.num_neurons, *m.fmap_size) and f.pooled.shape == (4, m.num_neurons)
     assert all(not mod._forward_hooks for mod in m.modules())
+    assert isinstance(m.net, fx.GraphModule) == (m.feature_layer == TAP)
     if m.head_type == "linear":  # activation×weight: the logits are W · pooled + b
         assert m.head_weight.shape == (CLASSES, m.num_neurons)
         direct = f.pooled @ m.head_weight.T + m.head_bias
