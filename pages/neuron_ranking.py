@@ -80,7 +80,9 @@ if view.has_weights:  # the bands are of activation×weight: none without the he
                    help=HELP["class_band"])
 
 # -- the chart, both ends of the order and the selected neuron -------------------------------------------
-if view.notice:  # an empty or partial top-% mask, or no weights: said before the chart it qualifies
+if view.unavailable:  # a head without activation×weight: which measures are missing, and why
+    st.info(view.unavailable)
+if view.notice:  # an empty or partial top-% mask: said before the chart it qualifies
     getattr(st, view.notice[0])(view.notice[1])
 st.plotly_chart(view.figure, key=CHART, selection_mode=("points",),
                 on_select=partial(_on_event, nc.neuron_from_selection, CHART, view.order),

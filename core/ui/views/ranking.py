@@ -48,6 +48,7 @@ class RankingView:
     sort: str                            # the sort used: the selection's, or FALLBACK_SORT without weights
     sorts: dict[str, str]                # the sort menu: key -> label, those this store offers
     has_weights: bool                    # activation×weight applies (bands, curves; Band settings shown)
+    unavailable: str | None              # NO_WEIGHTS without the head's weights: why sorts are missing
     sort_help: str                       # the sort menu's tooltip: one line per sort
     interval_help: str                   # the band interval menu's tooltip
     coverages: dict[str, list[float]]    # per band interval, the coverages offered
@@ -142,11 +143,10 @@ def _header(analysis, pair: int, names: tuple[str, str]) -> str:
 def _notice(analysis, sel: Selection, sort: str, values: np.ndarray,
             maps: MapSettings) -> tuple[str, str] | None:
     """The words that qualify a ranking by a vulnerability map's mask: an empty or partial top-% mask,
-    or no RF overlapping it (every value 0: the order is just the neuron ids); else, for a store without
-    the head's weights, why some sorts are missing (``NO_WEIGHTS``)."""
+    or no RF overlapping it (every value 0: the order is just the neuron ids)."""
     which = neuron_measures.BY_KEY[sort].vmap
     if which is None:
-        return None if analysis.has_head_weights else ("info", NO_WEIGHTS)
+        return None
     info = analysis.map_mask_status(sel.pair, which, top=sel.top, settings=maps)
     name = f"{which[0]}Map"
     if info.empty:
@@ -239,6 +239,7 @@ def ranking_view(analysis, sel: Selection) -> RankingView:
     menu = sorts(analysis)
     return RankingView(
         header=_header(analysis, pair, names), sort=sort, sorts=menu, has_weights=weights,
+        unavailable=None if weights else NO_WEIGHTS,
         sort_help=nc.options_help(nc.CONTROL_HELP["sort"], menu, neuron_measures.SUMMARY,
                                   nc.CONTROL_HELP["sort_more"]),
         interval_help=nc.options_help(neuron_measures.HELP["interval"], neuron_measures.INTERVAL_LABELS,
