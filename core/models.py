@@ -1142,13 +1142,14 @@ def discover_layers(model: nn.Module, input_shape, feature_layer: str | None = N
         return e[2].shape[1] == wanted.shape[1] and _same(e[2].float().mean((2, 3)), wanted)
     # the head reads what the last global pooling before it made; nothing after that pooling is a map of
     # the analysed layer (timm's LayerNorm2d on the pooled (N, C, 1, 1) maps would match otherwise)
-    at = next(i for i, e in enumerate(events) if e[1] is head_mod)
+    at = next(i for i, e in enumerate(events) if e is heads[-1])
     pooled_at = [i for i, e in enumerate(events[:at]) if _global_pooling(e[1], e[3], e[2])]
     before = events[:pooled_at[-1]] if pooled_at else events
     pools = tuple(e[0] + "." for e in events if _is_pooling(e[1]))
     maps = [e for e in events if e[2].dim() == 4 and e[1] is not head_mod and not _is_pooling(e[1])
             and not e[0].startswith(pools) and not isinstance(e[1], nn.modules.dropout._DropoutNd)]
-    auto = [e for e in before if any(e is m for m in maps)]
+    in_maps = {id(m) for m in maps}
+    auto = [e for e in before if id(e) in in_maps]
     convs = [e for e in before if isinstance(e[1], nn.Conv2d) and e[1] is not head_mod]
     last_conv = convs[-1] if convs else None
     on_gap = [e for e in auto if gap_of_head_input(e)]
