@@ -5,7 +5,9 @@ It wires the paper's measures (each in its own module) to a store, with the choi
 - **Model.** Rebuilt from the store's manifest (architecture + checkpoint) only when a vulnerability
   map is asked for; the checkpoint's SHA-256 must match the one recorded by ``prepare``, so a map is
   never computed with weights other than those that produced the store. The head (W, b) is read from
-  the same checkpoint.
+  the same checkpoint; a store whose manifest says the head is "other" (``head_type``: not global
+  average pooling into one linear layer or a 1×1 convolution) has none, and the measures that need it
+  (band gap, curve difference, substitution) are left out.
 - **Receptive fields** (``core.receptive_fields``) of every neuron on the pair's benign and adversarial
   image. The default quantile threshold T_j is neuron j's q-quantile over the *benign* maps of every
   pair in the store (the "dataset" of NetDissect is the clean images), and the same T_j is used on
@@ -141,13 +143,29 @@ class Analysis:
         return load_model(cfg, self.image_shape).to(self.device)
 
     @property
-    def head(self) -> tuple[np.ndarray, np.ndarray]:
-        """(W (classes, n), b (classes,)) float64 of the final dense layer."""
+    def head_type(self) -> str:
+        """The model's head as ``prepare`` recorded it (``core.models.ExplainedModel.head_type``), read
+        from the manifest without loading the model; "linear" for stores made before it was recorded."""
+        return str(self.store.manifest.get("model", {}).get("head_type") or "linear")
+
+    @property
+    def has_head_weights(self) -> bool:
+        """Whether activation×weight describes the neurons ("linear" and "conv1x1" heads): the band gap,
+        curve difference and direct substitution need it (``neuron_measures.Measure.needs_weights``)."""
+        return self.head_type != "other"
+
+    @property
+    def head(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(W (classes, n), b (classes,)) float64 of the final dense layer (a 1×1-conv head's kernel as a
+        matrix), or None for an "other" head, whose neurons have no activation×weight (the model is not
+        loaded for it)."""
+        if not self.has_head_weights:
+            return None
         with self._lock:
             if self._head is None:
-                lin = self.model.head_module
-                bias = lin.bias if lin.bias is not None else torch.zeros(lin.out_features)
-                self._head = tuple(_frozen(t.detach().cpu().double().numpy()) for t in (lin.weight, bias))
+                model = self.model
+                self._head = tuple(_frozen(t.detach().cpu().double().numpy())
+                                   for t in (model.head_weight, model.head_bias))
             return self._head
 
     # -- small cache helpers ----------------------------------------------------------------------
@@ -376,10 +394,11 @@ class Analysis:
                         output: str = "probability", maps: dict | None = None) -> dict[str, np.ndarray]:
         """Everything the Neuron Vulnerability View plots for one pair, per neuron (n,) float64:
         activation×weight curves, both bands and every registered measure (``neuron_measures.MEASURES``,
-        ``neuron_measures.pair_measures``). ``maps``: None computes the measures that need no
+        ``neuron_measures.pair_measures``); for an "other" head (``head`` None) only the measures that
+        need no weights (``Measure.needs_weights``). ``maps``: None computes the measures that need no
         vulnerability maps; else the keywords of ``iou_ranking`` (top, RF threshold, map settings) for
         the IoU arrays of the measures that need them too (computing the maps if they are not there)."""
-        W, b = self.head
+        W, b = self.head or (None, None)
         bc, ac = self.classes_of(pair)
         pb, pa = self.pooled(pair)
         iou = None if maps is None else {w: self.iou_ranking(pair, w, **maps)[0] for w in MAPS}

@@ -149,12 +149,16 @@ def _rules(limits: bool = True) -> dict[str, dict[str, _Rule]]:
     ``limits=False``: the server's bounds on work (``core.hosting``) are not applied."""
     from core.data import SOURCES, SPLITS  # lazily: core.data and core.models import this module
     from core.device import GPU_MAX_BATCH  # the most the automatic choice ever picks
-    from core.models import ARCHITECTURES
+    from core.models import ARCHITECTURES, TIMM_PREFIX
     s = settings() if limits else _UNBOUNDED
     name = _Rule(f"a module name (at most {MAX_STRING} characters), or leave the key out to find it")
     return {
         "model": {
-            "arch": _one_of(tuple(ARCHITECTURES)),
+            # a timm name is checked when the model is built (core.models.architecture: close matches)
+            "arch": _Rule("one of " + ", ".join(repr(o) for o in list(ARCHITECTURES)[:5])
+                          + f", ... ({len(ARCHITECTURES)} built in: core.models.ARCHITECTURES), or "
+                          f"\"{TIMM_PREFIX}<name>\" for a model timm knows (timm.list_models())",
+                          lambda v: v in ARCHITECTURES or (v.startswith(TIMM_PREFIX) and v != TIMM_PREFIX)),
             "checkpoint": _Rule("the path of a weights file (.pt, .pth, .th, .safetensors, ...) or of a "
                                 "model file that carries its architecture (.pt2, .onnx)"),
             "num_classes": _whole(2, s.max_classes, " (the model's outputs)"),

@@ -1,8 +1,15 @@
 """Features of a batch of images from one forward pass (paper §3.2, §5.1, §5.2.1).
 
-For each image: the logits, the softmax probabilities, the pooled penultimate activations (the n-D
-vector the final linear layer reads; the t-SNE input and the "activation" of activation×weight), and
-the last-conv feature maps (n×h×w; the receptive-field input). Hooks live only inside the call.
+For each image: the logits, the softmax probabilities, the pooled activations of the n neurons (the
+t-SNE input and the "activation" of activation×weight), and the last-conv feature maps (n×h×w; the
+receptive-field input). Hooks live only inside the call.
+
+"pooled" follows the model's head (``ExplainedModel.head_type``, ``core.models.capture``): for a
+"linear" head it is the vector the final linear layer reads, the global average of the maps, so
+``logits = W · pooled + b``; for "conv1x1" the global average of the maps too (the same identity by
+linearity); for "other" heads (an MLP, max or attention pooling, a norm after the pooling, ...) it is
+still the global average of each neuron's map, one activation per neuron for the t-SNE, the class
+statistics and the activation difference, though the head does not read it as such.
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ from core.models import ExplainedModel, capture
 class Features:
     logits: torch.Tensor  # (N, classes) float32
     probs: torch.Tensor  # (N, classes) float32
-    pooled: torch.Tensor  # (N, n) float32
+    pooled: torch.Tensor  # (N, n) float32: the neurons' global average activations (see above)
     fmaps: torch.Tensor | None  # (N, n, h, w) float32, or None when not asked for
 
 

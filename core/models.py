@@ -3,8 +3,12 @@
 The paper analyses the neurons of the *last convolutional layer* (§3.2): the feature maps that global
 pooling turns into the n-D penultimate vector, which the final dense layer maps to the logits
 (``logits = W · pooled + b``; row ``W[k]`` gives the activation×weight of class k, §5.2.1).
-:class:`ExplainedModel` finds those two modules automatically (or by name) and checks that the head
-really acts on the global average of the analysed maps, so every later measure is consistent.
+:class:`ExplainedModel` finds those two modules automatically (or by name, ``discover_layers``) and
+classifies the head (``head_type``): "linear" when it really acts on the global average of the analysed
+maps, "conv1x1" for a 1×1 convolution into class maps that are then averaged (the same by linearity),
+"other" for any other head (an MLP, max or attention pooling, a norm after the pooling), whose neurons
+have no activation×weight. Maps that only a functional op in ``forward`` produces are reached through a
+torch.fx tap (``_tap_pooled_maps``).
 
 Built-in architectures (``ARCHITECTURES``):
 
@@ -14,7 +18,10 @@ Built-in architectures (``ARCHITECTURES``):
   (akamaster/pytorch_resnet_cifar10 key names).
 - ``wrn18_places365``: CSAILVision's Places365 "wideresnet18" (ResNet18 layout, layer4 at stride 1, so a
   224-px input gives 14×14 last-conv maps).
-- torchvision ImageNet architectures by name (``resnet18``, ``resnet50``, ``wide_resnet50_2``, ...).
+- torchvision ImageNet architectures by name (``TORCHVISION_ARCHITECTURES``: the ResNets, VGG, DenseNet,
+  MobileNet, ConvNeXt, EfficientNet, RegNet), always with ``weights=None``.
+- ``timm:<name>`` (``architecture``): any model timm knows, ``pretrained=False``; its default mean, std
+  and input size from its pretrained config (``model_defaults``).
 
 Checkpoints (.pt/.pth/.th/.pth.tar via ``torch.load(weights_only=True)``, or .safetensors) never
 unpickle code. Nested ``state_dict`` entries and ``module.`` prefixes are handled; keys must match
@@ -33,6 +40,7 @@ import re
 import stat
 import tarfile
 import threading
+import typing
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -259,6 +267,16 @@ def _torchvision(name: str) -> Callable[..., nn.Module]:
     return build
 
 
+# torchvision's ImageNet classifiers by name, always built with weights=None (the user's checkpoint is
+# loaded strictly afterwards): ResNets and the other families whose last conv layer the method reads.
+TORCHVISION_ARCHITECTURES = (
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2",
+    "resnext50_32x4d", "resnext101_32x8d",
+    "vgg11", "vgg11_bn", "vgg16", "vgg16_bn", "densenet121", "densenet169",
+    "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "convnext_tiny", "convnext_small",
+    "efficientnet_b0", "efficientnet_b1", "efficientnet_b2", "efficientnet_b3",
+    "regnet_y_400mf", "regnet_y_800mf", "regnet_x_400mf")
+
 # name -> (builder(num_classes, in_channels, width), default normalization mean, std)
 ARCHITECTURES: dict[str, tuple[Callable[..., nn.Module], tuple, tuple]] = {
     "resnet18_cifar": (lambda num_classes=10, in_channels=3, width=64:
@@ -268,10 +286,69 @@ ARCHITECTURES: dict[str, tuple[Callable[..., nn.Module], tuple, tuple]] = {
        for n in (3, 5, 7, 9)},
     "wrn18_places365": (_wrn18_places365, IMAGENET_MEAN, IMAGENET_STD),
     "efficientnet_lite0": (_efficientnet_lite0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    **{name: (_torchvision(name), IMAGENET_MEAN, IMAGENET_STD)
-       for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-                    "wide_resnet50_2", "wide_resnet101_2", "resnext50_32x4d", "resnext101_32x8d")},
+    **{name: (_torchvision(name), IMAGENET_MEAN, IMAGENET_STD) for name in TORCHVISION_ARCHITECTURES},
 }
+
+# [model] arch = "timm:<name>": any model timm knows (timm.list_models(), or a "name.tag" whose tag picks
+# the pretrained config), built with pretrained=False: timm never downloads, the user's checkpoint
+# supplies the weights.
+TIMM_PREFIX = "timm:"
+
+
+def _timm_name(arch: str) -> str:
+    """The timm model name of ``arch`` ("timm:<name>"), checked against timm's registry: a ModelError with
+    the closest names when timm does not know it."""
+    import difflib
+
+    import timm
+    name = arch[len(TIMM_PREFIX):].strip()
+    if not timm.models.is_model(name):
+        close = difflib.get_close_matches(name.split(".")[0], timm.list_models(), n=5, cutoff=0.6)
+        hint = f"did you mean {', '.join(TIMM_PREFIX + c for c in close)}?" if close else \
+            "timm.list_models() lists the names timm knows"
+        raise ModelError(f"timm has no model named {name!r}: {hint}")
+    return name
+
+
+def architecture(arch: str) -> tuple[Callable[..., nn.Module], tuple, tuple]:
+    """(builder(num_classes, in_channels, width), mean, std) of ``arch``: an ``ARCHITECTURES`` entry, or
+    for "timm:<name>" a builder of timm's model (random weights) with the mean and std of its
+    pretrained config; a ModelError naming the choices (or timm's close matches) for an unknown one."""
+    if arch in ARCHITECTURES:
+        return ARCHITECTURES[arch]
+    if isinstance(arch, str) and arch.startswith(TIMM_PREFIX):
+        name = _timm_name(arch)
+
+        def build(num_classes: int = 1000, in_channels: int = 3, width: int = 64) -> nn.Module:
+            import timm
+            return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_channels)
+        defaults = model_defaults(arch)
+        return build, defaults["mean"], defaults["std"]
+    raise ModelError(f"unsupported architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES)}, or "
+                     f"{TIMM_PREFIX}<name> for a timm model")
+
+
+def model_defaults(arch: str) -> dict:
+    """What ``arch`` expects of its input, for the Prepare page to propose: {"mean", "std"} (tuples, one
+    per channel) and "input_size" ((C, H, W), or None when the architecture has none of its own). For a
+    timm model these come from its pretrained config (``timm.models.get_pretrained_cfg``); for the
+    built-ins from ``ARCHITECTURES`` (32 px for the CIFAR ones, 224 px for the ImageNet/Places ones)."""
+    if isinstance(arch, str) and arch.startswith(TIMM_PREFIX):
+        import timm
+        cfg = timm.models.get_pretrained_cfg(_timm_name(arch))
+        if cfg is None:
+            return {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "input_size": None}
+        return {"mean": tuple(cfg.mean), "std": tuple(cfg.std),
+                "input_size": tuple(cfg.input_size) if cfg.input_size else None}
+    _, mean, std = architecture(arch)
+    return {"mean": tuple(mean), "std": tuple(std),
+            "input_size": (3, 32, 32) if arch.endswith("_cifar") else (3, 224, 224)}
+
+
+def default_normalization(arch: str) -> tuple[tuple, tuple]:
+    """(mean, std) ``arch`` was trained with by default (``model_defaults``)."""
+    d = model_defaults(arch)
+    return d["mean"], d["std"]
 
 
 DEFAULT_ARCH = "resnet18_cifar"  # [model] arch when a weights-only checkpoint (or none) leaves it out
@@ -310,9 +387,8 @@ def resolved_arch(cfg: ModelConfig) -> str:
 
 
 def build_architecture(arch: str, num_classes: int, in_channels: int = 3, width: int = 64) -> nn.Module:
-    if arch not in ARCHITECTURES:
-        raise ModelError(f"unsupported architecture {arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[arch][0](num_classes=num_classes, in_channels=in_channels, width=width)
+    """A network of ``arch`` (``architecture``) with random weights."""
+    return architecture(arch)[0](num_classes=num_classes, in_channels=in_channels, width=width)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -832,6 +908,8 @@ def file_sha256(path: str | Path) -> str:
 # The wrapper
 # ---------------------------------------------------------------------------------------------
 _POOLING = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.MaxPool2d)
+HEAD_TYPES = ("linear", "conv1x1", "other")
+TAP = "feature_maps"  # the nn.Identity put where a functional op makes the pooled maps (_tap_pooled_maps)
 
 
 class ExplainedModel(nn.Module):
@@ -839,9 +917,20 @@ class ExplainedModel(nn.Module):
 
     Attributes:
         feature_layer: module name (in ``net``) whose output is the last-conv feature maps (n×h×w).
-        head: module name of the final ``nn.Linear``; ``head_weight`` is its (classes × n) matrix.
-        head_type: "linear" (global average pooling, then one linear layer: activation×weight applies).
+        head: module name of the classifier's last layer (an ``nn.Linear``, or the 1×1 convolution of a
+            "conv1x1" head).
+        head_type: how the logits follow from the analysed maps (``discover_layers``):
+            "linear": global average pooling, then one linear layer (``logits = W · pooled + b``);
+            "conv1x1": a 1×1 convolution to class maps, then global average pooling (the same by
+            linearity, W the convolution's weight); "other": any other head (an MLP, max or attention
+            pooling, a norm after the pooling, ...): activation×weight does not describe the neurons.
+        head_weight, head_bias: W (classes × n) and b (classes,) for "linear" and "conv1x1"; None for
+            "other".
         num_neurons, fmap_size, num_classes, input_shape.
+
+    When no module outputs the maps that are pooled into a linear head (DenseNet applies ``F.relu`` and
+    ``F.adaptive_avg_pool2d`` in ``forward``), ``net`` becomes a torch.fx GraphModule of the same modules
+    with an ``nn.Identity`` named ``TAP`` on that tensor, so hooks (``capture``) see it.
     """
 
     def __init__(self, net: nn.Module, mean, std, input_shape: tuple[int, int, int],
@@ -859,10 +948,21 @@ class ExplainedModel(nn.Module):
         self.input_shape = tuple(input_shape)
         for p in self.parameters():
             p.requires_grad_(False)  # attacks need input gradients only
-        self.feature_layer, self.head, self.fmap_size, self.num_classes = \
-            discover_layers(self, input_shape, feature_layer, head)
-        self.num_neurons = self.head_module.in_features
-        self.head_type = "linear"
+        found = discover_layers(self, input_shape, feature_layer, head)
+        if found.head_type == "other" and feature_layer is None:
+            tapped = _tap_pooled_maps(net)
+            if tapped is not None:  # a head on maps no module outputs: look again with the tap
+                self.net = tapped.eval()
+                try:
+                    again = discover_layers(self, input_shape, None, head)
+                except ModelError:  # tracing inlined the head (timm's Linear subclass becomes F.linear)
+                    again = found
+                if again.head_type == "other":
+                    self.net = net  # the tap did not help: keep the model as it was given
+                else:
+                    found = again
+        (self.feature_layer, self.head, self.head_type, self.fmap_size, self.num_neurons,
+         self.num_classes) = found
         self.eval()  # the wrapper's own flag too (nn.Module starts in training mode)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -871,43 +971,63 @@ class ExplainedModel(nn.Module):
         return self.net((x - self.mean) / self.std)
 
     @property
-    def head_module(self) -> nn.Linear:
+    def head_module(self) -> nn.Module:
         return self.net.get_submodule(self.head)
 
     @property
-    def head_weight(self) -> torch.Tensor:
-        return self.head_module.weight
+    def head_weight(self) -> torch.Tensor | None:
+        """W (classes × n) of a "linear" or "conv1x1" head; None for "other"."""
+        if self.head_type == "other":
+            return None
+        return self.head_module.weight.flatten(1)  # a 1×1 kernel (classes, n, 1, 1) is the same matrix
+
+    @property
+    def head_bias(self) -> torch.Tensor | None:
+        """b (classes,) of a "linear" or "conv1x1" head (zeros when it has none); None for "other"."""
+        if self.head_type == "other":
+            return None
+        weight, bias = self.head_module.weight, self.head_module.bias
+        return bias if bias is not None else torch.zeros(self.num_classes, device=weight.device)
 
     def train(self, mode: bool = True):  # the wrapped model is for analysis: it stays in eval mode
         return super().train(False)
 
 
 class capture:
-    """Context manager: capture the analysed layer's output and the head's input during forwards.
+    """Context manager: capture the analysed layer's output (``fmap``) and the neurons' activations
+    (``pooled``) during forwards.
 
-    Hooks are removed on exit, even on error, so a model shared across sessions is never left hooked;
-    they record only forwards made by the thread that opened the context.
+    ``pooled`` is the head's input for a "linear" head (so ``logits = W · pooled + b`` exactly) and the
+    spatial mean of the analysed maps otherwise (for "conv1x1" the same vector; for "other" the neurons'
+    global average activation, which the head does not read as such). Hooks are removed on exit, even on
+    error, so a model shared across sessions is never left hooked; they record only forwards made by the
+    thread that opened the context.
     """
 
     def __init__(self, model: ExplainedModel, feature_layer: str | None = None, head: str | None = None):
         self.model = model
         self.names = (feature_layer or model.feature_layer, head or model.head)
+        self.head_input = model.head_type == "linear" and self.names[1] is not None
         self.fmap: torch.Tensor | None = None
         self.pooled: torch.Tensor | None = None
 
     def __enter__(self) -> capture:
         owner = threading.get_ident()
-        fl, hd = (self.model.net.get_submodule(n) for n in self.names)
 
         def on_fmap(_m, _i, out):
             if threading.get_ident() == owner:
                 self.fmap = out
+                if not self.head_input:
+                    self.pooled = out.float().mean((2, 3))
 
         def on_head(_m, inputs, _o):
             if threading.get_ident() == owner:
                 self.pooled = inputs[0]
 
-        self._handles = [fl.register_forward_hook(on_fmap), hd.register_forward_hook(on_head)]
+        net = self.model.net
+        self._handles = [net.get_submodule(self.names[0]).register_forward_hook(on_fmap)]
+        if self.head_input:
+            self._handles.append(net.get_submodule(self.names[1]).register_forward_hook(on_head))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -915,24 +1035,78 @@ class capture:
             h.remove()
 
 
-def discover_layers(model: nn.Module, input_shape, feature_layer: str | None = None,
-                    head: str | None = None) -> tuple[str, str, tuple[int, int], int]:
-    """Find (feature layer, head, feature-map size, classes) by one traced forward on random input.
+class Discovery(typing.NamedTuple):
+    """What ``discover_layers`` found (see ``ExplainedModel``'s attributes)."""
+    feature_layer: str
+    head: str
+    head_type: str
+    fmap_size: tuple[int, int]
+    num_neurons: int
+    num_classes: int
 
-    Head: the last ``nn.Linear`` to run, whose output must be the logits. Analysed layer: the last
-    non-pooling module to finish with a 4-D output (so the outermost container, e.g. ``layer4``).
-    Both can be overridden by module name. The head's input must equal the global average of the
-    analysed maps, otherwise activation×weight would not describe these neurons.
+
+def _is_pooling(module: nn.Module) -> bool:
+    """A pooling layer: torch's, or a module named like one (timm's SelectAdaptivePool2d, onnx2torch's
+    global pools), whose output are pooled maps, never the analysed ones."""
+    return isinstance(module, _POOLING) or "pool" in type(module).__name__.lower()
+
+
+def _global_pooling(module: nn.Module, inp: torch.Tensor | None, out: torch.Tensor) -> bool:
+    """A module that reduces whole maps to one value per channel: an adaptive pooling to 1×1; any other
+    pooling module with 1×1 or flat output except the fixed-window ones (a 2×2 pool of 2×2 maps is not
+    global); or, by what it does, any module but a convolution or linear layer that turns (N, C, H, W)
+    maps of more than one pixel into (N, C, 1, 1) or (N, C) (a spatial mean as a leaf op of an exported
+    graph)."""
+    if isinstance(module, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d):
+        return module.output_size in (1, (1, 1), [1, 1])
+    flat = out.dim() == 2 or (out.dim() == 4 and out.shape[2] * out.shape[3] == 1)
+    if isinstance(module, nn.AvgPool2d | nn.MaxPool2d | nn.Conv2d | nn.Linear) or not flat:
+        return False
+    maps = isinstance(inp, torch.Tensor) and inp.dim() == 4 and inp.shape[2] * inp.shape[3] > 1
+    return _is_pooling(module) or (maps and tuple(out.shape[:2]) == tuple(inp.shape[:2]))
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal up to float32 rounding, relative to the values' scale: random or freshly initialized heads
+    give logits of ~1e-3, where a fixed tolerance would call a ReLU'd map's mean equal to the map's."""
+    if a.shape != b.shape:
+        return False
+    a, b = a.float(), b.float()
+    scale = max(float(a.abs().max()), float(b.abs().max()), 1e-6) if a.numel() else 1.0
+    return bool(((a - b).abs() <= 1e-4 * scale).all())
+
+
+def discover_layers(model: nn.Module, input_shape, feature_layer: str | None = None,
+                    head: str | None = None) -> Discovery:
+    """Find the analysed layer and the head by one forward on random input with every module hooked.
+
+    Head: the last module to run that is an ``nn.Linear`` or a 1×1 convolution into one map per class
+    whose spatial mean is the logits; a linear head's output must be the logits. Analysed layer,
+    among the modules with (N, C, H, W) output that are not pooling or dropout and finish before the
+    last global pooling module (``_global_pooling``) that runs before the head:
+
+    - "linear" / "conv1x1": the last to finish (so the outermost container, e.g. ``layer4``) whose global
+      average equals the head's input vector (its input maps' global average for a 1×1 conv);
+    - "other" when none does: the last to finish with the last convolution's output shape (e.g. VGG's
+      ReLU before its last max-pool; ConvNeXt's ``features``).
+
+    Both can be overridden by module name; a named layer whose average is not the head's input when
+    another layer's is, is an error. ``ExplainedModel`` looks again through a torch.fx tap when the
+    first look finds "other" (``_tap_pooled_maps``).
     """
     net = model.net
-    names = {m: n for n, m in net.named_modules() if n}
+    modules = dict(net.named_modules())
+    names = {m: n for n, m in modules.items() if n}
     for label, name in (("feature_layer", feature_layer), ("head", head)):
-        if name is not None and name not in dict(net.named_modules()):
+        if name is not None and name not in modules:
             raise ModelError(f"[model] {label} = {name!r} is not a module of this model; "
-                             f"modules include: {', '.join(list(dict(net.named_modules()))[1:40])}")
+                             f"modules include: {', '.join(list(modules)[1:40])}")
     events: list[tuple[str, nn.Module, torch.Tensor, torch.Tensor | None]] = []
+
+    def copy(t):  # as the module gave it: a later in-place op (ReLU(inplace=True)) must not change it
+        return t.clone() if isinstance(t, torch.Tensor) else t
     handles = [m.register_forward_hook(
-        lambda mod, inp, out: events.append((names[mod], mod, out, inp[0] if inp else None)))
+        lambda mod, inp, out: events.append((names[mod], mod, copy(out), copy(inp[0]) if inp else None)))
         for m in names]
     x = torch.rand((2, *input_shape), generator=torch.Generator().manual_seed(0))
     try:
@@ -949,31 +1123,113 @@ def discover_layers(model: nn.Module, input_shape, feature_layer: str | None = N
         raise ModelError(f"the model produced NaN or infinite logits on a random {tuple(input_shape)} "
                          "input: its weights or BatchNorm statistics are broken; check the checkpoint and "
                          "the normalization ([model] mean and std)")
-    linears = [e for e in events if isinstance(e[1], nn.Linear) and (head is None or e[0] == head)]
-    if not linears:
-        fix = ("[model] head must name the final nn.Linear, or be left out to find it" if head
+    events = [e for e in events if isinstance(e[2], torch.Tensor)]
+
+    def class_maps(e) -> bool:  # a 1×1 convolution whose maps, averaged, are the logits
+        m, out = e[1], e[2]
+        return (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1 and out.dim() == 4
+                and _same(out.mean((2, 3)), logits))
+    heads = [e for e in events if (head is None or e[0] == head)
+             and (isinstance(e[1], nn.Linear) or class_maps(e))]
+    if not heads:
+        fix = ("[model] head must name the final nn.Linear (or a 1×1 convolution into class maps that are "
+               "averaged into the logits), or be left out to find it" if head
                else "a model without one cannot be explained (or set [model] head)")
         raise ModelError(f"no linear head {'named ' + repr(head) if head else 'found'}: the method needs "
                          f"a final nn.Linear on the pooled last-conv features; {fix}")
-    head_name, head_mod, head_out, pooled = linears[-1]
-    if not (head_out.shape == logits.shape and torch.allclose(head_out, logits, atol=1e-5)):
+    head_name, head_mod, head_out, head_in = heads[-1]
+    conv1x1 = not isinstance(head_mod, nn.Linear)
+    if not conv1x1 and not _same(head_out, logits):
         raise ModelError(f"{head_name!r} is not the final layer: its output is not the model's logits")
-    convs = [e for e in events if isinstance(e[2], torch.Tensor) and e[2].dim() == 4
-             and not isinstance(e[1], _POOLING) and (feature_layer is None or e[0] == feature_layer)]
-    if not convs:
-        fix = (f"[model] feature_layer = {feature_layer!r} must name a module with (N, C, H, W) output, "
-               "e.g. the last conv block, or be left out to find it" if feature_layer
-               else "so the model needs one (or set [model] feature_layer)")
-        raise ModelError(f"no convolutional feature maps found: the method analyses the last conv "
-                         f"layer's neurons, {fix}")
-    fl_name, _m, fmap, _ = convs[-1]
-    if fmap.shape[1] != pooled.shape[-1] or not torch.allclose(
-            fmap.float().mean((2, 3)), pooled.reshape(pooled.shape[0], -1).float(), atol=1e-4, rtol=1e-4):
-        raise ModelError(
-            f"the head {head_name!r} does not act on the global average of {fl_name!r} "
-            f"({tuple(fmap.shape[1:])} maps, head input {tuple(pooled.shape[1:])}); set [model] "
-            "feature_layer to the module whose output is average-pooled into the head")
-    return fl_name, head_name, (int(fmap.shape[2]), int(fmap.shape[3])), int(logits.shape[1])
+    n_img = logits.shape[0]
+    wanted = head_in.float().mean((2, 3)) if conv1x1 else head_in.reshape(n_img, -1)
+
+    def gap_of_head_input(e) -> bool:
+        return e[2].shape[1] == wanted.shape[1] and _same(e[2].float().mean((2, 3)), wanted)
+    # the head reads what the last global pooling before it made; nothing after that pooling is a map of
+    # the analysed layer (timm's LayerNorm2d on the pooled (N, C, 1, 1) maps would match otherwise)
+    at = next(i for i, e in enumerate(events) if e is heads[-1])
+    pooled_at = [i for i, e in enumerate(events[:at]) if _global_pooling(e[1], e[3], e[2])]
+    before = events[:pooled_at[-1]] if pooled_at else events
+    pools = tuple(e[0] + "." for e in events if _is_pooling(e[1]))
+    maps = [e for e in events if e[2].dim() == 4 and e[1] is not head_mod and not _is_pooling(e[1])
+            and not e[0].startswith(pools) and not isinstance(e[1], nn.modules.dropout._DropoutNd)]
+    in_maps = {id(m) for m in maps}
+    auto = [e for e in before if id(e) in in_maps]
+    convs = [e for e in before if isinstance(e[1], nn.Conv2d) and e[1] is not head_mod]
+    last_conv = convs[-1] if convs else None
+    on_gap = [e for e in auto if gap_of_head_input(e)]
+    if feature_layer is not None:
+        named = [e for e in maps if e[0] == feature_layer]
+        if not named:
+            raise ModelError(f"no convolutional feature maps found: the method analyses the last conv "
+                             f"layer's neurons, [model] feature_layer = {feature_layer!r} must name a module "
+                             "with (N, C, H, W) output, e.g. the last conv block, or be left out to find it")
+        chosen = named[-1]
+        if not gap_of_head_input(chosen) and on_gap:
+            raise ModelError(
+                f"the head {head_name!r} does not act on the global average of {feature_layer!r} "
+                f"({tuple(chosen[2].shape[1:])} maps, head input {tuple(wanted.shape[1:])}); set [model] "
+                "feature_layer to the module whose output is average-pooled into the head, e.g. "
+                f"{on_gap[-1][0]!r}, or leave it out")
+        kind = ("conv1x1" if conv1x1 else "linear") if gap_of_head_input(chosen) else "other"
+    elif on_gap:
+        chosen, kind = on_gap[-1], "conv1x1" if conv1x1 else "linear"
+    else:
+        if not auto:
+            raise ModelError("no convolutional feature maps found: the method analyses the last conv "
+                             "layer's neurons, so the model needs one (or set [model] feature_layer)")
+        shaped = [e for e in auto if last_conv is None or e[2].shape[1:] == last_conv[2].shape[1:]]
+        chosen, kind = (shaped or auto)[-1], "other"
+    fmap = chosen[2]
+    return Discovery(chosen[0], head_name, kind, (int(fmap.shape[2]), int(fmap.shape[3])),
+                     int(fmap.shape[1]), int(logits.shape[1]))
+
+
+_ADAPTIVE_AVG = (F.adaptive_avg_pool2d, torch._C._nn.adaptive_avg_pool2d)
+
+
+def _global_average(gm, node) -> bool:
+    """Whether a node of ``gm``'s graph averages (N, C, H, W) maps over all of H and W (a module, a
+    function or a method)."""
+    import torch.fx as fx
+    if node.op == "call_module":
+        m = gm.get_submodule(node.target)
+        return isinstance(m, nn.AdaptiveAvgPool2d) and m.output_size in (1, (1, 1), [1, 1])
+    if node.op == "call_function" and node.target in _ADAPTIVE_AVG:
+        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+        return size in (1, (1, 1), [1, 1])
+    if (node.op == "call_method" and node.target == "mean") or \
+            (node.op == "call_function" and node.target is torch.mean):
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        return isinstance(node.args[0], fx.Node) and dim is not None and \
+            sorted(d % 4 for d in ([dim] if isinstance(dim, int) else dim)) == [2, 3]
+    return False
+
+
+def _tap_pooled_maps(net: nn.Module) -> nn.Module | None:
+    """``net`` as a torch.fx GraphModule (the same modules and weights) with an ``nn.Identity`` named
+    ``TAP`` on the maps its last global average pooling reads, or None when it cannot be traced or has
+    no such pooling. Traced under core.vulnerability's tracer lock (torch.fx patches torch process-wide
+    while tracing)."""
+    from core.vulnerability import _TRACE_LOCK, _symbolic_trace
+    if TAP in dict(net.named_modules()):
+        return None
+    try:
+        with _TRACE_LOCK:
+            gm = _symbolic_trace(net)
+    except Exception:  # control flow on tensors, unsupported ops: the model stays as it is
+        return None
+    pools = [n for n in gm.graph.nodes if _global_average(gm, n)]
+    if not pools or not hasattr(pools[-1].args[0], "op"):
+        return None
+    pool, maps = pools[-1], pools[-1].args[0]
+    gm.add_submodule(TAP, nn.Identity())
+    with gm.graph.inserting_after(maps):
+        tap = gm.graph.call_module(TAP, (maps,))
+    pool.replace_input_with(maps, tap)
+    gm.recompile()
+    return gm
 
 
 def load_model(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> ExplainedModel:

@@ -97,7 +97,16 @@ neurons at once; neurons are ranked by descending IoU.
 **The registry** (``MEASURES``): one ``Measure`` per way the neurons can be ranked (the sorts of the
 Neuron ranking page), in menu order: its key, label, plain words, the function from one pair's inputs
 (``PairInput``: pooled vectors, head, classes, bands, curves, substitution effects, the IoU arrays when
-the maps are there) to its (n,) values, whether it needs the vulnerability maps, and how its value reads.
+the maps are there) to its (n,) values, whether it needs the vulnerability maps or the head's weights,
+and how its value reads.
+
+**Heads without activation×weight.** Everything above that reads W assumes the head is global average
+pooling into one linear layer (or a 1×1 convolution into class maps, then the average: the same by
+linearity). For any other head (an MLP, max or attention pooling, a norm after the pooling,
+``core.models.ExplainedModel.head_type`` "other") a neuron's contribution to a logit is not
+``p[j] · W[k, j]``, so the curves, bands, band gap, curve difference and substitution are not computed
+(``pair_input`` with ``weight=None``; ``Measure.needs_weights``); the activation difference and the IoU
+measures need no weights and are kept, with ``p`` the global average of each neuron's map.
 The sort menu, the selection's and the link's validation (``core.ui.state.NEURON_SORTS``), the chart's
 hover columns, the neuron's detail text, ``Analysis.neuron_measures`` and the tests iterate over it, so
 a new measure is its function, its entry here and its test.
@@ -363,18 +372,24 @@ class PairInput:
     ({"benign"|"adversarial": (lo, hi)}, ``pair_bands``); the activation×weight curves ``benign_axw``
     (p_B·W[B]) and ``adversarial_axw`` (p_A·W[A]); the direct ``substitution`` effects
     (``substitution_effect``); and ``iou`` ({"bmap"|"amap": IoU of each neuron's RF with the binarized
-    map}, ``iou_ranking``), None when the vulnerability maps were not asked for."""
+    map}, ``iou_ranking``), None when the vulnerability maps were not asked for. Without a head's
+    weights (a model whose head is not "linear" or "conv1x1", ``core.models.ExplainedModel.head_type``)
+    ``weight``, ``bias``, ``bands``, the curves and ``substitution`` are None (``has_weights``)."""
     benign_pooled: np.ndarray
     adversarial_pooled: np.ndarray
-    weight: np.ndarray
-    bias: np.ndarray
+    weight: np.ndarray | None
+    bias: np.ndarray | None
     benign_class: int
     adversarial_class: int
-    bands: dict
-    benign_axw: np.ndarray
-    adversarial_axw: np.ndarray
-    substitution: dict
+    bands: dict | None
+    benign_axw: np.ndarray | None
+    adversarial_axw: np.ndarray | None
+    substitution: dict | None
     iou: dict | None = None
+
+    @property
+    def has_weights(self) -> bool:
+        return self.weight is not None
 
 
 def pair_input(stats: dict, weight, bias, benign_pooled, adversarial_pooled, benign_class: int,
@@ -382,9 +397,15 @@ def pair_input(stats: dict, weight, bias, benign_pooled, adversarial_pooled, ben
                coverage: float = DEFAULT_COVERAGE, adversarial_band: str = DEFAULT_ADVERSARIAL_BAND,
                output: str = "probability", iou: dict | None = None) -> PairInput:
     """The ``PairInput`` of one pair from the store's class statistics, the head and the pair's pooled
-    vectors (the band and substitution settings as for ``pair_bands`` and ``substitution_effect``)."""
-    W, b = _np(weight), _np(bias)
+    vectors (the band and substitution settings as for ``pair_bands`` and ``substitution_effect``).
+    ``weight`` None (a head without activation×weight): only the pooled vectors, classes and IoU."""
     pb, pa = _np(benign_pooled), _np(adversarial_pooled)
+    if weight is None:
+        return PairInput(benign_pooled=pb, adversarial_pooled=pa, weight=None, bias=None,
+                         benign_class=benign_class, adversarial_class=adversarial_class, bands=None,
+                         benign_axw=None, adversarial_axw=None, substitution=None,
+                         iou=None if iou is None else {k: _np(v) for k, v in iou.items()})
+    W, b = _np(weight), _np(bias)
     return PairInput(
         benign_pooled=pb, adversarial_pooled=pa, weight=W, bias=b, benign_class=benign_class,
         adversarial_class=adversarial_class,
@@ -404,8 +425,10 @@ class Measure:
     short name (the table column, and by default the words before its value); ``summary``: one plain line
     for the sort menu's tooltip; ``help``: the full plain words (the "?" of its value); ``compute``:
     ``PairInput`` → (n,) float64, ranked descending (``rank``); ``needs_maps``: ``compute`` reads
-    ``PairInput.iou`` (the vulnerability maps must be computed first); ``vmap``: the map ("bmap"/"amap")
-    whose binarized mask it compares the RFs with (the page warns when that mask is empty).
+    ``PairInput.iou`` (the vulnerability maps must be computed first); ``needs_weights``: ``compute``
+    reads the head's weights (activation×weight: unavailable when the head is not global average pooling
+    into one linear layer or a 1×1 convolution, ``PairInput.has_weights``); ``vmap``: the map
+    ("bmap"/"amap") whose binarized mask it compares the RFs with (the page warns when that mask is empty).
 
     How its value reads: ``fmt``, the number format; ``reads``: "value" (``phrase: number``), "decrease"
     or "increase" (a change in words, ``phrase falls by x``: a decrease is shown as a fall);
@@ -420,6 +443,7 @@ class Measure:
     help: str
     compute: Callable[[PairInput], np.ndarray]
     needs_maps: bool = False
+    needs_weights: bool = False
     vmap: str | None = None
     fmt: str = ".4g"
     reads: str = "value"
@@ -458,7 +482,7 @@ MEASURES: tuple[Measure, ...] = (
               "C, the right end). Zero: the two ranges overlap (region B). The paper's neuron-perturbation "
               "measure; it compares whole classes, so it is steadier than the curve difference of one "
               "image pair."),
-        compute=lambda p: band_gap(p.bands["adversarial"], p.bands["benign"])),
+        compute=lambda p: band_gap(p.bands["adversarial"], p.bands["benign"]), needs_weights=True),
     Measure(
         "curve_difference", "curve difference", "curve difference",
         summary="the same for this image pair alone: the adversarial curve minus the benign curve.",
@@ -466,7 +490,8 @@ MEASURES: tuple[Measure, ...] = (
               "for the adversarial class on the attacked image than it spoke for the benign class on the "
               "original image. It depends on this one image pair only, so it is noisier than the band "
               "gap."),
-        compute=lambda p: curve_difference(p.benign_axw, p.adversarial_axw), hover_line="band_gap"),
+        compute=lambda p: curve_difference(p.benign_axw, p.adversarial_axw), hover_line="band_gap",
+        needs_weights=True),
     Measure(
         "iou_bmap", "IoU with bMap (image perturbation)", "IoU with bMap",
         summary=("overlap of the neuron's receptive field on the original image with the pixels where the "
@@ -495,7 +520,7 @@ MEASURES: tuple[Measure, ...] = (
               "other neuron as it was, and recompute the class probabilities: how much the benign class's "
               "probability falls. Large: this neuron alone carries much of the attack."),
         compute=lambda p: p.substitution["benign_decrease"], fmt=".3g", reads="decrease",
-        phrase="P({benign})", hover_line="substitution", detail_line="substitution"),
+        phrase="P({benign})", hover_line="substitution", detail_line="substitution", needs_weights=True),
     Measure(
         "adversarial_increase", "direct substitution: adversarial probability rise",
         "direct substitution: adversarial probability rise",
@@ -505,7 +530,8 @@ MEASURES: tuple[Measure, ...] = (
               "other neuron as it was, and recompute the class probabilities: how much the adversarial "
               "class's probability rises. Large: this neuron alone carries much of the attack."),
         compute=lambda p: p.substitution["adversarial_increase"], fmt=".3g", reads="increase",
-        phrase="P({adversarial})", hover_line="substitution", detail_line="substitution"),
+        phrase="P({adversarial})", hover_line="substitution", detail_line="substitution",
+        needs_weights=True),
     Measure(
         "activation_difference", "activation difference (no weights)", "activation difference",
         summary=("how much more the neuron is active on the attacked image than on the original one, "
@@ -527,11 +553,14 @@ def pair_measures(p: PairInput) -> dict[str, np.ndarray]:
     """Everything the Neuron Vulnerability View plots for one pair, per neuron (n,) float64: the
     activation×weight curves (``benign_axw``, ``adversarial_axw``), both bands (``benign_lo``,
     ``benign_hi``, ``adversarial_lo``, ``adversarial_hi``) and every registered measure under its key,
-    those that need the maps only when ``p.iou`` is given."""
-    out = {"benign_axw": p.benign_axw, "adversarial_axw": p.adversarial_axw,
-           "benign_lo": p.bands["benign"][0], "benign_hi": p.bands["benign"][1],
-           "adversarial_lo": p.bands["adversarial"][0], "adversarial_hi": p.bands["adversarial"][1]}
+    those that need the maps only when ``p.iou`` is given. Without the head's weights
+    (``p.has_weights`` False) the curves, bands and the measures that need weights are left out."""
+    out = {}
+    if p.has_weights:
+        out = {"benign_axw": p.benign_axw, "adversarial_axw": p.adversarial_axw,
+               "benign_lo": p.bands["benign"][0], "benign_hi": p.bands["benign"][1],
+               "adversarial_lo": p.bands["adversarial"][0], "adversarial_hi": p.bands["adversarial"][1]}
     for m in MEASURES:
-        if p.iou is not None or not m.needs_maps:
+        if (p.iou is not None or not m.needs_maps) and (p.has_weights or not m.needs_weights):
             out[m.key] = np.asarray(m.compute(p), dtype=np.float64)
     return out

@@ -548,7 +548,7 @@ def build_manifest(job: _Job, clean: _Clean, attacked: _Attacked, maps_info: dic
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": cfg.to_dict(), "fingerprints": job.fingerprints, "dataset": ds.name,
         "classes": list(ds.classes), "input_shape": list(ctx.shape),
-        "model": {"feature_layer": model.feature_layer, "head": model.head,
+        "model": {"feature_layer": model.feature_layer, "head": model.head, "head_type": model.head_type,
                   "num_neurons": model.num_neurons, "fmap_size": list(model.fmap_size),
                   "num_classes": model.num_classes},
         "attack": {"precision": ctx.precision, "device": str(ctx.device), "batch_size": ctx.batch,

@@ -51,8 +51,8 @@ st.markdown(view.header)
 
 # -- controls --------------------------------------------------------------------------------------------
 c_sort, c_zoom, c_id = st.columns([2.2, 1, 1])
-session.seed("neuron_ranking_sort", sel.neuron_sort)
-c_sort.selectbox("Sort neurons by", list(NEURON_SORTS), format_func=NEURON_SORTS.get,
+session.seed("neuron_ranking_sort", view.sort)  # the store's sorts only (view.sorts: none needing weights)
+c_sort.selectbox("Sort neurons by", list(view.sorts), format_func=NEURON_SORTS.get,
                  key="neuron_ranking_sort", help=view.sort_help,
                  on_change=_from_widget, args=("neuron_sort", "neuron_ranking_sort"))
 session.seed("neuron_ranking_zoom", min(int(sel.zoom), view.num_neurons))  # the widget's bounds
@@ -63,22 +63,25 @@ session.seed("neuron_ranking_neuron", view.neuron)
 c_id.number_input("Or type a neuron id", min_value=0, max_value=view.num_neurons - 1, step=1,
                   key="neuron_ranking_neuron", placeholder="neuron id", help=nc.CONTROL_HELP["neuron_id"],
                   on_change=lambda: _select(st.session_state["neuron_ranking_neuron"]))
-with st.expander("Band settings"):
-    b1, b2 = st.columns(2)
-    session.seed("neuron_ranking_interval", sel.interval)
-    b1.selectbox("Band interval", list(neuron_measures.INTERVALS), key="neuron_ranking_interval",
-                 on_change=_on_interval, args=(view.coverages,), help=view.interval_help,
-                 format_func=neuron_measures.INTERVAL_LABELS.get)
-    session.seed("neuron_ranking_coverage", view.coverage)
-    b2.selectbox("Coverage", view.coverages[sel.interval], key="neuron_ranking_coverage",
-                 help=HELP["coverage"], on_change=_from_widget,
-                 args=("coverage", "neuron_ranking_coverage", float),
-                 format_func=lambda c: f"{c:.0%}")
-    st.caption("The benign band is the benign images of the benign class; the adversarial band the benign "
-               "images of the adversarial class (× each class's weights). Band gap > 0: region A.",
-               help=HELP["class_band"])
+if view.has_weights:  # the bands are of activation×weight: none without the head's weights
+    with st.expander("Band settings"):
+        b1, b2 = st.columns(2)
+        session.seed("neuron_ranking_interval", sel.interval)
+        b1.selectbox("Band interval", list(neuron_measures.INTERVALS), key="neuron_ranking_interval",
+                     on_change=_on_interval, args=(view.coverages,), help=view.interval_help,
+                     format_func=neuron_measures.INTERVAL_LABELS.get)
+        session.seed("neuron_ranking_coverage", view.coverage)
+        b2.selectbox("Coverage", view.coverages[sel.interval], key="neuron_ranking_coverage",
+                     help=HELP["coverage"], on_change=_from_widget,
+                     args=("coverage", "neuron_ranking_coverage", float),
+                     format_func=lambda c: f"{c:.0%}")
+        st.caption("The benign band is the benign images of the benign class; the adversarial band the "
+                   "benign images of the adversarial class (× each class's weights). Band gap > 0: region A.",
+                   help=HELP["class_band"])
 
 # -- the chart, both ends of the order and the selected neuron -------------------------------------------
+if view.unavailable:  # a head without activation×weight: which measures are missing, and why
+    st.info(view.unavailable)
 if view.notice:  # an empty or partial top-% mask: said before the chart it qualifies
     getattr(st, view.notice[0])(view.notice[1])
 st.plotly_chart(view.figure, key=CHART, selection_mode=("points",),

@@ -7,6 +7,12 @@ by the selected sort (``neuron_measures.MEASURES``), and returns the pair's head
 and words, the chart, the table of both ends of the order, the selected neuron's numbers, and the notice
 that qualifies an IoU ranking whose vulnerability-map mask is empty or smaller than asked. Every
 Markdown text here has the class names escaped (``text.plain``); the figure escapes them itself.
+
+A store whose model has no activation×weight (``Analysis.has_head_weights`` False: a head that is not
+global average pooling into one linear layer, ``core.models.ExplainedModel.head_type`` "other") offers
+only the sorts that need no weights (``Measure.needs_weights``), ranks by the activation difference when
+the selection asks for one of the others, says why in ``NO_WEIGHTS``, and draws each neuron's average
+activation on both images (``activation_figure``) instead of the activation×weight curves and bands.
 """
 from __future__ import annotations
 
@@ -21,9 +27,16 @@ from core.map_settings import MapSettings
 from core.ui import neuron_charts as nc
 from core.ui.palette import class_colors
 from core.ui.state import NEURON_SORTS, Selection
-from core.ui.text import number, plain
+from core.ui.text import number, plain, plotly_text
 from core.ui.views import map_settings
 
+NO_WEIGHTS = (
+    "This model's head is not global average pooling into one linear layer, so a neuron's activation "
+    "times its weight does not say how much it pushes a class: the band gap, curve difference and direct "
+    "substitution are unavailable. The activation difference, the IoU with bMap and aMap, receptive "
+    "fields, clustering and context images still work.")
+FALLBACK_SORT = "activation_difference"  # the sort without weights used when the selection's needs them
+ACTIVATION_NAMES = ("benign activation", "adversarial activation")  # activation_figure's traces (meta)
 STRIP = (" The strip under the curves colours each neuron by its band-gap region (A: excited, B: unaffected, "
          "C: inhibited); sort by band gap to see them as regions.")
 
@@ -32,6 +45,10 @@ STRIP = (" The strip under the curves colours each neuron by its band-gap region
 class RankingView:
     """What the Neuron ranking page draws (Markdown texts escaped, see the module docstring)."""
     header: str                          # the pair: classes and probabilities before → after the attack
+    sort: str                            # the sort used: the selection's, or FALLBACK_SORT without weights
+    sorts: dict[str, str]                # the sort menu: key -> label, those this store offers
+    has_weights: bool                    # activation×weight applies (bands, curves; Band settings shown)
+    unavailable: str | None              # NO_WEIGHTS without the head's weights: why sorts are missing
     sort_help: str                       # the sort menu's tooltip: one line per sort
     interval_help: str                   # the band interval menu's tooltip
     coverages: dict[str, list[float]]    # per band interval, the coverages offered
@@ -54,10 +71,58 @@ class RankingView:
     details: list[tuple[str, str]]       # its numbers: (Markdown line, help)
 
 
+def sorts(analysis) -> dict[str, str]:
+    """The sorts the store offers (key -> menu label): all of them, or without the head's weights those
+    that need none."""
+    return {m.key: NEURON_SORTS[m.key] for m in neuron_measures.MEASURES
+            if analysis.has_head_weights or not m.needs_weights}
+
+
+def used_sort(analysis, sel: Selection) -> str:
+    """The selection's sort if the store offers it, else ``FALLBACK_SORT``."""
+    return sel.neuron_sort if sel.neuron_sort in sorts(analysis) else FALLBACK_SORT
+
+
 def computes_maps(analysis, sel: Selection) -> bool:
     """Whether ``ranking_view`` will compute the pair's vulnerability maps (slow: the page says so)."""
-    return (neuron_measures.BY_KEY[sel.neuron_sort].needs_maps
+    return (neuron_measures.BY_KEY[used_sort(analysis, sel)].needs_maps
             and not analysis.has_vulnerability_maps(sel.pair, map_settings(analysis, sel)))
+
+
+def activation_figure(activations: tuple, order, *, classes: tuple[str, str], colors: tuple[str, str],
+                      sort_label: str, selected: int | None = None, height: int = 420) -> go.Figure:
+    """Each neuron's average activation (its pooled value) on the benign and on the adversarial image,
+    for the neurons ``order`` (ids, plotted at x = 0..len−1): the chart of a model without
+    activation×weight. Every point carries its neuron id as ``customdata[0]`` (a click selects it), as
+    in ``neuron_charts.ranking_figure``; class names go through ``text.plotly_text``."""
+    order = np.asarray(order, dtype=np.int64)
+    n, x = len(order), list(range(len(order)))
+    names = (plotly_text(classes[0]), plotly_text(classes[1]))
+    opacity = 1.0 if n <= nc.MARKER_MAX else 0.0
+    keep = {"selected": {"marker": {"opacity": opacity}}, "unselected": {"marker": {"opacity": opacity}}}
+    data = [{"type": "scatter", "x": x, "y": np.asarray(a, dtype=np.float64)[order].tolist(),
+             "mode": "lines+markers", "line": {"color": color, "width": 1.6},
+             "marker": {"size": 5, "color": color, "opacity": opacity}, **keep, "meta": meta,
+             "name": f"{name}: {side} image", "customdata": [[int(j)] for j in order],
+             "hovertemplate": f"neuron %{{customdata[0]}} · {name} ({side}): %{{y:.4g}}<extra></extra>"}
+            for a, color, name, side, meta in zip(activations, colors, names, ("benign", "adversarial"),
+                                                  ACTIVATION_NAMES, strict=True)]
+    shapes, notes = [], []
+    if selected is not None and selected in set(order.tolist()):
+        pos = int(np.flatnonzero(order == selected)[0])
+        shapes.append({"type": "line", "xref": "x", "yref": "paper", "x0": pos, "x1": pos, "y0": 0, "y1": 1,
+                       "line": {"color": "#d62728", "width": 2, "dash": "dot"}})
+        notes.append({"x": pos, "xref": "x", "y": 1, "yref": "paper", "text": f"neuron {selected}",
+                      "showarrow": False, "yanchor": "bottom", "font": {"color": "#d62728"}})
+    ticks = list(range(0, n, max(1, -(-n // nc.MAX_TICKS))))
+    layout = {"height": height, "margin": {"l": 10, "r": 10, "t": 60, "b": 10}, "hovermode": "x",
+              "hoverdistance": -1, "dragmode": "zoom", "clickmode": "event+select", "shapes": shapes,
+              "annotations": notes, "legend": {"orientation": "h", "yanchor": "bottom", "y": 1.08, "x": 0},
+              "xaxis": {"range": [-0.5, n - 0.5], "tickmode": "array", "tickvals": ticks,
+                        "ticktext": [str(int(order[i])) for i in ticks],
+                        "title": {"text": f"neurons sorted by {sort_label} (tick labels: neuron ids)"}},
+              "yaxis": {"fixedrange": True, "title": {"text": "average activation"}}}
+    return go.Figure(data=data, layout=layout)
 
 
 def coverages(analysis) -> dict[str, list[float]]:
@@ -75,10 +140,11 @@ def _header(analysis, pair: int, names: tuple[str, str]) -> str:
             f"P({a}) {row['adv_prob_benign']:.1%} → {row['adv_prob']:.1%}")
 
 
-def _notice(analysis, sel: Selection, values: np.ndarray, maps: MapSettings) -> tuple[str, str] | None:
+def _notice(analysis, sel: Selection, sort: str, values: np.ndarray,
+            maps: MapSettings) -> tuple[str, str] | None:
     """The words that qualify a ranking by a vulnerability map's mask: an empty or partial top-% mask,
     or no RF overlapping it (every value 0: the order is just the neuron ids)."""
-    which = neuron_measures.BY_KEY[sel.neuron_sort].vmap
+    which = neuron_measures.BY_KEY[sort].vmap
     if which is None:
         return None
     info = analysis.map_mask_status(sel.pair, which, top=sel.top, settings=maps)
@@ -97,14 +163,33 @@ def _notice(analysis, sel: Selection, values: np.ndarray, maps: MapSettings) -> 
     return None
 
 
-def _columns(sort: str, value_label: str) -> dict[str, tuple[str, dict]]:
+def _columns(sort: str, value_label: str, weights: bool = True) -> dict[str, tuple[str, dict]]:
     help_ = neuron_measures.HELP
-    return {"selected": ("TextColumn", {"help": nc.CONTROL_HELP["selected"]}),
-            "rank": ("NumberColumn", {"help": help_["rank"]}),
-            "neuron": ("NumberColumn", {"help": nc.CONTROL_HELP["neuron_id"]}),
-            value_label: ("NumberColumn", {"format": "%.4g", "help": help_[sort]}),
-            "band gap": ("NumberColumn", {"format": "%.4g", "help": help_["band_gap"]}),
-            "region": ("TextColumn", {"help": help_["regions"]})}
+    columns = {"selected": ("TextColumn", {"help": nc.CONTROL_HELP["selected"]}),
+               "rank": ("NumberColumn", {"help": help_["rank"]}),
+               "neuron": ("NumberColumn", {"help": nc.CONTROL_HELP["neuron_id"]}),
+               value_label: ("NumberColumn", {"format": "%.4g", "help": help_[sort]})}
+    if weights:
+        columns |= {"band gap": ("NumberColumn", {"format": "%.4g", "help": help_["band_gap"]}),
+                    "region": ("TextColumn", {"help": help_["regions"]})}
+    return columns
+
+
+def _details_without_weights(activations: tuple, measures: dict, neuron: int, *, rank: int, total: int,
+                             names: tuple[str, str], shown: int) -> list[tuple[str, str]]:
+    """The selected neuron's numbers for a store without the head's weights: its rank, its average
+    activation on both images, and the measures there are (``nc.detail_lines`` without its act×weight
+    and region lines, which have no meaning here)."""
+    pb, pa = activations
+    nan = np.full(total, np.nan)
+    lines = nc.detail_lines({**measures, "band_gap": nan, "benign_axw": nan, "adversarial_axw": nan},
+                            neuron, rank=rank, total=total, classes=names, shown=shown)
+    where = "" if not shown or rank <= shown else f" (outside the top {shown} shown)"
+    return [(f"**Neuron {neuron}**: rank {rank} of {total}{where}", neuron_measures.HELP["rank"]),
+            (f"average activation: {nc.value_text(pb[neuron])} ({names[0]} image) → "
+             f"{nc.value_text(pa[neuron])} ({names[1]} image)",
+             neuron_measures.HELP["activation_difference"]),
+            *lines[2:]]
 
 
 def ranking_view(analysis, sel: Selection) -> RankingView:
@@ -115,38 +200,54 @@ def ranking_view(analysis, sel: Selection) -> RankingView:
     names = (plain(classes[bc]), plain(classes[ac]))  # for Markdown; the chart takes the raw names
     offered = coverages(analysis)
     coverage = nc.valid_coverage(sel.coverage, offered[sel.interval])
-    measure = neuron_measures.BY_KEY[sel.neuron_sort]
+    weights = analysis.has_head_weights
+    sort = used_sort(analysis, sel)
+    measure = neuron_measures.BY_KEY[sort]
     maps = map_settings(analysis, sel)
     with_maps = measure.needs_maps or analysis.has_vulnerability_maps(pair, maps)
     measures = analysis.neuron_measures(
         pair, interval=sel.interval, coverage=coverage,
         maps={"top": sel.top, "settings": maps, **nc.rf_kw(sel, analysis)} if with_maps else None)
-    values = nc.sort_values(sel.neuron_sort, measures)
+    values = nc.sort_values(sort, measures)
     full_order = neuron_measures.rank(values)
     order = nc.shown_order(values, sel.zoom)
-    label = NEURON_SORTS[sel.neuron_sort]
+    label = NEURON_SORTS[sort]
     colors = class_colors(len(classes))
-    figure = nc.ranking_figure(measures, order, classes=(classes[bc], classes[ac]),
-                               colors=(colors[bc], colors[ac]), sort=sel.neuron_sort, sort_label=label,
-                               selected=sel.neuron)
     neuron = sel.neuron if sel.neuron is not None and 0 <= sel.neuron < n else None
     k = min(nc.ENDS, n)
     ends = (f"ranks 1–{k} (the left end of the chart) and {n - k + 1}–{n} (the right end)"
             if n > 2 * nc.ENDS else f"all {n} neurons")
     rank = None if neuron is None else int(np.flatnonzero(full_order == neuron)[0]) + 1
+    if weights:
+        figure = nc.ranking_figure(measures, order, classes=(classes[bc], classes[ac]),
+                                   colors=(colors[bc], colors[ac]), sort=sort, sort_label=label,
+                                   selected=sel.neuron)
+        table = nc.ends_table(full_order, values, measures["band_gap"], measure.name, selected=neuron)
+        caption = nc.CONTROL_HELP["chart"] + ("" if sort == "band_gap" else STRIP)
+        details = [] if neuron is None else nc.detail_lines(measures, neuron, rank=rank, total=n,
+                                                            classes=names, shown=sel.zoom)
+    else:
+        activations = analysis.pooled(pair)
+        figure = activation_figure(activations, order, classes=(classes[bc], classes[ac]),
+                                   colors=(colors[bc], colors[ac]), sort_label=label, selected=sel.neuron)
+        table = nc.ends_table(full_order, values, np.full(n, np.nan), measure.name,
+                              selected=neuron).drop(columns=["band gap", "region"])
+        caption = ("Each neuron's average activation on the original and on the attacked image. "
+                   "Click a neuron's point to select it.")
+        details = [] if neuron is None else _details_without_weights(
+            activations, measures, neuron, rank=rank, total=n, names=names, shown=sel.zoom)
+    menu = sorts(analysis)
     return RankingView(
-        header=_header(analysis, pair, names),
-        sort_help=nc.options_help(nc.CONTROL_HELP["sort"], NEURON_SORTS, neuron_measures.SUMMARY,
+        header=_header(analysis, pair, names), sort=sort, sorts=menu, has_weights=weights,
+        unavailable=None if weights else NO_WEIGHTS,
+        sort_help=nc.options_help(nc.CONTROL_HELP["sort"], menu, neuron_measures.SUMMARY,
                                   nc.CONTROL_HELP["sort_more"]),
         interval_help=nc.options_help(neuron_measures.HELP["interval"], neuron_measures.INTERVAL_LABELS,
                                       neuron_measures.INTERVAL_HELP),
         coverages=offered, coverage=coverage, num_neurons=n, neuron=neuron,
-        notice=_notice(analysis, sel, values, maps), measures=measures, values=values,
+        notice=_notice(analysis, sel, sort, values, maps), measures=measures, values=values,
         full_order=full_order, order=order, label=label, value_label=measure.name, figure=figure,
-        chart_caption=nc.CONTROL_HELP["chart"] + ("" if sel.neuron_sort == "band_gap" else STRIP),
-        ends=nc.ends_table(full_order, values, measures["band_gap"], measure.name, selected=neuron),
+        chart_caption=caption, ends=table,
         ends_caption=(f"Both ends of the order by {label}: {ends}. {nc.SELECTED_MARK} marks the selected "
                       "neuron; click a row to select its neuron."),
-        columns=_columns(sel.neuron_sort, measure.name), rank=rank,
-        details=[] if neuron is None else nc.detail_lines(measures, neuron, rank=rank, total=n, classes=names,
-                                                         shown=sel.zoom))
+        columns=_columns(sort, measure.name, weights), rank=rank, details=details)
