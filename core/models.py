@@ -1082,7 +1082,7 @@ def discover_layers(model: nn.Module, input_shape, feature_layer: str | None = N
 
     Head: the last module to run that is an ``nn.Linear`` or a 1×1 convolution into one map per class
     whose spatial mean is the logits; a linear head's output must be the logits. Analysed layer,
-    among the modules with (N, C, H, W) output that are not pooling or dropout and finish before the
+    among the modules with (N, C, H, W) output that are not dropout or pooling to 1×1 and finish before the
     last global pooling module (``_global_pooling``) that runs before the head:
 
     - "linear" / "conv1x1": the last to finish (so the outermost container, e.g. ``layer4``) whose global
@@ -1152,7 +1152,10 @@ def discover_layers(model: nn.Module, input_shape, feature_layer: str | None = N
     pooled_at = [i for i, e in enumerate(events[:at]) if _global_pooling(e[1], e[3], e[2])]
     before = events[:pooled_at[-1]] if pooled_at else events
     pools = tuple(e[0] + "." for e in events if _is_pooling(e[1]))
-    maps = [e for e in events if e[2].dim() == 4 and e[1] is not head_mod and not _is_pooling(e[1])
+    # a local pooling (a block that ends in MaxPool2d(2)) makes maps too: in a flat graph (.pt2, ONNX) no
+    # container outputs them; a pooling to 1×1 makes pooled values, never the analysed maps
+    maps = [e for e in events if e[2].dim() == 4 and e[1] is not head_mod
+            and not (_is_pooling(e[1]) and e[2].shape[2] * e[2].shape[3] == 1)
             and not e[0].startswith(pools) and not isinstance(e[1], nn.modules.dropout._DropoutNd)]
     in_maps = {id(m) for m in maps}
     auto = [e for e in before if id(e) in in_maps]

@@ -135,8 +135,12 @@ def test_other_heads_keep_the_override_and_capture_the_map_average(models, image
     with capture(m) as cap, torch.no_grad():
         m(images)
     assert torch.allclose(cap.pooled, cap.fmap.mean((2, 3)))
-    with pytest.raises(ModelError, match="no convolutional feature maps"):  # a max-pool is no analysed layer
-        ExplainedModel(vgg, (0.5,), (0.25,), (3, SIZE, SIZE), feature_layer="features.28")
+    # a local max-pool makes maps (a flat .pt2/ONNX graph has no container around it); one to 1×1 does not
+    pooled = ExplainedModel(vgg, (0.5,), (0.25,), (3, SIZE, SIZE), feature_layer="features.28")
+    assert (pooled.head_type, pooled.fmap_size) == ("other", (SIZE // 32, SIZE // 32))
+    gap = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    with pytest.raises(ModelError, match="no convolutional feature maps"):
+        ExplainedModel(gap, (0.5,), (0.25,), (3, 8, 8), feature_layer="2")
 
 
 def test_a_linear_head_on_an_unpooled_layer_named_is_an_error(models):

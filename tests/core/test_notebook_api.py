@@ -153,10 +153,6 @@ def test_a_vulnerability_map_reloads_the_exported_model(prepared, tiny):
     assert bmap.shape == amap.shape == (32, 32) and np.isfinite(bmap).all() and np.abs(bmap).max() > 0
 
 
-@pytest.mark.xfail(strict=True, raises=ModelError, reason=(
-    "the .pt2 reader (core.exported_programs) names leaf modules only, so discover_layers takes the ReLU "
-    "before the last block's MaxPool2d (16×16) instead of the block's output (8×8), which the head "
-    "averages: discovery must accept a non-global pooling module's output as the analysed maps"))
 def test_a_model_whose_last_block_ends_in_max_pooling_survives_the_export(cifar40, tmp_path):
     x, y, _ = cifar40
     with pytest.raises(PrepareError, match="eps = 0"):  # past the reload, prepare refuses eps = 0 at once
