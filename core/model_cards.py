@@ -140,8 +140,6 @@ def card_from_dict(obj: Any, source: str) -> ModelCard:
     channels = values.get("in_channels")
     if channels and "mean" in values and len(values["mean"]) not in (1, channels):
         raise _error(source, f"mean has {len(values['mean'])} values but the model takes {channels} channels")
-    if ("mean" in values) != ("std" in values):
-        raise _error(source, "give mean and std together (or neither)")
     if "class_names" in obj:
         names = obj["class_names"]
         if not (isinstance(names, list) and names and all(isinstance(n, str) and n for n in names)):
