@@ -499,6 +499,12 @@ def _load_torch(f, shown: str, size: int):
         raise _load_error(e, shown) from None
 
 
+# How to turn a model whose file holds code into one that carries its architecture (NETWORK_FILES).
+_CONVERT = ('torch.export.save(torch.export.export(model, (x,), dynamic_shapes={"x": {0: '
+            'torch.export.Dim("batch")}}), "model.pt2") or torch.onnx.export(model, (x,), "model.onnx", '
+            'dynamic_shapes=...), then set [model] checkpoint to that file with no arch')
+
+
 def _load_error(e: Exception, shown: str) -> ModelError:
     """The ModelError for a failed torch.load: our own words, and only the facts of torch's message."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
@@ -513,7 +519,7 @@ def _load_error(e: Exception, shown: str) -> ModelError:
             f"refused to load {shown}: it is not a plain-weights checkpoint (it holds Python objects other "
             "than tensors, possibly code, or is no PyTorch file at all), and only plain weights are loaded "
             "for safety. Re-save it as a state dict (torch.save(model.state_dict(), ...)) or as "
-            f".safetensors. Detail: {detail}")
+            f".safetensors, or convert the model: {_CONVERT}. Detail: {detail}")
     if isinstance(e, MemoryError):
         return ModelError(f"checkpoint {shown} needs more memory than the server has free; use a smaller "
                           "checkpoint or try again later")
@@ -565,8 +571,8 @@ def _check_zip(f, shown: str) -> None:
     names = [i.filename for i in infos]
     if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
         raise ModelError(f"refused to load {shown}: it is a TorchScript archive (torch.jit.save), which "
-                         "holds code, and only plain weights are loaded for safety; save "
-                         "model.state_dict() with torch.save, or as .safetensors")
+                         "holds code, and only plain weights are loaded for safety. Save model.state_dict() "
+                         f"with torch.save (or as .safetensors), or convert the model: {_CONVERT}")
     pickles = [i for i in infos if i.filename == "data.pkl" or i.filename.endswith("/data.pkl")]
     if not pickles:
         raise _not_torch(shown, "a zip archive without the data.pkl that torch.save writes")
