@@ -152,3 +152,38 @@ def test_a_grayscale_model_on_rgb_images(tmp_path, cifar_root):
     with torch.no_grad():
         expected = net.eval()((x - 0.5) / 0.25)
     assert logits.shape == (len(ds), 10) and torch.allclose(logits, expected, atol=1e-5)
+
+
+class _GrayCNN(torch.nn.Module):
+    """A 1-channel CNN written here (not in core/), exported with torch.export."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, 2, 1), torch.nn.ReLU(),
+                                            torch.nn.Conv2d(8, 16, 3, 2, 1), torch.nn.ReLU())
+        self.fc = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.fc(self.features(x).mean((2, 3)))
+
+
+def test_a_grayscale_model_file_says_its_channels(tmp_path, cifar_root):
+    """in_channels of a .pt2 file without a card comes from its first convolution; the RGB images are
+    converted to grayscale for it, and the loaded file computes what the exported module does."""
+    pytest.importorskip("core.exported_programs", reason="core.exported_programs (.pt2 loading) is missing")
+    torch.manual_seed(0)
+    net = _GrayCNN().eval()
+    path = tmp_path / "gray.pt2"
+    ep = torch.export.export(net, (torch.rand(2, 1, 32, 32),),
+                             dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+    torch.export.save(ep, path)
+    found = model_cards.resolution(ModelConfig(checkpoint=str(path)))
+    assert (found.model.in_channels, found.sources["in_channels"]) == (1, "file")
+    assert found.model.num_classes is None and found.model.mean == (0.0,)  # the head and the defaults decide
+    ds = datasets.load_dataset(DataConfig(source="cifar10", root=str(cifar_root), per_class=1),
+                               channels=found.model.in_channels)
+    x = ds.get(list(range(len(ds))))
+    model = models.load_model(ModelConfig(checkpoint=str(path)), (1, 32, 32))
+    assert model.num_classes == 10 and model.num_neurons == 16
+    with torch.no_grad():
+        assert torch.allclose(model(x), net(x), atol=1e-5)
