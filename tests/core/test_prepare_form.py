@@ -35,3 +35,27 @@ def test_normalization_numbers_are_read_back(text, expected):
 def test_unreadable_normalization_is_a_clear_error(text):
     with pytest.raises(ConfigError, match="one per channel separated by commas"):
         prepare_form.parse_floats(text, "std")
+
+
+def test_a_model_file_and_its_card_are_uploaded_beside_each_other(tmp_path):
+    """An uploaded .pt2 is kept once it loads; its card is kept beside it as <stem>.json once it passes the
+    card's checks, and a bad card is never kept."""
+    pytest.importorskip("core.exported_programs", reason="core.exported_programs (.pt2 loading) is missing")
+    import torch
+
+    from core import model_cards
+    from core.models import ModelError
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    torch.export.save(torch.export.export(net, (torch.rand(1, 3, 16, 16),)), tmp_path / "net.pt2")
+    path = prepare_form.save_upload((tmp_path / "net.pt2").read_bytes(), "net.pt2", tmp_path / "cache")
+    assert path.suffix == ".pt2" and path.parent.name == prepare_form.UPLOADS
+    with pytest.raises(ModelError, match="model card net.json: num_classes = 1"):
+        prepare_form.save_card(b'{"num_classes": 1}', "net.json", path)
+    assert model_cards.read_card(path) is None
+    prepare_form.save_card(b'{"mean": [0.5], "std": [0.5]}', "net.json", path)
+    assert model_cards.read_card(path).mean == (0.5,)
+    with pytest.raises(ModelError, match="net.pt2"):  # the user's name, never the temporary path
+        prepare_form.save_upload(b"PK\x03\x04 not a program", "net.pt2", tmp_path / "cache")
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, f"{path.stem}.json"])
