@@ -329,12 +329,17 @@ _SOURCE_WORDS = {"config": "as set", "card": "from the model's card", "file": "f
                  "architecture": "the architecture's", "dataset": "the dataset's", "default": "default"}
 
 
+_HEAD_WORDS = {"linear": "global average pooling, then one linear layer",
+               "conv1x1": "a 1×1 convolution on the maps, then global average pooling",
+               "other": "neither of the usual forms"}
+
+
 def summary_lines(s: ModelSummary) -> list[str]:
     """What the check found, as plain sentences (shown as text, never Markdown: names come from files)."""
     h, w = s.fmap_size
     c, ih, iw = s.input_shape
     lines = [f"Analysed layer: {s.feature_layer} ({s.num_neurons:,} neurons, {h}×{w} maps)",
-             f"Head: {s.head_type}",
+             f"Head: {s.head_type} ({_HEAD_WORDS.get(s.head_type, 'as found')})",
              f"Classes: {s.num_classes:,}" + (f" ({_SOURCE_WORDS[s.sources['num_classes']]})"
                                               if s.sources.get("num_classes") == "card" else ""),
              f"Input: {c} channel(s), {ih}×{iw} pixels" + (" (assumed until the images are read)"

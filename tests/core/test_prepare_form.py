@@ -59,3 +59,14 @@ def test_a_model_file_and_its_card_are_uploaded_beside_each_other(tmp_path):
     with pytest.raises(ModelError, match="net.pt2"):  # the user's name, never the temporary path
         prepare_form.save_upload(b"PK\x03\x04 not a program", "net.pt2", tmp_path / "cache")
     assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, f"{path.stem}.json"])
+
+
+@pytest.mark.parametrize("head, unavailable", [("linear", False), ("conv1x1", False), ("other", True)])
+def test_what_was_found_says_when_activation_x_weight_is_unavailable(head, unavailable):
+    s = prepare_form.ModelSummary("layer4", 512, (4, 4), head, 10, (3, 32, 32), False, (0.5,), (0.5,),
+                                  {"mean": "card", "num_classes": "card"}, None)
+    lines = prepare_form.summary_lines(s)
+    assert lines[0] == "Analysed layer: layer4 (512 neurons, 4×4 maps)"
+    assert lines[1].startswith(f"Head: {head} (")
+    assert "Classes: 10 (from the model's card)" in lines and "(from the model's card)" in lines[4]
+    assert any("activation×weight measures will not be available" in x for x in lines) == unavailable
