@@ -326,7 +326,8 @@ def check_model(cfg: ExperimentConfig) -> ModelSummary:
 
 
 _SOURCE_WORDS = {"config": "as set", "card": "from the model's card", "file": "from the model file",
-                 "architecture": "the architecture's", "dataset": "the dataset's", "default": "default"}
+                 "architecture": "the architecture's", "dataset": "the dataset's",
+                 "default": "none given: the pixels as they are"}
 
 
 _HEAD_WORDS = {"linear": "global average pooling, then one linear layer",
@@ -345,7 +346,7 @@ def summary_lines(s: ModelSummary) -> list[str]:
              f"Input: {c} channel(s), {ih}×{iw} pixels" + (" (assumed until the images are read)"
                                                            if s.size_assumed else ""),
              f"Normalization: mean {numbers(s.mean)}, std {numbers(s.std)} "
-             f"({_SOURCE_WORDS.get(s.sources.get('mean', 'default'), 'default')})"]
+             f"({_SOURCE_WORDS[s.sources.get('mean', 'default')]})"]
     if s.head_type == "other":
         lines.append("This head is not global average pooling followed by one linear layer, so the "
                      "activation×weight measures will not be available; the image-perturbation measures, "
