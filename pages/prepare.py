@@ -168,6 +168,8 @@ def _model_found(classes: list[str]) -> str | None:
     box = st.container(border=True, key="prepare_found")
     box.caption("Found in the model:")
     box.text("\n".join(prepare_form.summary_lines(found)))
+    if (warning := prepare_form.class_names_problem(found, classes)) is not None:
+        st.warning(plain(warning))
     return None
 
 

@@ -325,6 +325,22 @@ def check_model(cfg: ExperimentConfig) -> ModelSummary:
     return summary
 
 
+def class_names_problem(s: ModelSummary, classes: list[str]) -> str | None:
+    """A warning when the card's class names are not the dataset's classes in the same order (labels
+    would then mean other classes than the model's outputs), else None."""
+    names = list(s.card.class_names) if s.card is not None and s.card.class_names else None
+    if names is None or names == list(classes):
+        return None
+    if sorted(names) == sorted(classes):
+        return ("the model's card lists the same classes as the dataset but in another order: the images of "
+                "each class folder would be labelled as another class; the folders sort as "
+                f"{', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''}, the card says "
+                f"{', '.join(names[:6])}{', ...' if len(names) > 6 else ''}")
+    missing = [c for c in classes if c not in names]
+    return (f"the model's card does not name the dataset's class(es) {', '.join(missing[:6])}: check that "
+            "the images are of the classes the model was trained on" if missing else None)
+
+
 _SOURCE_WORDS = {"config": "as set", "card": "from the model's card", "file": "from the model file",
                  "architecture": "the architecture's", "dataset": "the dataset's",
                  "default": "none given: the pixels as they are"}

@@ -70,3 +70,13 @@ def test_what_was_found_says_when_activation_x_weight_is_unavailable(head, unava
     assert lines[1].startswith(f"Head: {head} (")
     assert "Classes: 10 (from the model's card)" in lines and "(from the model's card)" in lines[4]
     assert any("activation×weight measures will not be available" in x for x in lines) == unavailable
+
+
+def test_a_cards_class_names_are_compared_with_the_datasets():
+    from core import model_cards
+    card = model_cards.card_from_dict({"class_names": ["cat", "dog", "eel"]}, "card")
+    s = prepare_form.ModelSummary("f", 8, (2, 2), "linear", 3, (3, 32, 32), False, (0.0,), (1.0,), {}, card)
+    assert prepare_form.class_names_problem(s, ["cat", "dog", "eel"]) is None
+    assert "in another order" in prepare_form.class_names_problem(s, ["dog", "cat", "eel"])
+    other = prepare_form.class_names_problem(s, ["cat", "dog", "fox"])
+    assert "does not name the dataset's class(es) fox" in other
