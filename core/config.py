@@ -55,11 +55,13 @@ class ModelConfig:
     # resnet18_cifar (core.models.DEFAULT_ARCH); a weights-only checkpoint needs its architecture named
     arch: str | None = None
     checkpoint: str | None = None  # None: random weights (tests only)
-    num_classes: int = 10
-    in_channels: int = 3
+    # None: decided by core.model_cards.resolve: the model's card, its file or architecture, else the
+    # defaults of earlier versions (10 classes, 3 channels, mean 0 / std 1: the pixels as they are)
+    num_classes: int | None = None
+    in_channels: int | None = None
     width: int = 64  # base width of the CIFAR ResNet18 family (64 = the paper's 512 neurons)
-    mean: tuple[float, ...] = (0.0,)
-    std: tuple[float, ...] = (1.0,)
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     feature_layer: str | None = None  # override the analysed layer by module name
     head: str | None = None  # override the final linear layer by module name
 
@@ -161,8 +163,10 @@ def _rules(limits: bool = True) -> dict[str, dict[str, _Rule]]:
                           lambda v: v in ARCHITECTURES or (v.startswith(TIMM_PREFIX) and v != TIMM_PREFIX)),
             "checkpoint": _Rule("the path of a weights file (.pt, .pth, .th, .safetensors, ...) or of a "
                                 "model file that carries its architecture (.pt2, .onnx)"),
-            "num_classes": _whole(2, s.max_classes, " (the model's outputs)"),
-            "in_channels": _Rule("1 (grayscale) or 3 (RGB)", lambda v: v in (1, 3)),
+            "num_classes": _whole(2, s.max_classes, " (the model's outputs; leave the key out to take it "
+                                  "from the model's card or file)"),
+            "in_channels": _Rule("1 (grayscale) or 3 (RGB), or leave the key out to take it from the model",
+                                 lambda v: v in (1, 3)),
             "width": _whole(1, MAX_WIDTH, " (resnet18_cifar's base width; 64 = 512 neurons)"),
             "mean": _Rule("a list of numbers, one or one per input channel, e.g. [0.5] or "
                           "[0.485, 0.456, 0.406]", lambda v: len(v) > 0),
@@ -466,7 +470,12 @@ class ExperimentConfig:
                     raise _fail(section, f.name, value, rule.expected)
                 setattr(obj, f.name, normal)
         m, a = self.model, self.attack
-        if len(m.mean) not in (1, m.in_channels) or len(m.std) != len(m.mean):
+        if (m.mean is None) != (m.std is None):
+            raise ConfigError(f"[model] {'std' if m.mean is None else 'mean'} is set without "
+                              f"{'mean' if m.mean is None else 'std'}: give both, or neither to take them "
+                              "from the model's card or defaults")
+        if m.mean is not None and (len(m.mean) not in (1, m.in_channels or 3)
+                                   or len(m.std) != len(m.mean)):
             raise ConfigError(f"[model] mean = {show(list(m.mean))} and std = {show(list(m.std))}: expected "
                               f"one value each, or one per input channel (in_channels = {m.in_channels})")
         if (problem := ATTACKS[a.method].check(a.params())) is not None:

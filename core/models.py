@@ -1237,7 +1237,11 @@ def _tap_pooled_maps(net: nn.Module) -> nn.Module | None:
 
 def load_model(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> ExplainedModel:
     """Build ``cfg.arch`` and load ``cfg.checkpoint`` strictly and safely, or read a model file that
-    carries its architecture (``NETWORK_FILES``); then wrap it."""
+    carries its architecture (``NETWORK_FILES``); then wrap it. Unset [model] fields are decided first
+    (``core.model_cards.resolve``: the config, the model's card, its file or architecture, the defaults)."""
+    from core.model_cards import resolution
+    found = resolution(cfg)
+    cfg = found.model
     if input_shape[0] != cfg.in_channels:
         raise ModelError(f"the images have {input_shape[0]} channels but the model takes "
                          f"{cfg.in_channels} ([model] in_channels)")
@@ -1249,9 +1253,10 @@ def load_model(cfg: ModelConfig, input_shape: tuple[int, int, int]) -> Explained
         if cfg.checkpoint:
             load_weights(net, load_state_dict(cfg.checkpoint), source=f"checkpoint {cfg.checkpoint}")
     model = ExplainedModel(net, cfg.mean, cfg.std, input_shape, cfg.feature_layer, cfg.head)
-    if model.num_classes != cfg.num_classes:
+    if cfg.num_classes is not None and model.num_classes != cfg.num_classes:
+        said = " and the model's card" if found.sources["num_classes"] == "card" else ""
         raise ModelError(f"the model classifies into {model.num_classes} classes but the experiment has "
-                         f"{cfg.num_classes} ([model] num_classes; the app counts the dataset's class "
+                         f"{cfg.num_classes} ([model] num_classes{said}; the app counts the dataset's class "
                          f"folders): use images of the {model.num_classes} classes it was trained on, one "
                          "folder per class in its class order")
     return model

@@ -53,6 +53,7 @@ from core import device as devices
 from core.config import ExperimentConfig
 from core.features import extract
 from core.map_settings import MapSettings
+from core.model_cards import resolve as resolve_model
 from core.models import ExplainedModel, ModelError, check_checkpoint, load_model, model_fingerprint
 from core.neuron_measures import class_statistics
 from core.projection import tsne
@@ -333,6 +334,9 @@ def _load(cfg: ExperimentConfig, experiment_id: str, *, cache_dir: str | Path, o
                            "there would be nothing to explain; set eps > 0 (e.g. 8/255 = 0.0314 for "
                            "CIFAR-10, 0.1 for Fashion-MNIST)")
     _check_checkpoint(cfg)  # before the dataset scan, which can take minutes
+    # [model] keys left out, decided once (the card, the file, the defaults): the scan converts to the
+    # model's channels, and the cache key hashes the decided config (unchanged for earlier configs)
+    cfg.model = resolve_model(cfg.model)
     check_writable(Path(cache_dir))  # a read-only cache: said now, not after the scan
     ctx = Context.build(cfg, log=log, dataset=dataset, model=model)
     ds, model = ctx.ds, ctx.model

@@ -1,15 +1,18 @@
-"""Prepare an experiment: a form for non-programmers (a preset, or a dataset folder, an architecture and a
-checkpoint; the class subset; the attack), which runs ``core.pipeline.prepare`` in the background with
-visible progress (core.jobs), then offers the new experiment."""
+"""Prepare an experiment: a form for non-programmers (a preset, or a dataset folder and a model: a built-in
+architecture or a timm name with its checkpoint, or a model file that carries its architecture; the
+normalization; the class subset; the attack), which shows what it found in the model before the run, runs
+``core.pipeline.prepare`` in the background with visible progress (core.jobs), then offers the new
+experiment."""
 from pathlib import Path
 
 import streamlit as st
 
-from core import attacks, jobs
+from core import attacks, jobs, model_cards
 from core import data as datasets
 from core.attacks import ATTACKS, PARAMS
+from core.config import ConfigError
 from core.hosting import settings
-from core.models import ARCHITECTURES, CHECKPOINT_SUFFIXES, ModelError
+from core.models import ModelError
 from core.presets import PRESETS
 from core.store import Store, StoreError, validate_id
 from core.ui import pages, prepare_form, session
@@ -21,7 +24,8 @@ session.require_app()  # first: a deep link must not run a page outside app.py
 CUSTOM, CKPT_MODES, SOURCE_LABELS = prepare_form.CUSTOM, prepare_form.CKPT_MODES, prepare_form.SOURCE_LABELS
 DEFAULT_PRESET = "demo"
 FIELDS = ("prepare_preset", "prepare_source", "prepare_root", "prepare_image_size", "prepare_classes",
-          "prepare_per_class", "prepare_arch", "prepare_ckpt_mode", "prepare_ckpt_path", "prepare_channels",
+          "prepare_per_class", "prepare_arch", "prepare_timm", "prepare_ckpt_mode", "prepare_ckpt_path",
+          "prepare_channels",
           "prepare_width", "prepare_mean", "prepare_std", *prepare_form.attack_fields(), "prepare_batch_size",
           "prepare_maps", "prepare_perplexity", "prepare_device", "prepare_id")
 limits = settings()
@@ -39,9 +43,29 @@ def _on_method() -> None:
 
 
 def _on_arch() -> None:
-    mean, std = prepare_form.default_normalization(st.session_state["prepare_arch"])
+    found = prepare_form.default_normalization(st.session_state["prepare_arch"])
+    mean, std = found or ((), ())  # a timm name or a model file: from its card or defaults (empty fields)
     st.session_state["prepare_mean"], st.session_state["prepare_std"] = (prepare_form.numbers(mean),
                                                                          prepare_form.numbers(std))
+
+
+def _set_normalization(mean, std) -> None:
+    st.session_state["prepare_mean"], st.session_state["prepare_std"] = (prepare_form.numbers(mean),
+                                                                         prepare_form.numbers(std))
+
+
+def _on_card() -> None:
+    st.session_state.pop("prepare_card_error", None)
+    f, model = st.session_state.get("prepare_card"), st.session_state.get("prepare_upload_path")
+    if f is None:
+        return
+    if not model:
+        st.session_state["prepare_card_error"] = "upload the model first, then its card"
+        return
+    try:
+        prepare_form.save_card(f.getvalue(), f.name, model)
+    except jobs.USER_ERRORS as e:
+        st.session_state["prepare_card_error"] = str(e)
 
 
 def _on_upload() -> None:
@@ -116,6 +140,39 @@ def _job_panel(experiment: str, cache: Path) -> None:
             st.text("\n".join(list(job.log)[-50:]))
 
 
+def _form_config():
+    classes = prepare_form.dataset_classes(source, st.session_state.get("prepare_root"), cache)
+    return prepare_form.build_config(None if st.session_state["prepare_preset"] == CUSTOM
+                                     else st.session_state["prepare_preset"],
+                                     prepare_form.config_values(st.session_state, len(classes)))
+
+
+def _model_found(classes: list[str]) -> str | None:
+    """What the model check found, shown as plain text before the run; the problem that stops it, or None.
+    Only once a model is given (a path the server lets the app read, or a finished upload)."""
+    s = st.session_state
+    upload = s["prepare_ckpt_mode"] == CKPT_MODES[1]
+    path = s.get("prepare_upload_path") if upload else s.get("prepare_ckpt_path", "").strip()
+    if not path or not classes:
+        return None
+    try:
+        if not upload and not prepare_form.server_path(path, cache, "checkpoint file", ModelError).is_file():
+            return None  # said above
+        cfg = _form_config()
+        prepare_form.check_server_paths(cfg, cache)
+        with st.spinner("Reading the model…"):
+            found = prepare_form.check_model(cfg)
+    except (ModelError, ConfigError, datasets.DataError) as e:
+        st.error(plain(str(e)))
+        return str(e)
+    box = st.container(border=True, key="prepare_found")
+    box.caption("Found in the model:")
+    box.text("\n".join(prepare_form.summary_lines(found)))
+    if (warning := prepare_form.class_names_problem(found, classes)) is not None:
+        st.warning(plain(warning))
+    return None
+
+
 # -- page -----------------------------------------------------------------------------------------------
 if st.session_state.pop("prepare_go", False):
     st.switch_page(pages.path("image_space"))
@@ -188,15 +245,29 @@ with left:
                     help="Needed when your images differ in size; 224 for ImageNet-style models.")
 
     st.markdown("#### 2. Model")
-    st.selectbox("Architecture", list(ARCHITECTURES), key="prepare_arch", on_change=_on_arch,
-                 help="The network your checkpoint was trained as. The *_cifar ones take 32×32 images.")
+    st.selectbox("Architecture", prepare_form.ARCH_CHOICES, key="prepare_arch", on_change=_on_arch,
+                 format_func=lambda a: {prepare_form.TIMM: "A timm model, by name",
+                                        prepare_form.FROM_FILE: "Carried by the model file (.pt2, .onnx)"
+                                        }.get(a, a),
+                 help="The network your checkpoint was trained as. The *_cifar ones take 32×32 images. A "
+                 "model exported with torch.export (.pt2) or to ONNX (.onnx) carries its own architecture.")
+    if st.session_state["prepare_arch"] == prepare_form.TIMM:
+        st.text_input("timm model name", key="prepare_timm", placeholder=prepare_form.TIMM_EXAMPLES[0],
+                      help="timm:<name>, as timm.list_models() lists it, e.g. "
+                      + ", ".join(prepare_form.TIMM_EXAMPLES) + ". The checkpoint holds its trained weights.")
+        try:
+            prepare_form.timm_arch(st.session_state["prepare_timm"])
+        except ModelError as e:
+            st.error(plain(str(e)))
     st.radio("Checkpoint (the trained weights)", CKPT_MODES, key="prepare_ckpt_mode", horizontal=True,
              help="The file that holds what your model learned. Give the path of a file already on the "
              "server, or upload one from your computer.")
     if st.session_state["prepare_ckpt_mode"] == CKPT_MODES[0]:
-        st.text_input("Checkpoint file (on the server)", key="prepare_ckpt_path",
+        st.text_input("Checkpoint or model file (on the server)", key="prepare_ckpt_path",
                       placeholder="/models/my-model.pth", help="The full path of the weights file on the "
-                      "server, e.g. /models/my-model.pth (.pth, .pt, .th, .tar or .safetensors).")
+                      "server, e.g. /models/my-model.pth (.pth, .pt, .th, .tar or .safetensors), or of a "
+                      "model file (.pt2, .onnx). A card <name>.json beside it may give its normalization, "
+                      "input size and classes.")
         path = st.session_state["prepare_ckpt_path"].strip()
         try:  # nothing is looked up outside the folders the server lets the app read
             if path and not prepare_form.server_path(path, cache, "checkpoint file", ModelError).is_file():
@@ -204,19 +275,35 @@ with left:
         except ModelError as e:
             st.error(plain(str(e)))
     else:
-        st.file_uploader("Upload the checkpoint", key="prepare_upload", on_change=_on_upload,
-                         type=sorted({s.rsplit(".", 1)[-1] for s in CHECKPOINT_SUFFIXES}),
-                         help="Only plain weights are read (never code): a state dict or .safetensors. "
-                              "It is kept on the server under the cache folder.")
+        st.file_uploader("Upload the checkpoint or model file", key="prepare_upload", on_change=_on_upload,
+                         type=sorted({s.rsplit(".", 1)[-1] for s in prepare_form.MODEL_SUFFIXES}),
+                         help="Only plain weights are read (never code): a state dict or .safetensors, or a "
+                              "model file (.pt2, .onnx) read without running code from it. It is kept on "
+                              "the server under the cache folder.")
         if st.session_state.get("prepare_upload_error"):
             st.error(plain(st.session_state["prepare_upload_error"]))
         elif st.session_state.get("prepare_upload_path"):
             st.caption("Checkpoint received and readable.")
+            st.file_uploader("Its card (optional .json)", key="prepare_card", on_change=_on_card,
+                             type=["json"],
+                             help="A small JSON object with num_classes, mean, std, input_size, in_channels "
+                             "and class_names, all optional; kept beside the uploaded model.")
+            if st.session_state.get("prepare_card_error"):
+                st.error(plain(st.session_state["prepare_card_error"]))
+    st.caption("Normalization (what the model's training did to the pixels):")
+    norm_buttons = st.columns(len(prepare_form.NORMALIZATIONS) + 1)
+    for column, (label, (mean, std)) in zip(norm_buttons, prepare_form.NORMALIZATIONS.items(), strict=False):
+        column.button(label, key=f"prepare_norm_{label}", on_click=_set_normalization, args=(mean, std),
+                      help=f"mean {prepare_form.numbers(mean)}, std {prepare_form.numbers(std)}")
+    norm_buttons[-1].button("From the model", key="prepare_norm_model", on_click=_set_normalization,
+                            args=((), ()), help="Empty fields: the model's card or architecture says (none "
+                            "when neither does); what was found shows under the model.")
     with st.expander("Model details"):
-        st.radio("Input channels", (3, 1), key="prepare_channels", horizontal=True,
-                 format_func=lambda c: "3 (colour)" if c == 3 else "1 (grayscale)",
+        st.radio("Input channels", prepare_form.CHANNEL_CHOICES, key="prepare_channels", horizontal=True,
+                 format_func=lambda c: {0: "from the model", 3: "3 (colour)"}.get(c, "1 (grayscale)"),
                  help="Whether the model was trained on colour (red, green, blue) or grayscale images; "
-                 "the images are converted to match.")
+                 "the images are converted to match. 'From the model': its card or first convolution "
+                 "says (3 when neither does).")
         st.number_input("Width (resnet18_cifar only; 64 = 512 neurons)", min_value=8, max_value=512, step=8,
                         key="prepare_width", help="How wide the network was built when trained: the "
                         "number of filters of its first layer. It must match the checkpoint; other "
@@ -224,10 +311,12 @@ with left:
         st.text_input("Normalization mean", key="prepare_mean",
                       help="The average pixel value the model's training subtracted from every image (pixels "
                       "from 0 to 1): one number, or one per colour channel separated by commas. Use the "
-                      "values the model was trained with; the architecture fills in its usual ones.")
+                      "values the model was trained with; the architecture fills in its usual ones. Both "
+                      "fields empty: from the model's card or architecture.")
         st.text_input("Normalization std", key="prepare_std",
                       help="The spread the model's training divided every image by after subtracting the "
                       "mean: one number, or one per colour channel separated by commas.")
+    model_problem = _model_found(classes_all)
 
 with right:
     st.markdown("#### 3. Attack")
@@ -279,7 +368,9 @@ with right:
                      "the processor; auto takes the graphics card when the server has one.")
     busy = jobs.get(ident, cache) if ident else None
     start = st.button("Prepare", key="prepare_start", type="primary", icon=":material/play_arrow:",
-                      disabled=busy is not None and busy.running)
+                      disabled=(busy is not None and busy.running) or model_problem is not None)
+    if model_problem is not None:
+        st.caption("Fix the model's problem above to prepare.")
     if busy is not None and busy.running:
         st.caption(plain(f"{ident!r} is being prepared now."))
 
@@ -290,14 +381,12 @@ if start:
         ident = validate_id(ident)
         if (cache / ident).exists():
             raise StoreError(f"an experiment named {ident!r} already exists; choose another id")
-        classes_all = prepare_form.dataset_classes(source, st.session_state.get("prepare_root"), cache)
-        cfg = prepare_form.build_config(None if st.session_state["prepare_preset"] == CUSTOM
-                                else st.session_state["prepare_preset"],
-                                prepare_form.config_values(st.session_state, len(classes_all)))
+        cfg = _form_config()
         prepare_form.check_server_paths(cfg, cache)
         jobs.check_capacity()  # before loading the checkpoint: a busy server says so at once
         with st.spinner("Checking the checkpoint…"):
             prepare_form.check_model(cfg)
+        cfg.model = model_cards.resolve(cfg.model)  # the job runs what the check found (card, file)
         jobs.start(cfg, ident, cache)
     except jobs.USER_ERRORS as e:
         with right:

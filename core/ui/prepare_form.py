@@ -1,25 +1,40 @@
 """The Prepare page's pure helpers (no Streamlit): the attack's fields (generated from the attack registry,
 ``core.attacks.ATTACKS``), the class names of a data source, the server folders
-the page may read, a checked image folder, checkpoint uploads saved under a content-addressed name, a config
-built from a preset plus the form's values, and a model check that loads the checkpoint with the project's
-safe loader before any long run starts. The jobs themselves run in processes of their own (``core.jobs``).
+the page may read, a checked image folder, checkpoint and model-file uploads (with an optional card) saved
+under a content-addressed name, a config built from a preset plus the form's values, the model choices
+(a built-in architecture, a timm name, or a model file that carries its architecture) with the common
+normalizations, and a model check that loads the model with the project's safe loaders before any long run
+starts and reports what it found (:class:`ModelSummary`). The jobs themselves run in processes of their
+own (``core.jobs``).
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import itertools
+import json
 import os
+import re
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
-from core import models
+from core import model_cards, models
 from core.attacks import ATTACKS, PARAMS, Param, param, resolve
 from core.config import AttackConfig, ConfigError, ExperimentConfig
 from core.data import CIFAR10_CLASSES, FASHION_MNIST_CLASSES, DataError
 from core.hosting import settings
-from core.models import ARCHITECTURES, CHECKPOINT_SUFFIXES, ModelError
+from core.models import (
+    ARCHITECTURES,
+    CHECKPOINT_SUFFIXES,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    NETWORK_FILES,
+    ModelError,
+)
 from core.presets import KEPT_ON_NEW_METHOD, PRESETS
 
 CUSTOM = "custom"  # the form's start without a preset
@@ -28,6 +43,20 @@ SOURCE_LABELS = {"demo": "Fashion-MNIST sample shipped with the app", "fashion_m
                  "cifar10": "CIFAR-10 folder", "image_folder": "My images (one folder per class)"}
 UPLOADS = ".uploads"  # under the cache folder; hidden names are never listed as experiments
 MAX_UPLOAD_BYTES = 256 * 2**20  # the page passes Streamlit's server.maxUploadSize instead
+MODEL_SUFFIXES = (*CHECKPOINT_SUFFIXES, *NETWORK_FILES)  # weights checkpoints and model files
+TIMM = "timm"          # the architecture choice "a timm model by name" (the name goes in its own field)
+FROM_FILE = "file"     # the architecture choice "carried by the model file" (.pt2, .onnx)
+ARCH_CHOICES = (*ARCHITECTURES, TIMM, FROM_FILE)
+TIMM_EXAMPLES = ("timm:resnet18", "timm:mobilenetv3_small_100", "timm:efficientnet_b0", "timm:convnext_atto",
+                 "timm:vgg11")
+_TIMM_NAME = re.compile(r"timm:[a-z0-9][a-z0-9_.]{0,127}")
+# one click away on the page; "none" keeps the pixels in [0, 1] as they are
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "ImageNet": (IMAGENET_MEAN, IMAGENET_STD),
+    "CIFAR-10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "[0, 1] (none)": model_cards.IDENTITY,
+}
+CHANNEL_CHOICES = (0, 3, 1)  # 0: from the model (its card or first convolution; else 3)
 
 
 # -- form helpers ---------------------------------------------------------------------------------------
@@ -119,20 +148,21 @@ def check_server_paths(cfg: ExperimentConfig, cache_dir) -> None:
 
 
 def checkpoint_suffix(filename: str) -> str:
-    """The checkpoint type of an uploaded file's name (the name itself is never used as a path)."""
+    """The type of an uploaded checkpoint or model file by its name (the name is never used as a path)."""
     lower = filename.lower()
-    for suffix in sorted(CHECKPOINT_SUFFIXES, key=len, reverse=True):  # .pth.tar before .tar
+    for suffix in sorted(MODEL_SUFFIXES, key=len, reverse=True):  # .pth.tar before .tar
         if lower.endswith(suffix):
             return suffix
-    raise ModelError(f"{filename}: unsupported checkpoint type; use one of {', '.join(CHECKPOINT_SUFFIXES)}")
+    raise ModelError(f"{filename}: unsupported checkpoint type; use one of {', '.join(MODEL_SUFFIXES)}")
 
 
 def save_upload(data: bytes, filename: str, cache_dir, max_bytes: int = MAX_UPLOAD_BYTES) -> Path:
     """Keep an uploaded checkpoint as ``<cache>/.uploads/<sha256><suffix>`` (content-addressed, written
     atomically) once it has passed every check: its type (by the name's suffix: the name itself is never
     a path), its size (1 byte to ``max_bytes``), and that it holds the plain weights of a CNN
-    (``core.models.check_cnn_checkpoint``, with its size limits). A file that fails is
-    never kept; its ModelError is raised."""
+    (``core.models.check_cnn_checkpoint``, with its size limits) or, for a model file that carries its
+    architecture (.pt2, .onnx), that it loads (``core.models.load_network_file``, one check at a time). A
+    file that fails is never kept; its ModelError is raised."""
     suffix = checkpoint_suffix(filename)
     if not data:
         raise ModelError(f"{filename}: the uploaded file is empty; upload the checkpoint again")
@@ -149,7 +179,11 @@ def save_upload(data: bytes, filename: str, cache_dir, max_bytes: int = MAX_UPLO
     tmp = folder / f".tmp-{os.getpid()}-{threading.get_ident()}-{digest}{suffix}"
     try:
         tmp.write_bytes(data)
-        models.check_cnn_checkpoint(tmp, source=filename)
+        if suffix in NETWORK_FILES:
+            with _CHECKS:
+                models.load_network_file(tmp)
+        else:
+            models.check_cnn_checkpoint(tmp, source=filename)
         os.replace(tmp, path)
     except ModelError as e:  # name the user's file, not the server's temporary path
         raise ModelError(str(e).replace(str(tmp), filename).replace(tmp.name, filename)) from None
@@ -158,8 +192,44 @@ def save_upload(data: bytes, filename: str, cache_dir, max_bytes: int = MAX_UPLO
     return path
 
 
-def default_normalization(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The registry's (mean, std) for an architecture."""
+def save_card(data: bytes, filename: str, model_path: str | Path) -> Path:
+    """Keep an uploaded model card (``core.model_cards``) beside the uploaded model ``model_path`` as its
+    ``<stem>.json``, once it parses and passes every check; otherwise its ModelError is raised."""
+    model_cards.parse_card(data, filename)
+    target = model_cards.card_path(model_path)
+    tmp = target.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{target.name}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def timm_arch(text: str) -> str:
+    """``text`` as a timm architecture name (``timm:<name>``, a model timm knows), or a ModelError."""
+    name = text.strip()
+    if not name.startswith("timm:"):
+        name = f"timm:{name}"
+    if not _TIMM_NAME.fullmatch(name):
+        raise ModelError(f"{name[:80]!r} is not a timm model name: write timm:<name> with lower-case "
+                         f"letters, digits, '_' or '.', e.g. {', '.join(TIMM_EXAMPLES[:3])}")
+    try:
+        import timm
+    except ImportError:
+        raise ModelError("timm models need the timm package: pip install timm") from None
+    if not timm.is_model(name.removeprefix("timm:")):
+        close = timm.list_models(f"*{name.removeprefix('timm:')[:20]}*")[:5]
+        raise ModelError(f"timm has no model {name.removeprefix('timm:')!r}"
+                         + (f"; similar: {', '.join(close)}" if close else "; see timm.list_models()"))
+    return name
+
+
+def default_normalization(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """The registry's (mean, std) for a built-in architecture; None for a timm name or a model file,
+    whose normalization comes from its card or defaults (``core.model_cards``)."""
+    if arch in (TIMM, FROM_FILE) or (isinstance(arch, str) and arch.startswith("timm:")):
+        return None
     if arch not in ARCHITECTURES:
         raise ModelError(f"unsupported architecture {arch!r}")
     return tuple(ARCHITECTURES[arch][1]), tuple(ARCHITECTURES[arch][2])
@@ -179,22 +249,127 @@ def build_config(preset_name: str | None, values: Mapping[str, object]) -> Exper
 
 
 _CHECKS = threading.Semaphore(1)  # one checkpoint in the server's memory at a time, however many ask
+NATIVE_SIZE = {"demo": 28, "fashion_mnist": 28, "cifar10": 32}  # pixels of a source's images
+ASSUMED_SIZE = 224  # an image folder's size before it is scanned, when neither config nor card says
 
 
-def check_model(cfg: ExperimentConfig) -> None:
-    """Build the architecture and load the checkpoint into it (strict, safe, within the checkpoint limits):
-    a ModelError now rather than after minutes of work. One check at a time per server."""
+@dataclass(frozen=True)
+class ModelSummary:
+    """What the model check found, for the page to show before the run."""
+    feature_layer: str
+    num_neurons: int
+    fmap_size: tuple[int, int]
+    head_type: str  # ExplainedModel.head_type: "linear", "conv1x1" or "other"
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    size_assumed: bool  # the input size was assumed (an image folder not yet scanned)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    sources: dict  # field -> where its value came from (core.model_cards.Resolution.sources)
+    card: model_cards.ModelCard | None
+
+
+def input_shape(cfg: ExperimentConfig, found: model_cards.Resolution) -> tuple[tuple[int, int, int], bool]:
+    """(C, H, W) to check the model on, and whether H, W were assumed: [data] image_size, else the card's
+    or architecture's input size, else the source's native size, else ``ASSUMED_SIZE``."""
+    size = cfg.data.image_size
+    hw = (size, size) if size else found.input_size or (
+        (NATIVE_SIZE[cfg.data.source],) * 2 if cfg.data.source in NATIVE_SIZE else None)
+    return (found.model.in_channels, *(hw or (ASSUMED_SIZE, ASSUMED_SIZE))), hw is None
+
+
+def _stamp(path) -> tuple:
+    try:
+        st = Path(path).stat()
+        return st.st_mtime_ns, st.st_size, st.st_ino
+    except (OSError, ValueError, TypeError):
+        return ()
+
+
+_SUMMARIES: OrderedDict[str, ModelSummary] = OrderedDict()  # the last few checks, by what they read
+
+
+def check_model(cfg: ExperimentConfig) -> ModelSummary:
+    """Load the model as the pipeline will (``core.models.load_model``: strict, safe, within the checkpoint
+    limits; unset [model] fields decided by ``core.model_cards``) on one random input of the experiment's
+    size, and say what was found: a ModelError now rather than after minutes of work. A model file's class
+    count is checked against the dataset's (``cfg.model.num_classes``) with load_model's message. One check
+    at a time per server; a model (file, card, settings) checked before is not loaded again."""
     if not cfg.model.checkpoint:
         raise ModelError("choose the model's checkpoint (a weights file): without one the model would "
                          "have random weights and explain nothing")
     m = cfg.model
     with _CHECKS:
-        arch = models.resolved_arch(m)
-        if arch == "file":  # a file that carries its architecture: read it as the pipeline will
-            models.load_network_file(m.checkpoint)
-            return
-        net = models.build_architecture(arch, m.num_classes, m.in_channels, m.width)
-        models.load_weights(net, models.load_state_dict(m.checkpoint), source=f"checkpoint {m.checkpoint}")
+        found = model_cards.resolution(m)
+        shape, assumed = input_shape(cfg, found)
+        key = json.dumps([dataclasses.asdict(m), shape, _stamp(m.checkpoint),
+                          _stamp(model_cards.card_path(m.checkpoint))], default=str)
+        summary = _SUMMARIES.get(key)
+        if summary is None:
+            # a model file's classes are what its head says; compared with the dataset's below
+            probe = dataclasses.replace(m, num_classes=None) if models.resolved_arch(m) == "file" else m
+            model = models.load_model(probe, shape)
+            summary = ModelSummary(model.feature_layer, model.num_neurons, tuple(model.fmap_size),
+                                   getattr(model, "head_type", "linear"), model.num_classes, shape, assumed,
+                                   tuple(found.model.mean), tuple(found.model.std), dict(found.sources),
+                                   found.card)
+            del model
+            _SUMMARIES[key] = summary
+            while len(_SUMMARIES) > 16:
+                _SUMMARIES.popitem(last=False)
+    if m.num_classes is not None and summary.num_classes != m.num_classes:
+        raise ModelError(f"the model classifies into {summary.num_classes} classes but the experiment has "
+                         f"{m.num_classes} ([model] num_classes; the app counts the dataset's class "
+                         f"folders): use images of the {summary.num_classes} classes it was trained on, one "
+                         "folder per class in its class order")
+    return summary
+
+
+def class_names_problem(s: ModelSummary, classes: list[str]) -> str | None:
+    """A warning when the card's class names are not the dataset's classes in the same order (labels
+    would then mean other classes than the model's outputs), else None."""
+    names = list(s.card.class_names) if s.card is not None and s.card.class_names else None
+    if names is None or names == list(classes):
+        return None
+    if sorted(names) == sorted(classes):
+        return ("the model's card lists the same classes as the dataset but in another order: the images of "
+                "each class folder would be labelled as another class; the folders sort as "
+                f"{', '.join(classes[:6])}{', ...' if len(classes) > 6 else ''}, the card says "
+                f"{', '.join(names[:6])}{', ...' if len(names) > 6 else ''}")
+    missing = [c for c in classes if c not in names]
+    return (f"the model's card does not name the dataset's class(es) {', '.join(missing[:6])}: check that "
+            "the images are of the classes the model was trained on" if missing else None)
+
+
+_SOURCE_WORDS = {"config": "as set", "card": "from the model's card", "file": "from the model file",
+                 "architecture": "the architecture's", "dataset": "the dataset's",
+                 "default": "none given: the pixels as they are"}
+
+
+_HEAD_WORDS = {"linear": "global average pooling, then one linear layer",
+               "conv1x1": "a 1×1 convolution on the maps, then global average pooling",
+               "other": "neither of the usual forms"}
+
+
+def summary_lines(s: ModelSummary) -> list[str]:
+    """What the check found, as plain sentences (shown as text, never Markdown: names come from files)."""
+    h, w = s.fmap_size
+    c, ih, iw = s.input_shape
+    lines = [f"Analysed layer: {s.feature_layer} ({s.num_neurons:,} neurons, {h}×{w} maps)",
+             f"Head: {s.head_type} ({_HEAD_WORDS.get(s.head_type, 'as found')})",
+             f"Classes: {s.num_classes:,}" + (f" ({_SOURCE_WORDS[s.sources['num_classes']]})"
+                                              if s.sources.get("num_classes") == "card" else ""),
+             f"Input: {c} channel(s), {ih}×{iw} pixels" + (" (assumed until the images are read)"
+                                                           if s.size_assumed else ""),
+             f"Normalization: mean {numbers(s.mean)}, std {numbers(s.std)} "
+             f"({_SOURCE_WORDS[s.sources.get('mean', 'default')]})"]
+    if s.head_type == "other":
+        lines.append("This head is not global average pooling followed by one linear layer, so the "
+                     "activation×weight measures will not be available; the image-perturbation measures, "
+                     "receptive fields, clustering and context images still work.")
+    if s.card is not None and s.card.ignored:
+        lines.append(f"The card's other keys are not read: {', '.join(s.card.ignored)[:200]}")
+    return lines
 
 
 def suggest_id(name: str, cache_dir) -> str:
@@ -286,30 +461,47 @@ def preset_values(name: str, cache_dir) -> dict[str, object]:
         ident = "my-experiment"
     else:
         cfg, (mean, std), ident = PRESETS[name], (PRESETS[name].model.mean, PRESETS[name].model.std), name
+    arch = cfg.model.arch or (FROM_FILE if models.is_network_file(cfg.model.checkpoint)
+                              else models.DEFAULT_ARCH)
     d, m, p = cfg.data, cfg.model, cfg.prepare
     return {"prepare_source": d.source, "prepare_root": d.root or "", "prepare_image_size": d.image_size or 0,
             "prepare_classes": list(d.classes or []), "prepare_per_class": d.per_class or 0,
-            "prepare_arch": m.arch, "prepare_ckpt_mode": CKPT_MODES[0],
-            "prepare_ckpt_path": m.checkpoint or "",
-            "prepare_channels": m.in_channels, "prepare_width": m.width, "prepare_mean": numbers(mean),
-            "prepare_std": numbers(std), **attack_form_values(cfg.attack),
+            "prepare_arch": TIMM if arch.startswith("timm:") else arch,
+            "prepare_timm": arch if arch.startswith("timm:") else TIMM_EXAMPLES[0],
+            "prepare_ckpt_mode": CKPT_MODES[0], "prepare_ckpt_path": m.checkpoint or "",
+            "prepare_channels": m.in_channels or 0, "prepare_width": m.width,
+            "prepare_mean": numbers(mean or ()), "prepare_std": numbers(std or ()),
+            **attack_form_values(cfg.attack),
             "prepare_batch_size": p.batch_size, "prepare_maps": p.maps,
             "prepare_perplexity": float(p.tsne_perplexity),
             "prepare_device": p.device, "prepare_id": suggest_id(ident, cache_dir)}
 
 
-def config_values(s: Mapping[str, object], num_classes: int) -> dict[str, object]:
+def form_arch(s: Mapping[str, object]) -> str | None:
+    """The [model] arch of the form's choice: a built-in name, the checked timm name, or None (the model
+    file carries it)."""
+    arch = s["prepare_arch"]
+    if arch == TIMM:
+        return timm_arch(str(s.get("prepare_timm", "")))
+    return None if arch == FROM_FILE else arch
+
+
+def config_values(s: Mapping[str, object], num_classes: int | None) -> dict[str, object]:
     """The config overrides (``build_config``'s ``values``) of the form's values ``s`` (widget key ->
-    value) for a dataset of ``num_classes`` classes; ConfigError for unreadable normalization numbers."""
+    value) for a dataset of ``num_classes`` classes; ConfigError for unreadable normalization numbers
+    (both fields empty: from the model's card or defaults, ``core.model_cards``)."""
     checkpoint = s.get("prepare_upload_path") if s["prepare_ckpt_mode"] == CKPT_MODES[1] \
         else s.get("prepare_ckpt_path", "").strip()
+    mean_text, std_text = str(s.get("prepare_mean", "")), str(s.get("prepare_std", ""))
+    from_model = not mean_text.strip() and not std_text.strip()
     return {"data.source": s["prepare_source"], "data.root": s.get("prepare_root", "").strip() or None,
             "data.image_size": int(s["prepare_image_size"]) or None,
             "data.classes": list(s.get("prepare_classes", [])) or None,
             "data.per_class": int(s["prepare_per_class"]) or None,
-            "model.arch": s["prepare_arch"], "model.checkpoint": checkpoint or None,
-            "model.num_classes": num_classes, "model.in_channels": int(s["prepare_channels"]),
-            "model.width": int(s["prepare_width"]), "model.mean": parse_floats(s["prepare_mean"], "mean"),
-            "model.std": parse_floats(s["prepare_std"], "std"), **attack_config_values(s),
+            "model.arch": form_arch(s), "model.checkpoint": checkpoint or None,
+            "model.num_classes": num_classes, "model.in_channels": int(s["prepare_channels"]) or None,
+            "model.width": int(s["prepare_width"]),
+            "model.mean": None if from_model else parse_floats(mean_text, "mean"),
+            "model.std": None if from_model else parse_floats(std_text, "std"), **attack_config_values(s),
             "prepare.batch_size": int(s["prepare_batch_size"]), "prepare.maps": int(s["prepare_maps"]),
             "prepare.tsne_perplexity": float(s["prepare_perplexity"]), "prepare.device": s["prepare_device"]}

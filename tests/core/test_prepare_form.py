@@ -35,3 +35,48 @@ def test_normalization_numbers_are_read_back(text, expected):
 def test_unreadable_normalization_is_a_clear_error(text):
     with pytest.raises(ConfigError, match="one per channel separated by commas"):
         prepare_form.parse_floats(text, "std")
+
+
+def test_a_model_file_and_its_card_are_uploaded_beside_each_other(tmp_path):
+    """An uploaded .pt2 is kept once it loads; its card is kept beside it as <stem>.json once it passes the
+    card's checks, and a bad card is never kept."""
+    pytest.importorskip("core.exported_programs", reason="core.exported_programs (.pt2 loading) is missing")
+    import torch
+
+    from core import model_cards
+    from core.models import ModelError
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    torch.export.save(torch.export.export(net, (torch.rand(1, 3, 16, 16),)), tmp_path / "net.pt2")
+    path = prepare_form.save_upload((tmp_path / "net.pt2").read_bytes(), "net.pt2", tmp_path / "cache")
+    assert path.suffix == ".pt2" and path.parent.name == prepare_form.UPLOADS
+    with pytest.raises(ModelError, match="model card net.json: num_classes = 1"):
+        prepare_form.save_card(b'{"num_classes": 1}', "net.json", path)
+    assert model_cards.read_card(path) is None
+    prepare_form.save_card(b'{"mean": [0.5], "std": [0.5]}', "net.json", path)
+    assert model_cards.read_card(path).mean == (0.5,)
+    with pytest.raises(ModelError, match="net.pt2"):  # the user's name, never the temporary path
+        prepare_form.save_upload(b"PK\x03\x04 not a program", "net.pt2", tmp_path / "cache")
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, f"{path.stem}.json"])
+
+
+@pytest.mark.parametrize("head, unavailable", [("linear", False), ("conv1x1", False), ("other", True)])
+def test_what_was_found_says_when_activation_x_weight_is_unavailable(head, unavailable):
+    s = prepare_form.ModelSummary("layer4", 512, (4, 4), head, 10, (3, 32, 32), False, (0.5,), (0.5,),
+                                  {"mean": "card", "num_classes": "card"}, None)
+    lines = prepare_form.summary_lines(s)
+    assert lines[0] == "Analysed layer: layer4 (512 neurons, 4×4 maps)"
+    assert lines[1].startswith(f"Head: {head} (")
+    assert "Classes: 10 (from the model's card)" in lines and "(from the model's card)" in lines[4]
+    assert any("activation×weight measures will not be available" in x for x in lines) == unavailable
+
+
+def test_a_cards_class_names_are_compared_with_the_datasets():
+    from core import model_cards
+    card = model_cards.card_from_dict({"class_names": ["cat", "dog", "eel"]}, "card")
+    s = prepare_form.ModelSummary("f", 8, (2, 2), "linear", 3, (3, 32, 32), False, (0.0,), (1.0,), {}, card)
+    assert prepare_form.class_names_problem(s, ["cat", "dog", "eel"]) is None
+    assert "in another order" in prepare_form.class_names_problem(s, ["dog", "cat", "eel"])
+    other = prepare_form.class_names_problem(s, ["cat", "dog", "fox"])
+    assert "does not name the dataset's class(es) fox" in other
