@@ -847,10 +847,12 @@ def check_weights(state: dict[str, torch.Tensor], source: str = "checkpoint") ->
         raise ModelError(f"{source} has no convolution kernels (no 4-D weights), so it is not a CNN: the "
                          "method explains the neurons of a CNN's last convolutional layer; use the "
                          "checkpoint of a convolutional network with a linear classification head")
-    if not any(v.dim() == 2 and k.endswith("weight") for k, v in state.items()):
-        raise ModelError(f"{source} has no linear layer (no 2-D weight matrix): the method needs a final "
-                         "fully connected (nn.Linear) head on the average-pooled last-conv features; a "
-                         "network that classifies with a convolution cannot be explained as it is")
+    # a head: an nn.Linear (a 2-D weight) or a 1×1 convolution into class maps (NiN-style, "conv1x1")
+    if not any(k.endswith("weight") and (v.dim() == 2 or (v.dim() == 4 and tuple(v.shape[2:]) == (1, 1)))
+               for k, v in state.items()):
+        raise ModelError(f"{source} has no classification head (no 2-D weight matrix of a linear layer, no "
+                         "1×1 convolution): the method needs a final nn.Linear on the pooled last-conv "
+                         "features, or a 1×1 convolution into one map per class that is averaged")
 
 
 def load_weights(net: nn.Module, state: dict[str, torch.Tensor], source: str = "checkpoint") -> None:

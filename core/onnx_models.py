@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import math
 import os
 import re
@@ -151,6 +152,26 @@ def load_network(path: Path) -> nn.Module:
     _static_forms(net)
     _check_batch(net, model, batch, shown)
     return net.eval()
+
+
+def file_card(path: Path) -> dict | None:
+    """The model card an ONNX file carries in its ``metadata_props`` (``core.model_cards.FILE_CARDS``):
+    the entries named like a card's keys (``num_classes``, ``mean``, ``std``, ``input_size``,
+    ``in_channels``, ``class_names``, ``normalization``), each value JSON text (e.g. ``mean`` =
+    ``"[0.485, 0.456, 0.406]"``), or None when there are none. ``core.model_cards`` checks the values."""
+    from core.model_cards import CARD_KEYS, MAX_CARD_BYTES
+    shown = _shown(path)
+    found = {}
+    for prop in _read(Path(path), shown).metadata_props:
+        if prop.key in (*CARD_KEYS, "normalization"):
+            if len(prop.value) > MAX_CARD_BYTES:
+                raise ModelError(f"{shown}: its metadata entry {prop.key!r} is longer than a card may be")
+            try:
+                found[prop.key] = json.loads(prop.value)
+            except ValueError:
+                raise ModelError(f"{shown}: its metadata entry {prop.key!r} is not JSON (e.g. "
+                                 "\"[0.5, 0.5, 0.5]\")") from None
+    return found or None
 
 
 # ---------------------------------------------------------------------------------------------

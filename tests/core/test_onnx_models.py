@@ -243,6 +243,23 @@ def test_global_max_pooling_becomes_adaptive_max_pool(tmp_path):
     assert torch.allclose(net(x), want, atol=1e-6)
 
 
+def test_a_card_in_the_files_metadata_gives_normalization_and_a_card_beside_it_wins(tmp_path):
+    from core.model_cards import read_card
+    model = _conv_model()
+    helper.set_model_props(model, {"mean": "[0.5, 0.4, 0.3]", "std": "[0.2, 0.2, 0.2]", "num_classes": "4",
+                                   "producer_note": "ignored"})
+    onnx.save_model(model, tmp_path / "m.onnx")
+    card = read_card(tmp_path / "m.onnx")
+    assert (card.mean, card.std, card.num_classes) == ((0.5, 0.4, 0.3), (0.2, 0.2, 0.2), 4)
+    (tmp_path / "m.json").write_text('{"mean": [0.1], "std": [0.9]}')
+    assert (read_card(tmp_path / "m.onnx").mean, read_card(tmp_path / "m.onnx").num_classes) == ((0.1,), None)
+    (tmp_path / "m.json").unlink()
+    helper.set_model_props(model, {"mean": "[0.5, oops"})
+    onnx.save_model(model, tmp_path / "m.onnx")
+    with pytest.raises(ModelError, match="'mean' is not JSON"):
+        read_card(tmp_path / "m.onnx")
+
+
 @pytest.mark.parametrize("where", ["absolute", "parent", "sibling", "link"])
 def test_external_data_outside_the_model_is_never_read(tmp_path, opened, where):
     secret = tmp_path / "secret.bin"

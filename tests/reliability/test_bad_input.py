@@ -206,10 +206,11 @@ def case_not_a_cnn(tmp: Path):
 
 def case_no_linear_head(tmp: Path):
     ckpt = tmp / "allconv.pt"
-    torch.save({"conv1.weight": torch.randn(16, 1, 3, 3), "classifier.weight": torch.randn(10, 16, 1, 1),
+    # a 3×3 convolution into class maps (a 1×1 one would be a "conv1x1" head)
+    torch.save({"conv1.weight": torch.randn(16, 1, 3, 3), "classifier.weight": torch.randn(10, 16, 3, 3),
                 "classifier.bias": torch.zeros(10)}, ckpt)
     return config(fm_folder(tmp / "f"), {"model.checkpoint": str(ckpt)}), [
-        "allconv.pt", "no linear layer", "nn.Linear"]
+        "allconv.pt", "no classification head", "nn.Linear"]
 
 
 def case_head_override_not_linear(tmp: Path):

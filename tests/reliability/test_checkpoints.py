@@ -556,8 +556,12 @@ def test_tensors_without_cnn_weights_are_refused(tmp_path):
     with pytest.raises(ModelError, match="no convolution kernels"):
         check_cnn_checkpoint(tmp_path / "mlp.pt", source="mlp.pt")
     save_file({"conv.weight": torch.randn(4, 3, 3, 3)}, str(tmp_path / "convs.safetensors"))
-    with pytest.raises(ModelError, match="no linear layer"):
+    with pytest.raises(ModelError, match="no classification head"):
         check_cnn_checkpoint(tmp_path / "convs.safetensors")
+    # a 1×1 convolution into class maps is a head ("conv1x1", core.models.discover_layers)
+    save_file({"conv.weight": torch.randn(4, 3, 3, 3), "head.weight": torch.randn(10, 4, 1, 1)},
+              str(tmp_path / "nin.safetensors"))
+    assert set(check_cnn_checkpoint(tmp_path / "nin.safetensors")) == {"conv.weight", "head.weight"}
     torch.save({"epoch": 3, "lr": 0.1}, tmp_path / "none.pt")
     with pytest.raises(ModelError, match="holds no tensors"):
         check_cnn_checkpoint(tmp_path / "none.pt")
