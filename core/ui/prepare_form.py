@@ -494,12 +494,16 @@ def config_values(s: Mapping[str, object], num_classes: int | None) -> dict[str,
         else s.get("prepare_ckpt_path", "").strip()
     mean_text, std_text = str(s.get("prepare_mean", "")), str(s.get("prepare_std", ""))
     from_model = not mean_text.strip() and not std_text.strip()
+    own_file = models.is_network_file(checkpoint)
     return {"data.source": s["prepare_source"], "data.root": s.get("prepare_root", "").strip() or None,
             "data.image_size": int(s["prepare_image_size"]) or None,
             "data.classes": list(s.get("prepare_classes", [])) or None,
             "data.per_class": int(s["prepare_per_class"]) or None,
-            "model.arch": form_arch(s), "model.checkpoint": checkpoint or None,
-            "model.num_classes": num_classes, "model.in_channels": int(s["prepare_channels"]) or None,
+            # a model file carries its architecture and input channels, whatever the menus still say
+            "model.arch": None if own_file else form_arch(s),
+            "model.checkpoint": checkpoint or None,
+            "model.num_classes": num_classes,
+            "model.in_channels": None if own_file else int(s["prepare_channels"]) or None,
             "model.width": int(s["prepare_width"]),
             "model.mean": None if from_model else parse_floats(mean_text, "mean"),
             "model.std": None if from_model else parse_floats(std_text, "std"), **attack_config_values(s),

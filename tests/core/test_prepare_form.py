@@ -80,3 +80,17 @@ def test_a_cards_class_names_are_compared_with_the_datasets():
     assert "in another order" in prepare_form.class_names_problem(s, ["dog", "cat", "eel"])
     other = prepare_form.class_names_problem(s, ["cat", "dog", "fox"])
     assert "does not name the dataset's class(es) fox" in other
+
+
+@pytest.mark.parametrize("path", ["/models/net.pt2", "/models/net.ONNX"])
+def test_a_model_file_path_wins_over_the_architecture_menu(tmp_path, path):
+    """A user who types a .pt2/.onnx path but leaves the menu at its built-in default gets the file's own
+    architecture and input channels, not "leave [model] arch out" (a config's words on a page without a
+    config) or the channels of the preset the form started from."""
+    values = prepare_form.preset_values("demo", tmp_path) | {"prepare_ckpt_path": path}  # 1 channel
+    assert values["prepare_arch"] not in (prepare_form.FROM_FILE, prepare_form.TIMM)
+    assert values["prepare_channels"] == 1
+    got = prepare_form.config_values(values, 10)
+    assert got["model.arch"] is None and got["model.in_channels"] is None  # the file's first convolution
+    weights = values | {"prepare_ckpt_path": "/models/net.pth"}
+    assert prepare_form.config_values(weights, 10)["model.arch"] == values["prepare_arch"]
