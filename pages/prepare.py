@@ -290,6 +290,8 @@ with left:
                              "and class_names, all optional; kept beside the uploaded model.")
             if st.session_state.get("prepare_card_error"):
                 st.error(plain(st.session_state["prepare_card_error"]))
+    if note := prepare_form.own_file_note(st.session_state):
+        st.caption(plain(note))
     st.caption("Normalization (what the model's training did to the pixels):")
     norm_buttons = st.columns(len(prepare_form.NORMALIZATIONS) + 1)
     for column, (label, (mean, std)) in zip(norm_buttons, prepare_form.NORMALIZATIONS.items(), strict=False):

@@ -477,6 +477,23 @@ def preset_values(name: str, cache_dir) -> dict[str, object]:
             "prepare_device": p.device, "prepare_id": suggest_id(ident, cache_dir)}
 
 
+def form_checkpoint(s: Mapping[str, object]) -> str:
+    """The checkpoint or model file the form names: the uploaded file, or the server path."""
+    if s["prepare_ckpt_mode"] == CKPT_MODES[1]:
+        return str(s.get("prepare_upload_path") or "")
+    return str(s.get("prepare_ckpt_path", "")).strip()
+
+
+def own_file_note(s: Mapping[str, object]) -> str | None:
+    """What to tell a user whose model file carries the architecture the menu still names (the file wins,
+    ``config_values``), or None."""
+    checkpoint = form_checkpoint(s)
+    if models.is_network_file(checkpoint) and s["prepare_arch"] != FROM_FILE:
+        return (f"{Path(checkpoint).name} carries its own architecture and input channels: the "
+                "Architecture menu is not used.")
+    return None
+
+
 def form_arch(s: Mapping[str, object]) -> str | None:
     """The [model] arch of the form's choice: a built-in name, the checked timm name, or None (the model
     file carries it)."""
@@ -490,8 +507,7 @@ def config_values(s: Mapping[str, object], num_classes: int | None) -> dict[str,
     """The config overrides (``build_config``'s ``values``) of the form's values ``s`` (widget key ->
     value) for a dataset of ``num_classes`` classes; ConfigError for unreadable normalization numbers
     (both fields empty: from the model's card or defaults, ``core.model_cards``)."""
-    checkpoint = s.get("prepare_upload_path") if s["prepare_ckpt_mode"] == CKPT_MODES[1] \
-        else s.get("prepare_ckpt_path", "").strip()
+    checkpoint = form_checkpoint(s)
     mean_text, std_text = str(s.get("prepare_mean", "")), str(s.get("prepare_std", ""))
     from_model = not mean_text.strip() and not std_text.strip()
     own_file = models.is_network_file(checkpoint)

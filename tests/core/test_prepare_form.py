@@ -92,5 +92,7 @@ def test_a_model_file_path_wins_over_the_architecture_menu(tmp_path, path):
     assert values["prepare_channels"] == 1
     got = prepare_form.config_values(values, 10)
     assert got["model.arch"] is None and got["model.in_channels"] is None  # the file's first convolution
+    assert "carries its own architecture" in prepare_form.own_file_note(values)
     weights = values | {"prepare_ckpt_path": "/models/net.pth"}
     assert prepare_form.config_values(weights, 10)["model.arch"] == values["prepare_arch"]
+    assert prepare_form.own_file_note(weights) is None
