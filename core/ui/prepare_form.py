@@ -22,10 +22,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
+
 from core import model_cards, models
 from core.attacks import ATTACKS, PARAMS, Param, param, resolve
 from core.config import AttackConfig, ConfigError, ExperimentConfig
-from core.data import CIFAR10_CLASSES, FASHION_MNIST_CLASSES, DataError
+from core.data import CIFAR10_CLASSES, FASHION_MNIST_CLASSES, IMAGE_EXTENSIONS, DataError
 from core.hosting import settings
 from core.models import (
     ARCHITECTURES,
@@ -271,11 +273,39 @@ class ModelSummary:
 
 def input_shape(cfg: ExperimentConfig, found: model_cards.Resolution) -> tuple[tuple[int, int, int], bool]:
     """(C, H, W) to check the model on, and whether H, W were assumed: [data] image_size, else the card's
-    or architecture's input size, else the source's native size, else ``ASSUMED_SIZE``."""
+    or architecture's input size, else the source's native size, else the size of an image folder's first
+    image (``cfg.data.root`` already checked against the readable roots: ``check_server_paths``), else
+    ``ASSUMED_SIZE``."""
     size = cfg.data.image_size
     hw = (size, size) if size else found.input_size or (
         (NATIVE_SIZE[cfg.data.source],) * 2 if cfg.data.source in NATIVE_SIZE else None)
+    if hw is None and cfg.data.source == "image_folder" and cfg.data.root:
+        hw = first_image_size(cfg.data.root)
     return (found.model.in_channels, *(hw or (ASSUMED_SIZE, ASSUMED_SIZE))), hw is None
+
+
+def first_image_size(root: str | Path, most: int = 64) -> tuple[int, int] | None:
+    """(H, W) of the first readable image of the first class folder that has one (sorted names, as
+    ``core.data.image_folder`` orders them), reading file headers only and at most ``most`` entries per
+    folder and folders; None when there is none (the scan will say why). The check before a run uses the
+    images' own size, so what it finds (or refuses) is what the run will."""
+    try:
+        with os.scandir(root) as entries:
+            folders = sorted(e.path for e in itertools.islice(entries, most)
+                             if e.is_dir() and not e.name.startswith("."))
+        for folder in folders:
+            with os.scandir(folder) as entries:
+                names = sorted(e.path for e in itertools.islice(entries, most)
+                               if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file())
+            for name in names:
+                try:
+                    with Image.open(name) as im:  # the header: no pixels are decoded
+                        return int(im.height), int(im.width)
+                except (OSError, ValueError, Image.DecompressionBombError):
+                    continue
+    except OSError:
+        return None
+    return None
 
 
 def _stamp(path) -> tuple:

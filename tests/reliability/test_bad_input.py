@@ -318,8 +318,8 @@ def test_bad_input_is_explained_in_cli_and_app(name, tmp_path, capsys, app_cache
 
 
 def test_checkpoint_problems_show_on_the_form(tmp_path, app_cache):
-    """Checkpoint problems are caught when Prepare is pressed (before any long run): the form shows the
-    error next to the button and starts nothing."""
+    """Checkpoint problems are caught as soon as the checkpoint is named (before any run): the form shows
+    the error, the Prepare button is disabled and nothing starts."""
     import streamlit as st
     st.cache_data.clear()
     cfg, _ = case_not_a_cnn(tmp_path)
@@ -330,11 +330,10 @@ def test_checkpoint_problems_show_on_the_form(tmp_path, app_cache):
     at.text_input(key="prepare_root").set_value(cfg["data"]["root"])
     at.text_input(key="prepare_ckpt_path").set_value(cfg["model"]["checkpoint"])
     at.text_input(key="prepare_id").set_value("mlp-form").run()
-    assert not [displayed(e.value) for e in at.error]
-    at.button(key="prepare_start").click().run()
     assert not at.exception
     said = [displayed(e.value) for e in at.error]
     assert any("no convolution kernels" in e and "mlp.safetensors" in e for e in said), said
+    assert at.button(key="prepare_start").disabled
     assert jobs.get("mlp-form", app_cache) is None
 
 
