@@ -391,7 +391,7 @@ class _Program:
             parts = [p.split(",") for p in stack.split(";")]
             if parts and len(parts[-1]) >= 2 and not parts[-1][0].startswith("_empty"):
                 path = parts[-1][1]
-        base = re.sub(r"\W+", "_", path).strip("_")[:80]
+        base = re.sub(r"[^0-9A-Za-z_]+", "_", path).strip("_")[:80]
         if not single or not base:
             base = f"{base}_{op}".strip("_")
         if base[0].isdigit() or keyword.iskeyword(base) or hasattr(fx.GraphModule, base):

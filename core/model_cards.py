@@ -179,13 +179,21 @@ def _file_card(path: Path) -> ModelCard | None:
     spec = FILE_CARDS.get(path.suffix.lower())
     if spec is None or not path.is_file():
         return None
+    st = path.stat()
+    return _carried_card(str(path), spec, (st.st_mtime_ns, st.st_size, st.st_ino))
+
+
+@functools.lru_cache(maxsize=16)
+def _carried_card(path: str, spec: str, _stamp: tuple) -> ModelCard | None:
+    """The card a model file carries, read once per file version (reading it parses the whole file, and
+    the Prepare page asks on every rerun)."""
     module, function = spec.split(":")
     try:
         reader = getattr(importlib.import_module(module), function)
     except (ImportError, AttributeError):  # the format's module does not offer a card (yet)
         return None
-    fields = reader(path)
-    return None if fields is None else card_from_dict(fields, f"in {path.name}")
+    fields = reader(Path(path))
+    return None if fields is None else card_from_dict(fields, f"in {Path(path).name}")
 
 
 @functools.lru_cache(maxsize=16)
@@ -273,6 +281,9 @@ def resolution(cfg: ModelConfig, num_classes: int | None = None) -> Resolution:
     size = card.input_size if card and card.input_size else arch.get("input_size")
     if size is not None:
         size = tuple(int(v) for v in size)[-2:]
+    if not is_file and cfg.arch is None:  # as every earlier version wrote it (the cache keys stay the same)
+        from core.models import DEFAULT_ARCH
+        out["arch"] = DEFAULT_ARCH
     model = dataclasses.replace(cfg, **out)
     if len(model.mean) not in (1, model.in_channels):
         raise ModelError(f"the normalization ({sources['mean']}) has {len(model.mean)} values but the model "

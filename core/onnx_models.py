@@ -168,7 +168,7 @@ def file_card(path: Path) -> dict | None:
                 raise ModelError(f"{shown}: its metadata entry {prop.key!r} is longer than a card may be")
             try:
                 found[prop.key] = json.loads(prop.value)
-            except ValueError:
+            except (ValueError, RecursionError):  # RecursionError: 30,000 nested brackets fit the bound
                 raise ModelError(f"{shown}: its metadata entry {prop.key!r} is not JSON (e.g. "
                                  "\"[0.5, 0.5, 0.5]\")") from None
     return found or None

@@ -55,30 +55,36 @@ def _set_normalization(mean, std) -> None:
 
 
 def _on_card() -> None:
-    st.session_state.pop("prepare_card_error", None)
-    f, model = st.session_state.get("prepare_card"), st.session_state.get("prepare_upload_path")
+    """The uploaded model with the uploaded card (a pair of its own), or the model alone again."""
+    s = st.session_state
+    s.pop("prepare_card_error", None)
+    f, model = s.get("prepare_card"), s.get("prepare_upload_model")
+    if not model:
+        if f is not None:
+            s["prepare_card_error"] = "upload the model first, then its card"
+        return
+    s["prepare_upload_path"] = model
     if f is None:
         return
-    if not model:
-        st.session_state["prepare_card_error"] = "upload the model first, then its card"
-        return
     try:
-        prepare_form.save_card(f.getvalue(), f.name, model)
+        s["prepare_upload_path"] = str(prepare_form.save_card(f.getvalue(), f.name, model))
     except jobs.USER_ERRORS as e:
-        st.session_state["prepare_card_error"] = str(e)
+        s["prepare_card_error"] = str(e)
 
 
 def _on_upload() -> None:
-    st.session_state.pop("prepare_upload_path", None)
-    st.session_state.pop("prepare_upload_error", None)
+    for key in ("prepare_upload_path", "prepare_upload_model", "prepare_upload_error"):
+        st.session_state.pop(key, None)
     f = st.session_state.get("prepare_upload")
     if f is None:
         return
     try:
-        st.session_state["prepare_upload_path"] = str(prepare_form.save_upload(
+        st.session_state["prepare_upload_model"] = str(prepare_form.save_upload(
             f.getvalue(), f.name, cache_dir(), max_bytes=int(st.get_option("server.maxUploadSize")) * 2**20))
     except jobs.USER_ERRORS as e:
         st.session_state["prepare_upload_error"] = str(e)
+        return
+    _on_card()  # a card already chosen goes with the new model
 
 
 def _explore(experiment: str) -> None:

@@ -16,6 +16,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -195,17 +196,36 @@ def save_upload(data: bytes, filename: str, cache_dir, max_bytes: int = MAX_UPLO
 
 
 def save_card(data: bytes, filename: str, model_path: str | Path) -> Path:
-    """Keep an uploaded model card (``core.model_cards``) beside the uploaded model ``model_path`` as its
-    ``<stem>.json``, once it parses and passes every check; otherwise its ModelError is raised."""
+    """Keep an uploaded model card (``core.model_cards``) with the uploaded model ``model_path``, once it
+    parses and passes every check (otherwise its ModelError is raised), and return the model path to use.
+
+    Uploads are shared by content (``save_upload``), so a card is never written beside the model's own
+    file: another user's upload of the same model, with another card or none, would read it. The pair is
+    kept as a model file of its own, ``<sha256 of model and card><suffix>`` (a link to the model's bytes)
+    with the card beside it as its ``<stem>.json``, the card written first."""
     model_cards.parse_card(data, filename)
-    target = model_cards.card_path(model_path)
-    tmp = target.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{target.name}")
+    model = Path(model_path)
+    digest = hashlib.sha256(model.name.encode() + b"\0" + data).hexdigest()  # the name is the model's hash
+    pair = model.with_name(digest + checkpoint_suffix(model.name))
+    tag = f".tmp-{os.getpid()}-{threading.get_ident()}-"
+    for target, write in ((model_cards.card_path(pair), lambda t: t.write_bytes(data)),
+                          (pair, lambda t: _link_or_copy(model, t))):
+        if target.exists():
+            continue  # content-addressed: the same bytes
+        tmp = target.with_name(tag + target.name)
+        try:
+            write(tmp)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return pair
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return target
+        os.link(source, target)
+    except OSError:  # a file system without hard links
+        shutil.copyfile(source, target)
 
 
 def timm_arch(text: str) -> str:

@@ -100,14 +100,14 @@ def test_explicit_beats_card_beats_defaults(tmp_path):
 def test_without_card_or_file_defaults_every_config_resolves_as_before():
     """The identity normalization, 3 channels and 10 classes of earlier versions: the stores' cache keys
     (which hash the resolved config) do not change for existing configs and presets."""
-    assert model_cards.resolve(ModelConfig()) == ModelConfig(num_classes=10, in_channels=3, mean=(0.0,),
-                                                             std=(1.0,))
+    assert model_cards.resolve(ModelConfig()) == ModelConfig(arch="resnet18_cifar", num_classes=10,
+                                                             in_channels=3, mean=(0.0,), std=(1.0,))
     for name, preset in PRESETS.items():
         resolved = model_cards.resolve(preset.model)
         before = {"num_classes": preset.model.num_classes or 10, "in_channels": preset.model.in_channels or 3}
         assert resolved == dataclasses.replace(preset.model, **before), name
     d = ExperimentConfig().to_dict()
-    d["model"] |= {"mean": [0.0], "std": [1.0], "num_classes": 10, "in_channels": 3}
+    d["model"] |= {"arch": "resnet18_cifar", "mean": [0.0], "std": [1.0], "num_classes": 10, "in_channels": 3}
     cfg = ExperimentConfig()
     cfg.model = model_cards.resolve(cfg.model)
     assert cfg.to_dict() == ExperimentConfig.from_dict(d).to_dict()
@@ -187,3 +187,15 @@ def test_a_grayscale_model_file_says_its_channels(tmp_path, cifar_root):
     assert model.num_classes == 10 and model.num_neurons == 16
     with torch.no_grad():
         assert torch.allclose(model(x), net(x), atol=1e-5)
+
+
+def test_a_config_without_arch_resolves_to_the_default_as_before(tmp_path):
+    """Earlier versions wrote arch = "resnet18_cifar" when a config left it out: the resolved config (which
+    the cache key hashes) still does, so an interrupted prepare resumes after the upgrade; a model file
+    keeps no arch (it carries its own)."""
+    from core.config import ModelConfig
+    from core.model_cards import resolve
+    from core.models import DEFAULT_ARCH
+    assert resolve(ModelConfig()).arch == DEFAULT_ARCH == "resnet18_cifar"
+    assert resolve(ModelConfig(arch="resnet20_cifar")).arch == "resnet20_cifar"
+    assert resolve(ModelConfig(checkpoint=str(tmp_path / "x.pt2"), in_channels=3)).arch is None

@@ -258,6 +258,10 @@ def test_a_card_in_the_files_metadata_gives_normalization_and_a_card_beside_it_w
     onnx.save_model(model, tmp_path / "m.onnx")
     with pytest.raises(ModelError, match="'mean' is not JSON"):
         read_card(tmp_path / "m.onnx")
+    helper.set_model_props(model, {"mean": "[" * 30_000 + "]" * 30_000})  # under the size bound, too deep
+    onnx.save_model(model, tmp_path / "m.onnx")
+    with pytest.raises(ModelError, match="'mean' is not JSON"):
+        read_card(tmp_path / "m.onnx")
 
 
 @pytest.mark.parametrize("where", ["absolute", "parent", "sibling", "link"])

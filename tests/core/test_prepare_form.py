@@ -37,9 +37,10 @@ def test_unreadable_normalization_is_a_clear_error(text):
         prepare_form.parse_floats(text, "std")
 
 
-def test_a_model_file_and_its_card_are_uploaded_beside_each_other(tmp_path):
-    """An uploaded .pt2 is kept once it loads; its card is kept beside it as <stem>.json once it passes the
-    card's checks, and a bad card is never kept."""
+def test_a_model_file_and_its_card_are_uploaded_as_a_pair_of_their_own(tmp_path):
+    """An uploaded .pt2 is kept once it loads; its card, once it passes the card's checks, is kept with a
+    model file of the pair's own (uploads are shared by content: another user's upload of the same model,
+    with another card or none, must not read it), and a bad card is never kept."""
     pytest.importorskip("core.exported_programs", reason="core.exported_programs (.pt2 loading) is missing")
     import torch
 
@@ -54,11 +55,16 @@ def test_a_model_file_and_its_card_are_uploaded_beside_each_other(tmp_path):
     with pytest.raises(ModelError, match="model card net.json: num_classes = 1"):
         prepare_form.save_card(b'{"num_classes": 1}', "net.json", path)
     assert model_cards.read_card(path) is None
-    prepare_form.save_card(b'{"mean": [0.5], "std": [0.5]}', "net.json", path)
-    assert model_cards.read_card(path).mean == (0.5,)
+    pair = prepare_form.save_card(b'{"mean": [0.5], "std": [0.5]}', "net.json", path)
+    assert model_cards.read_card(pair).mean == (0.5,) and model_cards.read_card(path) is None
+    assert pair.read_bytes() == path.read_bytes() and pair.suffix == ".pt2"
+    other = prepare_form.save_card(b'{"mean": [0.2], "std": [0.3]}', "mine.json", path)
+    assert other != pair and model_cards.read_card(pair).mean == (0.5,)  # neither overwrites the other
+    assert prepare_form.save_card(b'{"mean": [0.5], "std": [0.5]}', "again.json", path) == pair
     with pytest.raises(ModelError, match="net.pt2"):  # the user's name, never the temporary path
         prepare_form.save_upload(b"PK\x03\x04 not a program", "net.pt2", tmp_path / "cache")
-    assert sorted(p.name for p in path.parent.iterdir()) == sorted([path.name, f"{path.stem}.json"])
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted(
+        [path.name, pair.name, f"{pair.stem}.json", other.name, f"{other.stem}.json"])
 
 
 @pytest.mark.parametrize("head, unavailable", [("linear", False), ("conv1x1", False), ("other", True)])
