@@ -23,7 +23,9 @@ strings with sympy (whose ``sympify`` can evaluate). This reader instead:
    dropout must be in eval mode. Symbolic sizes are supported for the batch dimension only (``sym_size``
    nodes and ``as_sym_int`` arguments naming graph values); expression strings are only matched against
    the plain-symbol form, never parsed or evaluated. Operators on weights alone (a transposed weight) are
-   computed once while loading, within the same checks;
+   computed once while loading: first on the meta device, their results' shapes and dtypes compared with
+   the records (and their total with ``max_checkpoint_bytes``) before they are computed; pad amounts
+   (of images or weights) are at most ``max_image_size``, as are the input's sides (1 to 4 channels);
 4. expresses the graph with real modules, named after the original module path in each node's
    ``nn_module_stack`` (``layer4.1.relu`` -> ``layer4_1_relu``), so hooks see every tensor:
    ``conv2d``/``convolution`` -> ``nn.Conv2d``; ``linear``, ``addmm(b, x, t(W))`` (or ``permute(W, [1,
@@ -32,7 +34,8 @@ strings with sympy (whose ``sympify`` can evaluate). This reader instead:
    adaptive/avg/max pooling and a spatial ``mean(keepdim)`` -> the ``nn`` pooling modules, ``flatten`` ->
    ``nn.Flatten``, ``dropout`` -> ``nn.Dropout``; every other operator becomes an :class:`AtenOp` leaf
    module (a residual ``add`` too), so ``core.models.discover_layers`` finds the analysed layer and head;
-5. runs the module once on a batch size other than the exported one and checks every activation's shape
+5. runs the module once on a batch size other than the exported one, on fake tensors first (nothing is
+   allocated) and then for real, and checks every activation's shape
    against the one the file records (which must fit ``max_checkpoint_bytes``): the graph computes what
    the file says, and a program exported with a fixed batch size runs on other batch sizes (batch-size
    literals in ``view``/``reshape`` become the input's batch size) or is refused with the fix
@@ -56,6 +59,7 @@ from pathlib import Path
 
 import torch
 from torch import fx, nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from core.hosting import settings
 from core.models import (
@@ -199,6 +203,7 @@ class _Program:
         self.kind: dict[str, str] = {}               # graph input name -> "param" | "buffer" | "constant"
         self.modules: dict[str, nn.Module] = {}
         self.names: set[str] = set()
+        self.folded = 0                              # bytes computed from weights alone while loading
 
     # -- the archive ------------------------------------------------------------------------------
     def _layout(self) -> tuple[str, str]:
@@ -377,6 +382,10 @@ class _Program:
         if any(isinstance(d, str) for d in dims[1:]):
             raise ModelError(f"model file {self.shown}: the program's image size is dynamic; only the batch "
                              "may be: export with dynamic_shapes={\"x\": {0: torch.export.Dim(\"batch\")}}")
+        side = settings().max_image_size
+        if not 1 <= dims[1] <= 4 or not all(1 <= d <= side for d in dims[2:]):
+            raise ModelError(f"model file {self.shown}: its input ({' x '.join(map(str, dims[1:]))}) must "
+                             f"have 1 to 4 channels and sides of at most {side} pixels (max_image_size)")
         if isinstance(dims[0], str):
             hint = _hint(sizes[0])
             return dims[0], hint if hint and hint > 0 else 2
@@ -622,12 +631,7 @@ class _Program:
             raise ModelError(f"model file {self.shown}: its dropout {p.name!r} runs in training mode; export "
                              "the model in eval mode (model.eval())")
         single_input = len(dyn) == 1 and isinstance(arg(0), _Ref) and arg(0).name == dyn[0]
-        if packet in _PADS:
-            limit = settings().max_image_size
-            pads = arg(1) or []
-            if any(not isinstance(v, int) or abs(v) > limit for v in pads):
-                raise ModelError(f"model file {self.shown}: operator {p.name!r} pads by more than "
-                                 f"{limit} pixels (max_image_size); the file is damaged or hostile")
+        self._check_pads(p)
         if single_input and not kw:
             if packet in ("conv2d", "convolution") and const(arg(1), 4) is not None \
                     and (arg(2) is None or const(arg(2), 1) is not None) \
@@ -694,21 +698,67 @@ class _Program:
         pooling's indices)."""
         return any(o in self.used for o in p.outputs[1:] if o)
 
+    def _check_pads(self, p: _Node) -> None:
+        """A pad's literal amounts allocate: each is bounded by max_image_size (on images and weights)."""
+        if p.packet in _PADS:
+            limit = settings().max_image_size
+            pads = (p.args[1] if len(p.args) > 1 else p.kwargs.get("pad")) or []
+            if not isinstance(pads, list) or any(not isinstance(v, int) or abs(v) > limit for v in pads):
+                raise ModelError(f"model file {self.shown}: operator {p.name!r} pads by more than "
+                                 f"{limit} pixels (max_image_size); the file is damaged or hostile")
+
     def _fold(self, p: _Node) -> None:
         """An operator on weights alone (a transposed or standardized weight) computed once, here: its
-        results become constants (their recorded sizes are checked against the limits first)."""
+        results become constants. It runs first on the meta device (no memory): each result's shape and
+        dtype must equal the file's record, which must fit the limits, and all folded results together
+        must fit ``max_checkpoint_bytes``; only then is it computed."""
+        self._check_pads(p)
         named = [o for o in p.outputs if o]
         for o in named:
             if self._expected(o) is None:
                 raise _not_pt2(self.shown, f"the size of {o[:60]!r} is not recorded")
+        try:
+            with torch.no_grad():
+                shapes = self._aten(p, [], meta=True).forward()
+        except Exception as e:  # noqa: BLE001 - any failure of the file's graph is the file's fault
+            raise ModelError(f"model file {self.shown}: its operator {p.name!r} on weights fails "
+                             f"({type(e).__name__}: {str(e)[:160]}); the file is damaged") from None
+        self._check_folded(p, shapes, meta=True)
         with torch.no_grad():
             value = self._aten(p, []).forward()
+        self._check_folded(p, value, meta=False)
         values = [value] if len(p.outputs) == 1 else list(value)
         for o, v in zip(p.outputs, values, strict=True):
             if o:
-                if not isinstance(v, torch.Tensor):
-                    raise _not_pt2(self.shown, f"operator {p.name!r} on weights returns no tensor")
                 self.tensors[o] = v
+
+    def _check_folded(self, p: _Node, value, meta: bool) -> None:
+        """The results of an operator on weights (on the meta device, then real) are what the file
+        records; the meta ones are counted against ``max_checkpoint_bytes``."""
+        values = [value] if len(p.outputs) == 1 else list(value) if isinstance(value, tuple | list) else []
+        if len(values) != len(p.outputs):
+            raise _not_pt2(self.shown, f"operator {p.name!r} on weights returns {len(values)} values, the "
+                                       f"file records {len(p.outputs)}")
+        total = 0
+        for o, v in zip(p.outputs, values, strict=True):
+            if not o:
+                continue
+            if not isinstance(v, torch.Tensor):
+                raise _not_pt2(self.shown, f"operator {p.name!r} on weights returns no tensor")
+            want = tuple(self.batch if d == "batch" else d for d in self._expected(o))
+            dtype = _DTYPES.get(self.values[o].get("dtype"))
+            if tuple(v.shape) != want or v.dtype != dtype:
+                got = f"{tuple(v.shape)} {str(v.dtype).removeprefix('torch.')}"
+                raise ModelError(f"model file {self.shown}: its program does not compute what it records "
+                                 f"({p.name}: {got}, the file records {want} "
+                                 f"{str(dtype).removeprefix('torch.')}); the file is damaged")
+            total += v.numel() * v.element_size()
+        if meta:  # counted once, before computing
+            self.folded += total
+            max_bytes = _limits()[0]
+            if self.folded > max_bytes:
+                raise _limit_error(self.shown, f"its operators on weights compute {_size(self.folded)}",
+                                   "max_checkpoint_bytes", max_bytes)
 
     def _const(self, ref, dims: int) -> torch.Tensor | None:
         t = self.tensors.get(ref.name) if isinstance(ref, _Ref) else None
@@ -741,7 +791,8 @@ class _Program:
         bn.num_batches_tracked = torch.tensor(0)
         return bn
 
-    def _aten(self, p: _Node, dyn: list) -> AtenOp:
+    def _aten(self, p: _Node, dyn: list, meta: bool = False) -> AtenOp:
+        """The operator as an AtenOp; ``meta``: its constants on the meta device (shapes only)."""
         constants: dict[str, torch.Tensor] = {}
 
         def template(v):
@@ -749,7 +800,7 @@ class _Program:
                 if v.name in dyn:
                     return _In(dyn.index(v.name))
                 key = f"c{len(constants)}"
-                constants[key] = self.tensors[v.name]
+                constants[key] = self.tensors[v.name].to("meta") if meta else self.tensors[v.name]
                 return _Const(key)
             if isinstance(v, list):
                 return [template(b) for b in v]
@@ -904,10 +955,10 @@ class _ShapeCheck(fx.Interpreter):
     def run_node(self, n: fx.Node):
         out = super().run_node(n)
         want = n.meta.get("nve_sizes")
-        if want is not None and isinstance(out, torch.Tensor) and self.bad is None:
-            expected = tuple(self.batch if d == "batch" else d for d in want)
+        if n.op in ("call_module", "call_function") and isinstance(out, torch.Tensor) and self.bad is None:
+            expected = None if want is None else tuple(self.batch if d == "batch" else d for d in want)
             if tuple(out.shape) != expected:
-                self.bad = f"{n.target}: shape {tuple(out.shape)}, the file records {expected}"
+                self.bad = f"{n.target}: shape {tuple(out.shape)}, the file records {expected or 'none'}"
                 raise _Mismatch
         return out
 
@@ -918,10 +969,18 @@ class _Mismatch(Exception):
 
 def _verify(net: fx.GraphModule, program: _Program) -> fx.GraphModule:
     """Run once at a batch size other than the exported one and compare each activation's shape with the
-    file's record (see the module notes)."""
+    file's record (see the module notes): first on fake tensors, which allocate nothing (so an activation
+    larger than its record is refused before it exists), then for real."""
     shape = program._expected(program.user)
     batch = 1 if program.batch != 1 else 2
-    x = torch.rand((batch, *shape[1:]), generator=torch.Generator().manual_seed(0))
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        _run_checked(net, program, torch.empty((batch, *shape[1:])), batch)
+    _run_checked(net, program, torch.rand((batch, *shape[1:]), generator=torch.Generator().manual_seed(0)),
+                 batch)
+    return net
+
+
+def _run_checked(net: fx.GraphModule, program: _Program, x: torch.Tensor, batch: int) -> None:
     check = _ShapeCheck(net, batch)
     try:
         with torch.no_grad():
@@ -942,5 +1001,4 @@ def _verify(net: fx.GraphModule, program: _Program) -> fx.GraphModule:
                              f"{_FIX_BATCH}")
         raise ModelError(f"model file {program.shown}: its program does not compute what it records "
                          f"({check.bad or 'its output is no (batch, classes) tensor'}); the file is damaged")
-    return net
 

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import pickle
+import resource
 import subprocess
 import sys
 import zipfile
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from core.attacks import run as attack
@@ -396,3 +398,96 @@ def test_an_ordinary_checkpoint_or_torchscript_named_pt2_is_refused(custom, tmp_
     torch.jit.save(torch.jit.trace(custom[0], torch.rand(1, 3, 32, 32)), script)
     with pytest.raises(ModelError, match="TorchScript archive"):
         load_network(script)
+
+
+# -- sizes a file records but does not compute ----------------------------------------------------
+class _Extra(nn.Module):
+    """A small CNN whose logits add ``extra(self, x)``: a value of its extra parameters (folded while
+    loading) or of the image."""
+
+    def __init__(self, extra, **params):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+        for name, value in params.items():
+            setattr(self, name, nn.Parameter(value))
+        self.extra = extra
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(torch.relu(self.conv(x)), 1).flatten(1)) + self.extra(self, x)
+
+
+def _export_extra(path: Path, extra, side: int = 16, **params) -> Path:
+    ep = torch.export.export(_Extra(extra, **params).eval(), (torch.rand(2, 3, side, side),),
+                             dynamic_shapes=DYNAMIC)
+    torch.export.save(ep, path)
+    return path
+
+
+def _record_ones(obj, size: int) -> None:
+    """The values recorded as (…, size, size) are recorded with 1s there (the file lies about them)."""
+    for meta in obj["graph_module"]["graph"]["tensor_values"].values():
+        if meta["sizes"].count({"as_int": size}) == 2:
+            meta["sizes"] = [{"as_int": 1} if s == {"as_int": size} else s for s in meta["sizes"]]
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def test_weights_only_operator_larger_than_its_record_is_refused_before_it_runs(tmp_path):
+    n = 1_000_000  # a (n, 1) @ (1, n) matmul: 4 TB if it ran (8 MB of weights)
+    src = _export_extra(tmp_path / "fold.pt2", lambda m, x: (m.a @ m.b).sum(),
+                        a=torch.rand(n, 1), b=torch.rand(1, n))
+    bad = _edit(src, tmp_path / "lie.pt2", {"models/model.json": lambda obj: _record_ones(obj, n)})
+    before = _peak_mb()
+    with pytest.raises(ModelError, match=r"does not compute what it records \(matmul: \(1000000, 1000000\)"):
+        load_network(bad)
+    assert _peak_mb() - before < 500
+
+
+def test_weights_only_operators_together_are_bounded(tmp_path, monkeypatch):
+    k = 512  # each a @ b takes 1 MiB, three of them 3 MiB
+    src = _export_extra(tmp_path / "three.pt2", lambda m, x: (m.a @ m.b).sum() + (m.a @ (m.b * 2)).sum()
+                        + ((m.a * 3) @ m.b).sum(), a=torch.rand(k, 1), b=torch.rand(1, k))
+    load_network(src)
+    monkeypatch.setenv("NVE_MAX_CHECKPOINT_BYTES", str(5 << 19))
+    with pytest.raises(ModelError, match="operators on weights compute .*NVE_MAX_CHECKPOINT_BYTES"):
+        load_network(src)
+
+
+def test_pads_of_weights_are_bounded_by_max_image_size(tmp_path):
+    src = _export_extra(tmp_path / "pad.pt2", lambda m, x: F.pad(m.w, (1, 1)).sum(), w=torch.rand(2, 2))
+    assert load_network(src) is not None
+
+    def wide(obj):
+        node = next(n for n in _nodes(obj) if n["target"] in ("torch.ops.aten.constant_pad_nd.default",
+                                                                "torch.ops.aten.pad.default"))
+        node["inputs"][1]["arg"] = {"as_ints": [10 ** 9, 10 ** 9]}
+    with pytest.raises(ModelError, match=r"pads by more than 1024 pixels \(max_image_size\)"):
+        load_network(_edit(src, tmp_path / "wide.pt2", {"models/model.json": wide}))
+
+
+def test_activation_larger_than_its_record_is_refused_before_it_runs(tmp_path):
+    side = 512  # (3·512², 1) @ (1, 3·512²) per image: 2.4 TB if it ran
+    k = 3 * side * side
+
+    def outer(m, x):
+        v = x.reshape(x.shape[0], -1, 1)
+        return (v @ v.transpose(1, 2)).mean((1, 2)).unsqueeze(1)
+    src = _export_extra(tmp_path / "act.pt2", outer, side=side)
+    bad = _edit(src, tmp_path / "lie.pt2", {"models/model.json": lambda obj: _record_ones(obj, k)})
+    before = _peak_mb()
+    with pytest.raises(ModelError, match=r"does not compute what it records \(.*\(1, 786432, 786432\)"):
+        load_network(bad)
+    assert _peak_mb() - before < 500
+
+
+@pytest.mark.parametrize("sizes, shown", [([3, 100_000, 100_000], "3 x 100000 x 100000"),
+                                          ([5000, 16, 16], "5000 x 16 x 16"), ([3, 0, 16], "3 x 0 x 16")])
+def test_input_sides_and_channels_are_bounded_as_for_onnx(custom, tmp_path, sizes, shown):
+    def big(obj):
+        x = obj["graph_module"]["graph"]["tensor_values"]["x"]
+        x["sizes"][1:] = [{"as_int": v} for v in sizes]
+    with pytest.raises(ModelError, match=f"its input \\({shown}\\) must have 1 to 4 channels and sides "
+                                         r"of at most 1024 pixels \(max_image_size\)"):
+        load_network(_edit(custom[1], tmp_path / "big.pt2", {"models/model.json": big}))
