@@ -601,9 +601,9 @@ def _infer(model, shown: str):
     dims = _inputs(model.graph)[0].type.tensor_type.shape.dim
     symbols = {d.dim_param for d in dims if not d.HasField("dim_value")}
     if all(d.HasField("dim_value") for d in dims[1:]):
-        one = type(model)()
-        one.CopyFrom(model)
-        one_dims = _inputs(one.graph)[0].type.tensor_type.shape.dim
+        one = _without_weights(model)
+        name = _inputs(model.graph)[0].name
+        one_dims = next(i for i in one.graph.input if i.name == name).type.tensor_type.shape.dim
         one_dims[0].Clear()
         one_dims[0].dim_value = 1
         checked = infer(one)
@@ -613,12 +613,34 @@ def _infer(model, shown: str):
     model = infer(model)
     if checked is None:
         _check_static_sizes(model, shown, symbols, _DATA_SIZED)
-    for name, shape in _shapes(checked or model).items():
+    for name, shape in _shapes(model if checked is None else checked).items():
         values = math.prod(d if isinstance(d, int) else 1 for d in shape)
         if values * 4 > max_bytes:
             raise _limit_error(shown, f"its value {_named(name)} would take {_size(values * 4)} for one "
                                "image", "max_checkpoint_bytes", max_bytes)
     return model
+
+
+def _without_weights(model):
+    """A copy of ``model`` for shape inference alone: tensors of more than ``_FOLD_VALUES`` values become
+    typed graph inputs (their values decide no shape that inference could find), so the weights are not
+    copied."""
+    from onnx import helper
+    one = type(model)()
+    one.ir_version = model.ir_version
+    one.opset_import.extend(model.opset_import)
+    g, graph = one.graph, model.graph
+    g.name = graph.name
+    g.node.extend(graph.node)
+    g.input.extend(graph.input)
+    g.output.extend(graph.output)
+    listed = {i.name for i in graph.input}
+    for t in graph.initializer:
+        if math.prod(t.dims) <= _FOLD_VALUES:
+            g.initializer.append(t)
+        elif t.name not in listed:
+            g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return one
 
 
 def _check_static_sizes(model, shown: str, known: set, ops: dict | None) -> None:
