@@ -17,7 +17,9 @@ What the file could still do, and what stops it (docs/security.md "Model files: 
   declared size must equal the data it holds (so a header that declares 10¹² values is refused before
   anything is allocated), tensors and nodes are counted against ``max_checkpoint_tensors``, and after
   shape inference no intermediate tensor of one image may exceed ``max_checkpoint_bytes``; the input's
-  sides are at most ``max_image_size``.
+  sides are at most ``max_image_size``. A size computed from tensor data (``ConstantOfShape``, ``Expand``,
+  ``Reshape``, ``Pad``... of a value that depends on the pixels) is refused, naming the node, since no
+  bound before running could see it (``_infer``); small computations on constants are folded first.
 - **Operators.** Only the standard domain (``""``/``ai.onnx``) and operators that onnx2torch converts;
   custom domains, local functions and subgraphs (control flow: If, Loop, Scan) are refused, naming them.
   Only then does ONNX's native code see the graph (its checker, shape inference).
@@ -82,6 +84,15 @@ _SAME_SEMANTICS = {
     "Squeeze": (23, 24, 25), "ConstantOfShape": (20, 21, 23, 24, 25), "Cast": (19, 21),
     "Equal": (19,), "IsInf": (20,), "IsNaN": (20,),
     "Pad": (18, 19, 21, 23, 24, 25), "AveragePool": (19, 22),  # guarded below: no axes, wrap or dilation
+}
+
+
+# Operators whose output size is given by tensor data -> the inputs that give it (none: always data)
+_DATA_SIZED = {
+    "ConstantOfShape": (0,), "Expand": (1,), "Tile": (1,), "Range": (0, 1, 2), "Reshape": (1,),
+    "Resize": (1, 2, 3), "Upsample": (1,), "Pad": (1, 3), "OneHot": (1,), "Slice": (1, 2, 3, 4),
+    "TopK": (1,), "Split": (1,), "CenterCropPad": (1, 2), "Col2Im": (1, 2, 3), "Squeeze": (1,),
+    "Unsqueeze": (1,), "Compress": (1,), "NonZero": (), "Unique": (), "NonMaxSuppression": (),
 }
 
 
@@ -385,6 +396,7 @@ def _standard_form(model, shown: str) -> int | None:
     for n in graph.node:
         n.domain = ""
     _constants_to_initializers(graph)
+    _fold_constants(model)
     dim0 = _inputs(graph)[0].type.tensor_type.shape.dim[0]
     batch = dim0.dim_value if dim0.HasField("dim_value") else None
     dim0.dim_param = "batch"
@@ -500,6 +512,59 @@ def _constants_to_initializers(graph) -> None:
     graph.node.extend(kept)
 
 
+# Small computations on constants that exporters leave in the graph (the legacy exporter's F.pad pads:
+# ConstantOfShape, Concat, Reshape, Slice, Transpose, Cast), folded so sizes they give are constants.
+_FOLDED = {"Cast", "Concat", "ConstantOfShape", "Flatten", "Identity", "Neg", "Reshape", "Slice",
+           "Squeeze", "Transpose", "Unsqueeze", "Add", "Sub", "Mul", "Div"}
+_FOLD_VALUES = 1024
+
+
+def _fold_constants(model) -> None:
+    """Nodes of ``_FOLDED`` whose inputs are all small initializers (at most ``_FOLD_VALUES`` values,
+    and so their output: checked before it is computed) become initializers, computed by ONNX's
+    reference implementation of that one operator."""
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+    graph = model.graph
+    opset = max((o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), default=17)
+    kept, consts = [], {t.name: t for t in graph.initializer}
+    for n in graph.node:
+        inputs = [consts.get(i) for i in n.input]
+        if (n.op_type not in _FOLDED or not inputs or None in inputs or len(n.output) != 1
+                or any(math.prod(t.dims) > _FOLD_VALUES for t in inputs)):
+            kept.append(n)
+            continue
+        values = [numpy_helper.to_array(t) for t in inputs]
+        if n.op_type == "ConstantOfShape":
+            size = math.prod(int(v) for v in values[0].reshape(-1))
+        elif n.op_type in ("Add", "Sub", "Mul", "Div"):
+            try:
+                size = math.prod(np.broadcast_shapes(*(v.shape for v in values)))
+            except ValueError:
+                size = _FOLD_VALUES + 1  # not broadcastable: left to the checker and inference
+        else:  # the same values, fewer, or (Concat) their sum
+            size = sum(v.size for v in values)
+        if not 0 <= size <= _FOLD_VALUES:
+            kept.append(n)
+            continue
+        one = helper.make_graph([n], "fold", [], [helper.make_tensor_value_info(n.output[0], 0, None)],
+                                initializer=inputs)
+        try:
+            out = ReferenceEvaluator(helper.make_model(one, opset_imports=[helper.make_opsetid("", opset)]))
+            result = np.asarray(out.run(None, {})[0])
+        except Exception:  # noqa: BLE001 - left in the graph: the checks and conversion say what is wrong
+            kept.append(n)
+            continue
+        if result.size > _FOLD_VALUES or result.dtype.kind not in "biuf":
+            kept.append(n)
+            continue
+        t = numpy_helper.from_array(result, n.output[0])
+        graph.initializer.append(t)
+        consts[t.name] = t
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
 def _axes(node, consts) -> list[int] | None:
     """A ReduceMean's axes when constant (an attribute before opset 18, an input since)."""
     from onnx import numpy_helper
@@ -513,20 +578,89 @@ def _axes(node, consts) -> list[int] | None:
 
 def _infer(model, shown: str):
     """ONNX shape inference (native code, on a graph already checked), and the size of every tensor it
-    finds for one image bounded by ``max_checkpoint_bytes``."""
+    finds for one image bounded by ``max_checkpoint_bytes``.
+
+    Sizes decided by data are refused, since no bound before running could see them (e.g.
+    ``ConstantOfShape(Cast(ReduceMax(x) * 1e8))``). Where the input's sides are fixed (the usual
+    export), the graph is inferred once more for one image (batch 1): every value's shape must then be
+    numbers, and those exact sizes are bounded. Where the sides are symbolic, an operator whose output
+    size is given by tensor data (``_DATA_SIZED``) needs constant size inputs (initializers, after
+    folding) or an output shape inference finds (numbers, or the input's own dimensions)."""
     from onnx import shape_inference
     max_bytes, _, _ = _limits()
-    try:
-        model = shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
-    except Exception as e:  # noqa: BLE001 - InferenceError: inconsistent shapes or types
-        raise ModelError(f"{shown} is not a consistent ONNX model ({_first_line(e)}); export it again"
-                         ) from None
-    for name, dims in _shapes(model).items():
-        values = math.prod(d if isinstance(d, int) else 1 for d in dims)
+    for out in model.graph.output:  # found by inference, never taken from the file: a declared shape
+        out.type.tensor_type.ClearField("shape")  # would stand in for the dimensions it cannot find
+
+    def infer(m):
+        try:
+            return shape_inference.infer_shapes(m, strict_mode=True, data_prop=True)
+        except Exception as e:  # noqa: BLE001 - InferenceError: inconsistent shapes or types
+            raise ModelError(f"{shown} is not a consistent ONNX model ({_first_line(e)}); export it again"
+                             ) from None
+
+    dims = _inputs(model.graph)[0].type.tensor_type.shape.dim
+    symbols = {d.dim_param for d in dims if not d.HasField("dim_value")}
+    if all(d.HasField("dim_value") for d in dims[1:]):
+        one = _without_weights(model)
+        name = _inputs(model.graph)[0].name
+        one_dims = next(i for i in one.graph.input if i.name == name).type.tensor_type.shape.dim
+        one_dims[0].Clear()
+        one_dims[0].dim_value = 1
+        checked = infer(one)
+        _check_static_sizes(checked, shown, set(), None)
+    else:
+        checked = None
+    model = infer(model)
+    if checked is None:
+        _check_static_sizes(model, shown, symbols, _DATA_SIZED)
+    for name, shape in _shapes(model if checked is None else checked).items():
+        values = math.prod(d if isinstance(d, int) else 1 for d in shape)
         if values * 4 > max_bytes:
             raise _limit_error(shown, f"its value {_named(name)} would take {_size(values * 4)} for one "
                                "image", "max_checkpoint_bytes", max_bytes)
     return model
+
+
+def _without_weights(model):
+    """A copy of ``model`` for shape inference alone: tensors of more than ``_FOLD_VALUES`` values become
+    typed graph inputs (their values decide no shape that inference could find), so the weights are not
+    copied."""
+    from onnx import helper
+    one = type(model)()
+    one.ir_version = model.ir_version
+    one.opset_import.extend(model.opset_import)
+    g, graph = one.graph, model.graph
+    g.name = graph.name
+    g.node.extend(graph.node)
+    g.input.extend(graph.input)
+    g.output.extend(graph.output)
+    listed = {i.name for i in graph.input}
+    for t in graph.initializer:
+        if math.prod(t.dims) <= _FOLD_VALUES:
+            g.initializer.append(t)
+        elif t.name not in listed:
+            g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return one
+
+
+def _check_static_sizes(model, shown: str, known: set, ops: dict | None) -> None:
+    """Every output of the nodes of types ``ops`` (all nodes: None) has a shape inference found: numbers
+    or ``known`` symbols, unless the node's size inputs (``ops[type]``) are all constants."""
+    consts = {t.name for t in model.graph.initializer}
+    shapes = _shapes(model)
+    for n in model.graph.node:
+        sized = () if ops is None else ops.get(n.op_type)
+        if sized is None or sized and all(i in consts for k, i in enumerate(n.input) if k in sized and i):
+            continue  # not sized by data, or by constants only: the shape is found, and bounded
+        for out in n.output:
+            dims = shapes.get(out) if out else ()
+            if dims is None or any(not isinstance(d, int) and d not in known for d in dims):
+                shape = "unknown" if dims is None else "×".join("?" if d is None else str(d) for d in dims)
+                raise ModelError(
+                    f"{shown} is refused: its node {_named(n.name or n.op_type)} ({_named(n.op_type)}) "
+                    f"computes a tensor size from data (its output {_named(out)} has shape {shape}), which "
+                    "cannot be bounded before it runs; export the model with static sizes (constant shapes: "
+                    "torch.onnx.export with fixed image sides, no size computed from tensor values)")
 
 
 def _shapes(model) -> dict[str, tuple]:

@@ -343,6 +343,73 @@ def test_huge_declared_tensors_are_refused_before_allocation(tmp_path):
         load_network(tmp_path / "grow.onnx")
 
 
+def _data_sized(k: float, sides=(8, 8), as_output=False):
+    """A classifier whose logits add the sum of ``ConstantOfShape(Cast(ReduceMax(x) * k))``: a tensor
+    of about k values whose size shape inference cannot find (it comes from the pixels). With
+    ``as_output`` that tensor is the output itself, its shape declared as (batch,)."""
+    from onnx import numpy_helper as nh
+    weights = [nh.from_array(np.ones((4, 3, 3, 3), np.float32), "w"),
+               nh.from_array(np.ones((2, 4), np.float32), "fw"), nh.from_array(np.zeros(2, np.float32), "fb"),
+               nh.from_array(np.array(k, np.float32), "k"), nh.from_array(np.array([1], np.int64), "one")]
+    big = "out" if as_output else "big"
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("GlobalAveragePool", ["c"], ["g"], name="gap"),
+             helper.make_node("Flatten", ["g"], ["f"], name="flat", axis=1),
+             helper.make_node("Gemm", ["f", "fw", "fb"], ["l"], name="fc", transB=1),
+             helper.make_node("ReduceMax", ["x"], ["m"], name="rmax", keepdims=0),
+             helper.make_node("Mul", ["m", "k"], ["mk"], name="mul"),
+             helper.make_node("Cast", ["mk"], ["n"], name="cast", to=TensorProto.INT64),
+             helper.make_node("Reshape", ["n", "one"], ["n1"], name="rs"),
+             helper.make_node("ConstantOfShape", ["n1"], [big], name="cos",
+                              value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0]))]
+    if not as_output:
+        nodes += [helper.make_node("ReduceSum", ["big"], ["s"], name="rsum", keepdims=0),
+                  helper.make_node("Add", ["l", "s"], ["out"], name="add")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                         ["batch", 3, *sides])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT,
+                                                             ["batch"] if as_output else ["batch", 2])],
+                              weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+@pytest.mark.parametrize("case", ["fixed sides", "dynamic sides", "declared output"])
+def test_sizes_computed_from_data_are_refused_before_running(tmp_path, case):
+    """A size that comes from the pixels (here 10^11 floats, 400 GB, if it ran) is refused before
+    conversion, naming the node: the size bound after shape inference cannot see it. Also with
+    symbolic image sides, and when the file declares a harmless shape for that tensor."""
+    model = _data_sized(1e11, sides=("h", "w") if case == "dynamic sides" else (8, 8),
+                        as_output=case == "declared output")
+    onnx.save_model(model, tmp_path / "bomb.onnx")
+    with pytest.raises(ModelError, match="node 'cos' .'ConstantOfShape'. computes a tensor size from "
+                                         "data.*export the model with static sizes"):
+        load_network(tmp_path / "bomb.onnx")
+
+
+def test_constant_sizes_are_folded_and_bounded(tmp_path):
+    """A Pad whose pads are computed from constants only, through a Transpose that shape inference does
+    not follow (as the legacy exporter writes F.pad), loads with its size known; the same computation
+    asking for 192 GiB is refused by the size bound."""
+    from onnx import numpy_helper as nh
+
+    def padded(amount):
+        columns = nh.from_array(np.array([[0, 0], [0, 0], [amount, amount], [amount, amount]], np.int64), "p")
+        flat = nh.from_array(np.array([-1], np.int64), "flat")
+        nodes = [helper.make_node("Transpose", ["p"], ["rows"], perm=[1, 0]),
+                 helper.make_node("Reshape", ["rows", "flat"], ["pads"]),
+                 helper.make_node("Pad", ["x", "pads"], ["y"])]
+        return _model(nodes, [columns, flat])
+
+    onnx.save_model(padded(1), tmp_path / "small.onnx")
+    net = load_network(tmp_path / "small.onnx")
+    assert net(torch.zeros(2, 3, 8, 8)).shape == (2, 3, 10, 10)
+    onnx.save_model(padded(1 << 16), tmp_path / "huge.onnx")
+    with pytest.raises(ModelError, match="would take 192.0 GiB for one image"):
+        load_network(tmp_path / "huge.onnx")
+
+
 def test_files_that_are_not_onnx_are_refused(tmp_path, custom):
     (tmp_path / "text.onnx").write_text("not a model at all\n" * 10)
     data = custom[1].read_bytes()
